@@ -1,0 +1,144 @@
+"""Named model presets for checkpoints built without downloads.
+
+Each preset is the ``config.json`` a real Qwen-VL directory would carry, so every loader reads
+it exactly as it reads Qwen2.5-VL-3B. Random weights; sizes, not answers, are the point.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field
+from typing import Any
+
+__all__ = ["PRESETS", "Preset", "get_preset"]
+
+# The Qwen special tokens, in the order (and relative ids) of the real tokenizer.
+SPECIAL_TOKENS = (
+    "<|endoftext|>",
+    "<|im_start|>",
+    "<|im_end|>",
+    "<|object_ref_start|>",
+    "<|object_ref_end|>",
+    "<|box_start|>",
+    "<|box_end|>",
+    "<|quad_start|>",
+    "<|quad_end|>",
+    "<|vision_start|>",
+    "<|vision_end|>",
+    "<|vision_pad|>",
+    "<|image_pad|>",
+    "<|video_pad|>",
+)
+
+
+@dataclass(frozen=True)
+class Preset:
+    """A checkpoint recipe: the architecture's config and the tokenizer's size."""
+
+    name: str
+    family: str  # "qwen2_5_vl" or "qwen2_vl"
+    text: dict[str, Any]
+    vision: dict[str, Any]
+    bpe_vocab: int  # regular (non-special) tokens the locally trained tokenizer learns
+    min_pixels: int = 56 * 56
+    max_pixels: int = 28 * 28 * 1280
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def with_family(self, family: str) -> Preset:
+        return Preset(
+            name=self.name,
+            family=family,
+            text=copy.deepcopy(self.text),
+            vision=copy.deepcopy(self.vision),
+            bpe_vocab=self.bpe_vocab,
+            min_pixels=self.min_pixels,
+            max_pixels=self.max_pixels,
+            description=self.description,
+        )
+
+
+_TINY_TEXT = {
+    "hidden_size": 64,
+    "intermediate_size": 128,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 2,
+    "vocab_size": 1024,
+    "max_position_embeddings": 4096,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    # head_dim 16 -> 8 rotary pairs split over (t, h, w); transformers needs it explicit.
+    "mrope_section": [2, 3, 3],
+    "tie_word_embeddings": True,
+}
+
+_TINY_VISION = {
+    "depth": 2,
+    "hidden_size": 32,
+    "intermediate_size": 64,
+    "num_heads": 2,
+    "out_hidden_size": 64,
+    "fullatt_block_indexes": [1],
+    "window_size": 56,
+}
+
+_EDGE_TEXT = {
+    # The text tower of Qwen2.5-0.5B.
+    "hidden_size": 896,
+    "intermediate_size": 4864,
+    "num_hidden_layers": 24,
+    "num_attention_heads": 14,
+    "num_key_value_heads": 2,
+    "vocab_size": 151936,
+    "max_position_embeddings": 32768,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "mrope_section": [8, 12, 12],
+    "tie_word_embeddings": True,
+}
+
+_EDGE_VISION = {
+    "depth": 8,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "out_hidden_size": 896,
+    # Qwen2.5-VL puts a full-attention block after every 8 windowed ones; scaled to depth 8.
+    "fullatt_block_indexes": [3, 7],
+    "window_size": 112,
+}
+
+PRESETS: dict[str, Preset] = {
+    "tiny": Preset(
+        name="tiny",
+        family="qwen2_5_vl",
+        text=_TINY_TEXT,
+        vision=_TINY_VISION,
+        bpe_vocab=1000,
+        min_pixels=28 * 28 * 4,
+        max_pixels=28 * 28 * 256,
+        description="a few MB, for tests",
+    ),
+    "edge-bench": Preset(
+        name="edge-bench",
+        family="qwen2_5_vl",
+        text=_EDGE_TEXT,
+        vision=_EDGE_VISION,
+        bpe_vocab=8000,
+        description="Qwen2.5-VL with the text tower of Qwen2.5-0.5B, for edge benchmarks",
+    ),
+}
+
+
+def get_preset(name: str, family: str | None = None) -> Preset:
+    """Look up a preset, optionally switching it to the Qwen2-VL family."""
+    try:
+        preset = PRESETS[name]
+    except KeyError:
+        raise ValueError(f"unknown preset {name!r}; choose one of {sorted(PRESETS)}") from None
+    if family is None or family == preset.family:
+        return preset
+    if family not in ("qwen2_5_vl", "qwen2_vl"):
+        raise ValueError(f"unknown model family {family!r}; choose qwen2_5_vl or qwen2_vl")
+    return preset.with_family(family)
