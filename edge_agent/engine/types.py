@@ -1,0 +1,71 @@
+"""What the engine takes and gives back."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from edge_agent.engine.kv_arena import KVPrefix
+from fleetvl.vlm.confidence import AnswerConfidence, ConfidenceTracker, TokenConfidence
+
+__all__ = ["CancelToken", "EarlyStop", "GenerationResult", "TokenEvent", "Timings"]
+
+# Called after every token with the running confidence; True stops decoding ("low_confidence").
+EarlyStop = Callable[[ConfidenceTracker], bool]
+
+
+class CancelToken:
+    """Set from any thread; the engine checks it between decode steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
+
+
+@dataclass(frozen=True)
+class TokenEvent:
+    """One streamed token: its id, the text it completes, and its confidence."""
+
+    index: int
+    token_id: int
+    text: str  # new text since the previous event (may be "" while a UTF-8 char is partial)
+    confidence: TokenConfidence | None
+
+
+@dataclass
+class Timings:
+    vision_s: float = 0.0
+    prefill_s: float = 0.0  # embedding + decoder over the prompt (vision excluded)
+    ttft_s: float = 0.0  # request start to first token chosen, vision included
+    decode_s: float = 0.0  # after the first token, to the last
+    prompt_tokens: int = 0
+    cached_tokens: int = 0
+    generated_tokens: int = 0
+
+    @property
+    def decode_tokens_per_s(self) -> float:
+        steps = self.generated_tokens - 1
+        return steps / self.decode_s if steps > 0 and self.decode_s > 0 else 0.0
+
+
+@dataclass
+class GenerationResult:
+    text: str
+    token_ids: list[int]
+    # "stop" (EOS or stop sequence), "length", "low_confidence" (early stop), "cancelled"
+    finish_reason: str
+    confidence: AnswerConfidence
+    tokens: list[TokenConfidence]
+    timings: Timings
+    last_hidden: np.ndarray | None = None  # final-norm hidden state of the last position
+    prefix: KVPrefix | None = None  # KV captured after prefill, when asked for
+    extra: dict = field(default_factory=dict)
