@@ -54,10 +54,7 @@ class EdgeBundle:
         self.hf_config = cfg
         text = cfg.get("text_config", cfg)
         vision = cfg["vision_config"]
-        self.windowed = cfg["architectures"][0].startswith("Qwen2_5")
-        self.window_size: int | None = vision.get("window_size") if self.windowed else None
         self.spatial_merge_size: int = vision.get("spatial_merge_size", 2)
-        self.patch_size: int = vision.get("patch_size", 14)
         heads = text["num_attention_heads"]
         self.shape = DecoderShape(
             num_layers=text["num_hidden_layers"],
@@ -75,7 +72,6 @@ class EdgeBundle:
         self.vision = _session(self.dir / "vision.onnx", opts)
         self.embedding = _session(self.dir / "embedding.onnx", opts)
         self.decoder = _session(self.dir / decoder_file, opts)
-        self.vision_inputs = {i.name for i in self.vision.get_inputs()}
         self._check_decoder()
 
     def _check_decoder(self) -> None:

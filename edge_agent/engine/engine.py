@@ -30,7 +30,6 @@ from fleetvl.vlm.confidence import ConfidenceTracker, token_confidence
 from fleetvl.vlm.image import PreprocessedImage, decode_image, preprocess
 from fleetvl.vlm.mrope import decode_position_ids, rope_index
 from fleetvl.vlm.processor import Prompt
-from fleetvl.vlm.vision_plan import plan_vision
 
 __all__ = ["EdgeEngine", "Generation"]
 
@@ -158,12 +157,16 @@ class EdgeEngine:
             todo.append(img)
         if not todo:
             return np.zeros((0, b.shape.hidden_size), dtype=np.float32)
-        plan = plan_vision(
-            [i.grid_thw for i in todo], b.spatial_merge_size, b.window_size, b.patch_size
-        )
-        feeds = {"pixel_values": np.concatenate([i.pixel_values for i in todo]), **plan.as_feeds()}
-        feeds = {k: v for k, v in feeds.items() if k in b.vision_inputs}
-        return b.vision.run(["image_features"], feeds)[0]
+        # One run per image: attention never crosses images, and the graph takes one grid.
+        feats = [
+            b.vision.run(
+                ["image_features"],
+                {"pixel_values": i.pixel_values,
+                 "image_grid_thw": np.asarray([i.grid_thw], dtype=np.int64)},
+            )[0]
+            for i in todo
+        ]
+        return np.concatenate(feats) if len(feats) > 1 else feats[0]
 
     def _run(
         self,

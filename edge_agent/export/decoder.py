@@ -73,8 +73,8 @@ def build_decoder(
     """Run the onnxruntime-genai builder for ``precision`` into ``out_dir``; return the model.
 
     Args:
-        precision: ``fp32``, ``fp16`` (weights stored fp16, computed fp32 on CPU is not offered
-            by the builder: fp16 is refused on CPU), ``int8`` or ``int4`` (MatMulNBits).
+        precision: ``fp32``, ``int8`` or ``int4`` (MatMulNBits); the builder offers no fp16 on
+            CPU.
         accuracy_level: MatMulNBits compute type; 4 = int8 activations, the fast CPU path.
         block_size: quantization block along K.
     """
@@ -86,7 +86,8 @@ def build_decoder(
         "include_hidden_states=true",
     ]
     if precision in ("int4", "int8"):
-        extra += [f"int4_accuracy_level={accuracy_level}", f"int4_block_size={block_size}"]
+        # 0.18 reads these names; the documented int4_* aliases are silently ignored there.
+        extra += [f"accuracy_level={accuracy_level}", f"block_size={block_size}"]
     builder_precision = {"fp32": "fp32", "int8": "int8", "int4": "int4"}.get(precision)
     if builder_precision is None:
         raise ValueError(f"decoder precision {precision!r} is not supported on CPU")

@@ -166,6 +166,8 @@ def build_checkpoint(
         for name, param in model.named_parameters():
             if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
                 param.normal_(0.0, 0.5)
+            elif param.dim() >= 2 and preset.init_std != 0.02:
+                param.normal_(0.0, preset.init_std)
     model = model.to(getattr(torch, dtype))
     n_params = sum(p.numel() for p in model.parameters())
     say(f"saving {n_params / 1e6:.1f}M parameters ({dtype}) to {out}")
