@@ -1,0 +1,146 @@
+"""``fleetvl`` command line: thin argument parsing that calls into the tiers.
+
+Heavy imports (torch, transformers, onnxruntime) happen inside the sub-command that needs
+them, so ``fleetvl --help`` is instant and the edge box never imports torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+import time
+from pathlib import Path
+
+from fleetvl.errors import FleetVLError
+
+__all__ = ["main"]
+
+
+def _cmd_model_init(args: argparse.Namespace) -> int:
+    from fleetvl.vlm.checkpoint import build_checkpoint
+    from fleetvl.vlm.presets import get_preset
+
+    preset = get_preset(args.preset, args.family)
+    dtype = args.dtype or ("bfloat16" if preset.name == "edge-bench" else "float32")
+    build_checkpoint(preset, args.out_dir, seed=args.seed, dtype=dtype, progress=print)
+    return 0
+
+
+def _cmd_model_export(args: argparse.Namespace) -> int:
+    from edge_agent.export.bundle import export_bundle
+
+    export_bundle(
+        args.hf_dir,
+        args.out_dir,
+        args.precision,
+        accuracy_level=args.accuracy_level,
+        block_size=args.block_size,
+        progress=print,
+    )
+    return 0
+
+
+def _cmd_ask(args: argparse.Namespace) -> int:
+    from edge_agent.engine.bundle import SessionConfig
+    from edge_agent.engine.engine import EdgeEngine
+    from edge_agent.engine.sampling import SamplingParams
+
+    t0 = time.perf_counter()
+    engine = EdgeEngine(args.bundle, SessionConfig(intra_op_threads=args.threads))
+    load_s = time.perf_counter() - t0
+    images = [Path(p).read_bytes() for p in args.image]
+    content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.question}]
+    prompt = engine.encode([{"role": "user", "content": content}], images)
+    params = SamplingParams(
+        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+        ignore_eos=args.ignore_eos,
+    )
+    gen = engine.stream(prompt, params)
+    for event in gen:
+        if not args.json:
+            print(event.text, end="", flush=True)
+    res = gen.result
+    assert res is not None
+    t = res.timings
+    summary = {
+        "answer": res.text,
+        "finish_reason": res.finish_reason,
+        "bundle": engine.digest[:16],
+        "precision": engine.bundle.precision,
+        "confidence": res.confidence.as_dict(),
+        "prompt_tokens": t.prompt_tokens,
+        "generated_tokens": t.generated_tokens,
+        "load_s": round(load_s, 3),
+        "vision_s": round(t.vision_s, 4),
+        "ttft_s": round(t.ttft_s, 4),
+        "decode_tokens_per_s": round(t.decode_tokens_per_s, 2),
+    }
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    else:
+        print()
+        print(
+            f"-- {t.generated_tokens} tokens, TTFT {t.ttft_s * 1000:.0f} ms, "
+            f"{t.decode_tokens_per_s:.1f} tok/s, mean log-prob {res.confidence.mean_logprob:.3f}, "
+            f"finish={res.finish_reason}"
+        )
+    return 0
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="fleetvl", description="FleetVL: vision-language serving for fleets")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True)
+
+    model = sub.add_parser("model", help="build checkpoints and edge bundles")
+    msub = model.add_subparsers(dest="model_command", required=True)
+    init = msub.add_parser("init", help="build a Qwen-VL checkpoint from a preset (random weights)")
+    init.add_argument("out_dir")
+    init.add_argument("--preset", default="tiny", help="tiny | edge-bench")
+    init.add_argument("--family", default=None, help="qwen2_5_vl (default) | qwen2_vl")
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--dtype", default=None, help="float32 | bfloat16 (default by preset)")
+    init.set_defaults(func=_cmd_model_init)
+
+    exp = msub.add_parser("export", help="export a HF Qwen-VL directory to an edge bundle")
+    exp.add_argument("hf_dir")
+    exp.add_argument("out_dir")
+    exp.add_argument("--precision", default="int4", choices=["fp32", "int8", "int4"])
+    exp.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits compute type")
+    exp.add_argument("--block-size", type=int, default=32, help="quantization block size")
+    exp.set_defaults(func=_cmd_model_export)
+
+    ask = sub.add_parser("ask", help="answer one question about images with an edge bundle")
+    ask.add_argument("bundle")
+    ask.add_argument("question")
+    ask.add_argument("--image", action="append", default=[], help="image file (repeatable)")
+    ask.add_argument("--max-tokens", type=int, default=64)
+    ask.add_argument("--temperature", type=float, default=0.0)
+    ask.add_argument("--seed", type=int, default=None)
+    ask.add_argument("--threads", type=int, default=0)
+    ask.add_argument("--ignore-eos", action="store_true")
+    ask.add_argument("--json", action="store_true", help="print one JSON summary")
+    ask.set_defaults(func=_cmd_ask)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.WARNING,
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    try:
+        return int(args.func(args))
+    except FleetVLError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
