@@ -54,7 +54,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     content = [{"type": "image"} for _ in images] + [{"type": "text", "text": args.question}]
     prompt = engine.encode([{"role": "user", "content": content}], images)
     params = SamplingParams(
-        max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed,
+        max_tokens=args.max_tokens,
+        temperature=args.temperature,
+        seed=args.seed,
         ignore_eos=args.ignore_eos,
     )
     gen = engine.stream(prompt, params)
@@ -90,7 +92,9 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="fleetvl", description="FleetVL: vision-language serving for fleets")
+    p = argparse.ArgumentParser(
+        prog="fleetvl", description="FleetVL: vision-language serving for fleets"
+    )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = p.add_subparsers(dest="command", required=True)
 

@@ -35,7 +35,9 @@ class DecoderShape:
 
 def _session(path: Path, opts: ort.SessionOptions) -> ort.InferenceSession:
     try:
-        return ort.InferenceSession(str(path), sess_options=opts, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(
+            str(path), sess_options=opts, providers=["CPUExecutionProvider"]
+        )
     except Exception as exc:  # onnxruntime raises its own Fail/InvalidGraph types
         raise BundleError(f"cannot load {path.name} from {path.parent}: {exc}") from None
 
@@ -80,7 +82,8 @@ class EdgeBundle:
         need |= {f"past_key_values.{i}.key" for i in range(self.shape.num_layers)}
         if missing := need - names:
             raise BundleError(
-                f"decoder in {self.dir} does not match config.json: missing inputs {sorted(missing)}"
+                f"decoder in {self.dir} does not match config.json: "
+                f"missing inputs {sorted(missing)}"
             )
         emb = next(i for i in self.decoder.get_inputs() if i.name == "inputs_embeds")
         if emb.shape[-1] != self.shape.hidden_size:

@@ -54,7 +54,9 @@ class EdgeEngine:
         self.bundle = EdgeBundle(bundle_dir, config)
         self.processor = self.bundle.processor
         s = self.bundle.shape
-        self._arena = KVArena(s.num_layers, s.num_kv_heads, s.head_dim, self.bundle.config.max_context)
+        self._arena = KVArena(
+            s.num_layers, s.num_kv_heads, s.head_dim, self.bundle.config.max_context
+        )
         self._binding = self.bundle.decoder.io_binding()
         self._arena.bind(self._binding)
         self._logits = np.zeros((1, 1, s.vocab_size), dtype=np.float32)
@@ -80,12 +82,16 @@ class EdgeEngine:
                 out.append(preprocess(img, cfg))
         return out
 
-    def encode(self, messages: Sequence[dict[str, Any]], images: Sequence[ImageInput] = ()) -> Prompt:
+    def encode(
+        self, messages: Sequence[dict[str, Any]], images: Sequence[ImageInput] = ()
+    ) -> Prompt:
         return self.processor.encode(messages, self.prepare_images(images))
 
     # -- generation -------------------------------------------------------------------------
 
-    def generate(self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any) -> GenerationResult:
+    def generate(
+        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any
+    ) -> GenerationResult:
         """Run to completion; same arguments as :meth:`stream`."""
         gen = self.stream(prompt, params, **kw)
         for _ in gen:
@@ -134,7 +140,9 @@ class EdgeEngine:
         if capture_prefix is not None and not 0 < capture_prefix <= len(prompt):
             raise InputError(f"capture_prefix={capture_prefix} is outside the prompt")
         gen = Generation(iter(()))
-        gen._events = self._run(gen, prompt, params, prefix, capture_prefix, stop_when, cancel, confidence)
+        gen._events = self._run(
+            gen, prompt, params, prefix, capture_prefix, stop_when, cancel, confidence
+        )
         return gen
 
     def _encode_images(self, prompt: Prompt, cached: int) -> np.ndarray:
@@ -161,8 +169,10 @@ class EdgeEngine:
         feats = [
             b.vision.run(
                 ["image_features"],
-                {"pixel_values": i.pixel_values,
-                 "image_grid_thw": np.asarray([i.grid_thw], dtype=np.int64)},
+                {
+                    "pixel_values": i.pixel_values,
+                    "image_grid_thw": np.asarray([i.grid_thw], dtype=np.int64),
+                },
             )[0]
             for i in todo
         ]
@@ -231,7 +241,7 @@ class EdgeEngine:
                     new_text = new_text[:stop_at]
                     finish = "stop"
                 # Hold back a trailing partial UTF-8 sequence until it completes.
-                emit = new_text[len(text):] if not new_text.endswith("\ufffd") else ""
+                emit = new_text[len(text) :] if not new_text.endswith("\ufffd") else ""
                 text += emit
                 yield TokenEvent(index=index, token_id=token, text=emit, confidence=tc)
                 if finish == "stop":
@@ -246,8 +256,10 @@ class EdgeEngine:
                     break
                 embeds = b.embedding.run(
                     ["inputs_embeds"],
-                    {"input_ids": np.array([[token]], dtype=np.int64),
-                     "image_features": np.zeros((0, b.shape.hidden_size), dtype=np.float32)},
+                    {
+                        "input_ids": np.array([[token]], dtype=np.int64),
+                        "image_features": np.zeros((0, b.shape.hidden_size), dtype=np.float32),
+                    },
                 )[0]
                 pos = decode_position_ids(next_pos + (kv_len - len(prompt)), 1)
                 hidden = self._step(embeds, pos[:, None, :], kv_len + 1)

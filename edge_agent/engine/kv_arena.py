@@ -19,7 +19,7 @@ __all__ = ["KVArena", "KVPrefix"]
 
 @dataclass
 class KVPrefix:
-    """KV of the first ``num_tokens`` prompt tokens: ``keys[layer]`` is ``[kv_heads, n, head_dim]``."""
+    """KV of the first ``num_tokens`` prompt tokens; ``keys[layer]`` is ``[kv_heads, n, hd]``."""
 
     num_tokens: int
     keys: list[np.ndarray]

@@ -29,7 +29,7 @@ from edge_agent.export.decoder import DECODER_LAST, build_decoder
 from edge_agent.export.embedding import export_embedding
 from edge_agent.export.genai_config import write_genai_config
 from edge_agent.export.vision import export_vision
-from fleetvl.vlm.bundle_manifest import MANIFEST, FORMAT_VERSION, file_sha256
+from fleetvl.vlm.bundle_manifest import FORMAT_VERSION, MANIFEST, file_sha256
 
 __all__ = ["PRECISIONS", "export_bundle"]
 
@@ -99,8 +99,10 @@ def export_bundle(
     write_genai_config(out, cfg)
     manifest = _manifest(out, precision, arch, accuracy_level, block_size)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
-    progress(f"bundle {manifest['bundle_digest'][:16]} ready in {out} "
-             f"({manifest['total_bytes'] / 1e6:.1f} MB, {time.perf_counter() - t0:.0f}s)")
+    progress(
+        f"bundle {manifest['bundle_digest'][:16]} ready in {out} "
+        f"({manifest['total_bytes'] / 1e6:.1f} MB, {time.perf_counter() - t0:.0f}s)"
+    )
     return out
 
 
@@ -119,7 +121,8 @@ def _manifest(out: Path, precision: str, arch: str, accuracy_level: int, block_s
         "precision": precision,
         "quantization": (
             {"block_size": block_size, "accuracy_level": accuracy_level}
-            if precision != "fp32" else None
+            if precision != "fp32"
+            else None
         ),
         "decoder": {"genai": "model.onnx", "engine": DECODER_LAST},
         "files": files,

@@ -94,9 +94,21 @@ def build_decoder(
     with tempfile.TemporaryDirectory(prefix="fleetvl-builder-") as tmp:
         src = _builder_view_of(hf, Path(tmp))
         cmd = [
-            sys.executable, "-m", "onnxruntime_genai.models.builder",
-            "-i", str(src), "-o", str(out), "-p", builder_precision, "-e", "cpu",
-            "-c", str(Path(tmp) / "cache"), "--extra_options", *extra,
+            sys.executable,
+            "-m",
+            "onnxruntime_genai.models.builder",
+            "-i",
+            str(src),
+            "-o",
+            str(out),
+            "-p",
+            builder_precision,
+            "-e",
+            "cpu",
+            "-c",
+            str(Path(tmp) / "cache"),
+            "--extra_options",
+            *extra,
         ]
         log.info("running %s", " ".join(cmd))
         proc = subprocess.run(cmd, capture_output=True, text=True, check=False)

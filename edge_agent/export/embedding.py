@@ -15,7 +15,11 @@ __all__ = ["export_embedding"]
 
 
 def export_embedding(
-    model: Any, out_path: str | Path, *, image_token_id: int, weight_dtype: str = "float32",
+    model: Any,
+    out_path: str | Path,
+    *,
+    image_token_id: int,
+    weight_dtype: str = "float32",
     opset: int = 17,
 ) -> Path:
     """Export the embedding of a loaded Qwen-VL model.

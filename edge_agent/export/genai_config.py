@@ -15,18 +15,57 @@ __all__ = ["write_genai_config"]
 
 def _processor_config(min_pixels: int, max_pixels: int, mean: list, std: list) -> dict:
     # ort-extensions' Qwen2.5-VL pipeline; with smart_resize the width/height are ignored.
-    return {"processor": {"name": "qwen2_5_image_processor", "transforms": [
-        {"operation": {"name": "decode_image", "type": "DecodeImage", "attrs": {"color_space": "RGB"}}},
-        {"operation": {"name": "convert_to_rgb", "type": "ConvertRGB"}},
-        {"operation": {"name": "resize", "type": "Resize", "attrs": {
-            "width": 448, "height": 448, "smart_resize": 1, "min_pixels": min_pixels,
-            "max_pixels": max_pixels, "patch_size": 14, "merge_size": 2}}},
-        {"operation": {"name": "rescale", "type": "Rescale", "attrs": {"rescale_factor": 1 / 255}}},
-        {"operation": {"name": "normalize", "type": "Normalize", "attrs": {
-            "mean": mean, "std": std, "qwen2_5_vl": 1}}},
-        {"operation": {"name": "patch_image", "type": "PatchImage", "attrs": {
-            "patch_size": 14, "temporal_patch_size": 2, "merge_size": 2}}},
-    ]}}
+    return {
+        "processor": {
+            "name": "qwen2_5_image_processor",
+            "transforms": [
+                {
+                    "operation": {
+                        "name": "decode_image",
+                        "type": "DecodeImage",
+                        "attrs": {"color_space": "RGB"},
+                    }
+                },
+                {"operation": {"name": "convert_to_rgb", "type": "ConvertRGB"}},
+                {
+                    "operation": {
+                        "name": "resize",
+                        "type": "Resize",
+                        "attrs": {
+                            "width": 448,
+                            "height": 448,
+                            "smart_resize": 1,
+                            "min_pixels": min_pixels,
+                            "max_pixels": max_pixels,
+                            "patch_size": 14,
+                            "merge_size": 2,
+                        },
+                    }
+                },
+                {
+                    "operation": {
+                        "name": "rescale",
+                        "type": "Rescale",
+                        "attrs": {"rescale_factor": 1 / 255},
+                    }
+                },
+                {
+                    "operation": {
+                        "name": "normalize",
+                        "type": "Normalize",
+                        "attrs": {"mean": mean, "std": std, "qwen2_5_vl": 1},
+                    }
+                },
+                {
+                    "operation": {
+                        "name": "patch_image",
+                        "type": "PatchImage",
+                        "attrs": {"patch_size": 14, "temporal_patch_size": 2, "merge_size": 2},
+                    }
+                },
+            ],
+        }
+    }
 
 
 def write_genai_config(bundle: Path, hf_config: Any, max_length: int = 4096) -> None:

@@ -54,7 +54,9 @@ def read_manifest(bundle_dir: str | Path, *, verify: str = "size") -> dict[str, 
     try:
         manifest = json.loads((d / MANIFEST).read_text())
     except FileNotFoundError:
-        raise BundleError(f"{d} has no {MANIFEST}: not an edge bundle (run `fleetvl model export`)") from None
+        raise BundleError(
+            f"{d} has no {MANIFEST}: not an edge bundle (run `fleetvl model export`)"
+        ) from None
     except json.JSONDecodeError as exc:
         raise BundleError(f"{d / MANIFEST} is corrupt: {exc}") from None
     if manifest.get("format_version") != FORMAT_VERSION:

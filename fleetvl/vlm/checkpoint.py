@@ -107,8 +107,14 @@ def _config(preset: Preset, special_base: int):
     }
     v = dict(preset.vision)
     if preset.family == "qwen2_5_vl":
-        vision = {**v, "hidden_act": "silu", "patch_size": 14, "spatial_merge_size": 2,
-                  "temporal_patch_size": 2, "tokens_per_second": 2}
+        vision = {
+            **v,
+            "hidden_act": "silu",
+            "patch_size": 14,
+            "spatial_merge_size": 2,
+            "temporal_patch_size": 2,
+            "tokens_per_second": 2,
+        }
         return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
     # Qwen2-VL's tower: plain ViT with a 4x MLP and no windows; `hidden_size` is its output.
     vision = {

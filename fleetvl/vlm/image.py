@@ -99,7 +99,11 @@ class PreprocessedImage:
 
 
 def smart_resize(
-    height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 28 * 28 * 1280
+    height: int,
+    width: int,
+    factor: int = 28,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 28 * 28 * 1280,
 ) -> tuple[int, int]:
     """Target size: both sides multiples of ``factor``, area within [min, max], aspect kept."""
     if min(height, width) <= 0:
@@ -175,7 +179,9 @@ def image_digest(rgb: np.ndarray, cfg: ImageConfig) -> str:
     return h.hexdigest()
 
 
-def preprocess(image: Image.Image | np.ndarray, cfg: ImageConfig | None = None) -> PreprocessedImage:
+def preprocess(
+    image: Image.Image | np.ndarray, cfg: ImageConfig | None = None
+) -> PreprocessedImage:
     """Resize, normalize and patchify one RGB image for the Qwen-VL vision encoder."""
     cfg = cfg or ImageConfig()
     rgb = _to_rgb_array(image)

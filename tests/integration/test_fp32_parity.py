@@ -7,7 +7,6 @@ with 1-2 images of different sizes.
 from __future__ import annotations
 
 from collections.abc import Callable
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -16,8 +15,13 @@ from edge_agent.engine.engine import EdgeEngine
 from edge_agent.engine.sampling import SamplingParams
 from tests.helpers import random_image
 
-QUESTIONS = ["What does the gauge read?", "Which shelf row is empty?", "Is breaker 3 open?",
-             "How many red items are on the top row?", "Which phase is hottest?"]
+QUESTIONS = [
+    "What does the gauge read?",
+    "Which shelf row is empty?",
+    "Is breaker 3 open?",
+    "How many red items are on the top row?",
+    "Which phase is hottest?",
+]
 SIZES = [(100, 150), (224, 224), (60, 420), (300, 200), (448, 336), (28, 56), (150, 90)]
 NEW_TOKENS = 12
 
@@ -47,10 +51,15 @@ def _hf_inputs(engine: EdgeEngine, prompt):
     import torch
 
     ids = torch.from_numpy(prompt.input_ids)[None]
-    kw = {"input_ids": ids, "attention_mask": torch.ones_like(ids),
-          "mm_token_type_ids": (ids == engine.processor.image_token_id).int()}
+    kw = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mm_token_type_ids": (ids == engine.processor.image_token_id).int(),
+    }
     if prompt.images:
-        kw["pixel_values"] = torch.from_numpy(np.concatenate([i.pixel_values for i in prompt.images]))
+        kw["pixel_values"] = torch.from_numpy(
+            np.concatenate([i.pixel_values for i in prompt.images])
+        )
         kw["image_grid_thw"] = torch.tensor([i.grid_thw for i in prompt.images])
     return kw
 
@@ -68,13 +77,14 @@ def test_logits_and_greedy_tokens_match_transformers(pair, family: str) -> None:
         kw = _hf_inputs(engine, prompt)
         with torch.no_grad():
             ref_logits = model(**kw).logits[0, -1].numpy()
-            out = model.generate(**kw, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS,
-                                 do_sample=False)
+            out = model.generate(
+                **kw, max_new_tokens=NEW_TOKENS, min_new_tokens=NEW_TOKENS, do_sample=False
+            )
         first = engine.generate(prompt, SamplingParams(max_tokens=1, ignore_eos=True))
         assert first.token_ids[0] == int(np.argmax(ref_logits))
         rel = float(np.abs(engine._logits[0, 0] - ref_logits).max() / np.abs(ref_logits).max())
         worst = max(worst, rel)
         assert rel < 1e-4, f"case {n} ({sizes}): logits differ by {rel:.2e} relative"
-        ref_tokens = out[0, prompt.input_ids.shape[0]:].tolist()
+        ref_tokens = out[0, prompt.input_ids.shape[0] :].tolist()
         assert ours.token_ids == ref_tokens, f"case {n} ({family}, {sizes}) diverged"
     print(f"{family}: worst relative logit error over 20 prompts {worst:.2e}")

@@ -36,8 +36,10 @@ def test_peaked_distribution_is_confident() -> None:
     sharp[7] = 20.0
     flat = np.zeros(100, dtype=np.float32)
     a, b = token_confidence(sharp, 7), token_confidence(flat, 7)
-    assert a.prob > 0.99 and a.entropy < 0.01
-    assert b.prob == pytest.approx(0.01) and b.entropy == pytest.approx(np.log(100), rel=1e-5)
+    assert a.prob > 0.99
+    assert a.entropy < 0.01
+    assert b.prob == pytest.approx(0.01)
+    assert b.entropy == pytest.approx(np.log(100), rel=1e-5)
 
 
 def test_tracker_aggregates() -> None:

@@ -22,7 +22,8 @@ def test_smart_resize_keeps_multiples_and_budget(h: int, w: int, expected: tuple
 
     got = smart_resize(h, w, 28, 56 * 56, 28 * 28 * 1280)
     assert got == expected == ref(h, w, 28, 56 * 56, 28 * 28 * 1280)
-    assert got[0] % 28 == 0 and got[1] % 28 == 0
+    assert got[0] % 28 == 0
+    assert got[1] % 28 == 0
     assert got[0] * got[1] <= 28 * 28 * 1280
 
 
@@ -79,7 +80,9 @@ def _png_declaring(width: int, height: int) -> bytes:
     """A syntactically valid PNG header that declares a huge canvas (a decompression bomb)."""
 
     def chunk(kind: bytes, body: bytes) -> bytes:
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     idat = zlib.compress(b"\x00" * 64)
@@ -96,4 +99,5 @@ def test_decompression_bomb_refused_before_decoding() -> None:
 def test_decode_converts_to_rgb() -> None:
     gray = random_image(40, 30).convert("L")
     img = decode_image(png_bytes(gray))
-    assert img.mode == "RGB" and img.size == (30, 40)
+    assert img.mode == "RGB"
+    assert img.size == (30, 40)

@@ -26,12 +26,27 @@ def test_matches_transformers(seed: int) -> None:
     grids = [(1, int(2 * rng.integers(1, 9)), int(2 * rng.integers(1, 9))) for _ in range(seed % 3)]
     ids = _prompt(rng, grids)
     cfg = Qwen2_5_VLConfig(
-        text_config={"hidden_size": 32, "num_hidden_layers": 1, "num_attention_heads": 2,
-                     "num_key_value_heads": 1, "intermediate_size": 32, "vocab_size": 64,
-                     "rope_parameters": {"rope_type": "default", "rope_theta": 1e6,
-                                         "mrope_section": [2, 3, 3]}},
-        vision_config={"depth": 1, "hidden_size": 16, "num_heads": 1, "out_hidden_size": 32,
-                       "intermediate_size": 16, "fullatt_block_indexes": [0]},
+        text_config={
+            "hidden_size": 32,
+            "num_hidden_layers": 1,
+            "num_attention_heads": 2,
+            "num_key_value_heads": 1,
+            "intermediate_size": 32,
+            "vocab_size": 64,
+            "rope_parameters": {
+                "rope_type": "default",
+                "rope_theta": 1e6,
+                "mrope_section": [2, 3, 3],
+            },
+        },
+        vision_config={
+            "depth": 1,
+            "hidden_size": 16,
+            "num_heads": 1,
+            "out_hidden_size": 32,
+            "intermediate_size": 16,
+            "fullatt_block_indexes": [0],
+        },
         image_token_id=IMG,
     )
     model = Qwen2_5_VLModel(cfg)
@@ -54,7 +69,8 @@ def test_decode_positions_continue_after_prompt() -> None:
     assert nxt == pos.max() + 1
     step = decode_position_ids(nxt, 2)
     assert step.shape == (3, 2)
-    assert (step[:, 0] == nxt).all() and (step[:, 1] == nxt + 1).all()
+    assert (step[:, 0] == nxt).all()
+    assert (step[:, 1] == nxt + 1).all()
 
 
 def test_placeholder_count_mismatch_is_an_error() -> None:

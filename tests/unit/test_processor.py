@@ -12,9 +12,19 @@ from fleetvl.vlm.processor import QwenVLProcessor
 from tests.helpers import random_image
 
 MESSAGES = [
-    [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "What does the gauge read?"}]}],
-    [{"role": "system", "content": "Answer in one word."},
-     {"role": "user", "content": [{"type": "text", "text": "Row?"}, {"type": "image"}, {"type": "image"}]}],
+    [
+        {
+            "role": "user",
+            "content": [{"type": "image"}, {"type": "text", "text": "What does the gauge read?"}],
+        }
+    ],
+    [
+        {"role": "system", "content": "Answer in one word."},
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "Row?"}, {"type": "image"}, {"type": "image"}],
+        },
+    ],
     [{"role": "user", "content": "Is breaker 3 open or closed?"}],
 ]
 

@@ -31,8 +31,12 @@ def test_seeded_sampling_is_reproducible_and_varies() -> None:
 def test_top_k_one_and_tiny_top_p_are_greedy() -> None:
     x = _logits(3)
     best = int(np.argmax(x))
-    assert all(Sampler(SamplingParams(temperature=1.0, top_k=1, seed=i))(x) == best for i in range(20))
-    assert all(Sampler(SamplingParams(temperature=1.0, top_p=1e-6, seed=i))(x) == best for i in range(20))
+    assert all(
+        Sampler(SamplingParams(temperature=1.0, top_k=1, seed=i))(x) == best for i in range(20)
+    )
+    assert all(
+        Sampler(SamplingParams(temperature=1.0, top_p=1e-6, seed=i))(x) == best for i in range(20)
+    )
 
 
 def test_top_k_restricts_support() -> None:

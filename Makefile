@@ -1,0 +1,45 @@
+# FleetVL developer commands. `make help` lists them.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
+DEMO := .cache/demo
+
+.DEFAULT_GOAL := help
+.PHONY: help setup demo test test-fast lint format bench-edge clean
+
+help:  ## list the commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
+
+$(STAMP): pyproject.toml
+	$(PY) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+	# The pinned CPU build first: a bare `torch` requirement would pull the CUDA wheels.
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e ".[edge,export,bench,dev]"
+	touch $(STAMP)
+
+setup: $(STAMP)  ## create .venv and install everything (idempotent)
+
+demo: setup  ## build a tiny checkpoint, export an INT4 edge bundle, ask it about a gauge image
+	@test -f $(DEMO)/hf/.done || ($(BIN)/fleetvl model init $(DEMO)/hf --preset tiny && touch $(DEMO)/hf/.done)
+	@test -f $(DEMO)/int4/manifest.json || $(BIN)/fleetvl model export $(DEMO)/hf $(DEMO)/int4 --precision int4
+	$(BIN)/fleetvl ask $(DEMO)/int4 "What does the oil-level gauge read?" --image examples/gauge.png --max-tokens 24
+
+test: setup lint  ## lint, then the whole test suite
+	$(BIN)/python -m pytest
+
+test-fast: setup  ## unit tests only
+	$(BIN)/python -m pytest tests/unit
+
+lint: setup  ## ruff
+	$(BIN)/ruff check .
+
+format: setup  ## ruff format + autofix
+	$(BIN)/ruff check --fix . && $(BIN)/ruff format .
+
+bench-edge: setup  ## edge engine benchmark on the edge-bench preset (long: builds a 0.5B model)
+	$(BIN)/python benchmarks/edge_engine.py --json benchmarks/results/edge_engine.json
+
+clean:  ## remove the venv and cached artifacts
+	rm -rf $(VENV) .cache
