@@ -28,7 +28,7 @@ from edge_agent.engine.types import CancelToken, EarlyStop, GenerationResult, Ti
 from fleetvl.errors import InputError, PromptError
 from fleetvl.vlm.confidence import ConfidenceTracker, token_confidence
 from fleetvl.vlm.image import PreprocessedImage, decode_image, preprocess
-from fleetvl.vlm.mrope import decode_position_ids, rope_index
+from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
 
 __all__ = ["EdgeEngine", "Generation"]
@@ -61,6 +61,22 @@ class EdgeEngine:
         self._arena.bind(self._binding)
         self._logits = np.zeros((1, 1, s.vocab_size), dtype=np.float32)
         self._binding.bind_ortvalue_output("logits", ort.OrtValue.ortvalue_from_numpy(self._logits))
+        self._mask = np.ones((1, self.bundle.config.max_context), dtype=np.int64)
+        # Fixed decode-step buffers, wrapped once (OrtValues share the NumPy memory).
+        h = s.hidden_size
+        self._step_token = np.zeros((1, 1), dtype=np.int64)
+        self._step_embeds = np.zeros((1, 1, h), dtype=np.float32)
+        self._step_pos = np.zeros((3, 1, 1), dtype=np.int64)
+        self._step_hidden = np.zeros((1, 1, h), dtype=np.float32)
+        self._no_features = np.zeros((0, h), dtype=np.float32)
+        wrap = ort.OrtValue.ortvalue_from_numpy
+        self._step_embeds_ov = wrap(self._step_embeds)
+        self._step_pos_ov = wrap(self._step_pos)
+        self._step_hidden_ov = wrap(self._step_hidden)
+        self._emb_binding = self.bundle.embedding.io_binding()
+        self._emb_binding.bind_ortvalue_input("input_ids", wrap(self._step_token))
+        self._emb_binding.bind_ortvalue_input("image_features", wrap(self._no_features))
+        self._emb_binding.bind_ortvalue_output("inputs_embeds", self._step_embeds_ov)
         self._lock = threading.Lock()
 
     @property
@@ -211,37 +227,38 @@ class EdgeEngine:
             embeds = b.embedding.run(
                 ["inputs_embeds"], {"input_ids": suffix[None, :], "image_features": feats}
             )[0]
-            hidden = self._step(embeds, positions[:, None, cached:], cached + len(suffix))
+            hidden = self._prefill(embeds, positions[:, None, cached:], len(prompt))
             timings.prefill_s = time.perf_counter() - t_vis
             captured = self._arena.export(capture_prefix) if capture_prefix else None
 
             sampler = Sampler(params)
             tracker = ConfidenceTracker()
+            detok = _Detokenizer(self.processor)
             out_ids: list[int] = []
             text = ""
             finish = "length"
             t_first = 0.0
             kv_len = len(prompt)
+            logits = self._logits[0, 0]
             for index in range(params.max_tokens):
-                logits = self._logits[0, 0]
                 token = sampler(logits)
                 if index == 0:
                     t_first = time.perf_counter()
                     timings.ttft_s = t_first - t0
-                tc = token_confidence(logits, token) if with_confidence else None
+                # In place: the logits buffer is ours until the next step overwrites it.
+                tc = token_confidence(logits, token, inplace=True) if with_confidence else None
                 if token in eos:
                     finish = "stop"
                     break
                 out_ids.append(token)
                 if tc is not None:
                     tracker.add(tc)
-                new_text = self.processor.decode(out_ids)
-                stop_at = _find_stop(new_text, params.stop, len(text))
-                if stop_at is not None:
-                    new_text = new_text[:stop_at]
-                    finish = "stop"
-                # Hold back a trailing partial UTF-8 sequence until it completes.
-                emit = new_text[len(text) :] if not new_text.endswith("\ufffd") else ""
+                emit = detok.push(out_ids)
+                if params.stop:
+                    stop_at = _find_stop(text + emit, params.stop, len(text))
+                    if stop_at is not None:
+                        emit = (text + emit)[len(text) : stop_at]
+                        finish = "stop"
                 text += emit
                 yield TokenEvent(index=index, token_id=token, text=emit, confidence=tc)
                 if finish == "stop":
@@ -254,16 +271,9 @@ class EdgeEngine:
                     break
                 if index + 1 == params.max_tokens:
                     break
-                embeds = b.embedding.run(
-                    ["inputs_embeds"],
-                    {
-                        "input_ids": np.array([[token]], dtype=np.int64),
-                        "image_features": np.zeros((0, b.shape.hidden_size), dtype=np.float32),
-                    },
-                )[0]
-                pos = decode_position_ids(next_pos + (kv_len - len(prompt)), 1)
-                hidden = self._step(embeds, pos[:, None, :], kv_len + 1)
+                self._decode_step(token, next_pos + (kv_len - len(prompt)), kv_len + 1)
                 kv_len += 1
+                hidden = self._step_hidden
             timings.generated_tokens = len(out_ids)
             timings.decode_s = time.perf_counter() - t_first if t_first else 0.0
             final_text = self.processor.decode(out_ids)
@@ -281,16 +291,46 @@ class EdgeEngine:
                 prefix=captured,
             )
 
-    def _step(self, embeds: np.ndarray, position_ids: np.ndarray, total_len: int) -> np.ndarray:
-        """One decoder run over ``embeds``; logits land in ``self._logits``."""
+    def _prefill(self, embeds: np.ndarray, position_ids: np.ndarray, total_len: int) -> np.ndarray:
+        """Decoder run over the uncached prompt; logits land in ``self._logits``."""
         binding = self._binding
         binding.bind_cpu_input("inputs_embeds", np.ascontiguousarray(embeds, dtype=np.float32))
-        binding.bind_cpu_input("attention_mask", np.ones((1, total_len), dtype=np.int64))
+        binding.bind_cpu_input("attention_mask", self._mask[:, :total_len])
         binding.bind_cpu_input("position_ids", np.ascontiguousarray(position_ids, dtype=np.int64))
         hidden = np.empty((1, embeds.shape[1], self.bundle.shape.hidden_size), dtype=np.float32)
         binding.bind_ortvalue_output("hidden_states", ort.OrtValue.ortvalue_from_numpy(hidden))
         self.bundle.decoder.run_with_iobinding(binding)
+        # Decode steps reuse fixed buffers: bind them once here, not once per token.
+        binding.bind_ortvalue_input("inputs_embeds", self._step_embeds_ov)
+        binding.bind_ortvalue_input("position_ids", self._step_pos_ov)
+        binding.bind_ortvalue_output("hidden_states", self._step_hidden_ov)
         return hidden
+
+    def _decode_step(self, token: int, position: int, total_len: int) -> None:
+        """Embed one token and run the decoder on it, all through pre-bound buffers."""
+        self._step_token[0, 0] = token
+        self.bundle.embedding.run_with_iobinding(self._emb_binding)
+        self._step_pos.fill(position)
+        self._binding.bind_cpu_input("attention_mask", self._mask[:, :total_len])
+        self.bundle.decoder.run_with_iobinding(self._binding)
+
+
+class _Detokenizer:
+    """Incremental text for byte-level BPE: decodes a short window per step, not the whole
+    answer, and holds back text while a multi-byte character is incomplete."""
+
+    def __init__(self, processor) -> None:  # noqa: ANN001 - QwenVLProcessor
+        self._decode = processor.decode
+        self._prefix = 0
+        self._read = 0
+
+    def push(self, ids: list[int]) -> str:
+        before = self._decode(ids[self._prefix : self._read])
+        after = self._decode(ids[self._prefix :])
+        if len(after) > len(before) and not after.endswith("\ufffd"):
+            self._prefix, self._read = self._read, len(ids)
+            return after[len(before) :]
+        return ""
 
 
 def _find_stop(text: str, stops: Sequence[str], scan_from: int) -> int | None:

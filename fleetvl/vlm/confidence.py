@@ -30,8 +30,15 @@ class TokenConfidence:
     entropy: float  # nats
 
 
-def token_confidence(logits: np.ndarray, token_id: int) -> TokenConfidence:
-    """Signals for ``token_id`` under the distribution ``softmax(logits)`` (1-D logits)."""
+def token_confidence(
+    logits: np.ndarray, token_id: int, *, inplace: bool = False
+) -> TokenConfidence:
+    """Signals for ``token_id`` under the distribution ``softmax(logits)`` (1-D logits).
+
+    ``inplace=True`` lets the function mask and restore one element of ``logits`` instead of
+    copying the vocabulary-sized array (the engine owns its logits buffer); values are
+    unchanged on return.
+    """
     x = logits.astype(np.float32, copy=False)
     top1 = int(np.argmax(x))
     m = float(x[top1])
@@ -41,7 +48,7 @@ def token_confidence(logits: np.ndarray, token_id: int) -> TokenConfidence:
     entropy = log_z - float(np.dot(e, x)) / z
     saved = x[top1]
     # Second best without a sort: mask the best in place for one max, then restore.
-    x_mut = x if x is not logits else x.copy()
+    x_mut = x if (inplace or x is not logits) else x.copy()
     x_mut[top1] = -np.inf
     second = float(x_mut.max())
     x_mut[top1] = saved
