@@ -85,7 +85,8 @@ def _summarize(runs: list[dict]) -> dict:
 # -- variants (each runs in its own process) --------------------------------------------------
 
 
-def run_ours(bundle: str, args: dict) -> dict:
+def _ours_runner(bundle: str, args: dict):
+    """A function running one request on our engine ("image" or "text"), timed."""
     from edge_agent.engine.bundle import SessionConfig
     from edge_agent.engine.engine import EdgeEngine
     from edge_agent.engine.sampling import SamplingParams
@@ -94,89 +95,118 @@ def run_ours(bundle: str, args: dict) -> dict:
     image = _image_bytes(args["image_size"])
     text = _text_prompt(engine.processor, args["prompt_tokens"])
     params = SamplingParams(max_tokens=args["new_tokens"], ignore_eos=True)
-    out = {}
-    for name, msgs, imgs in (
-        ("image", _messages(QUESTION, True), [image]),
-        ("text", _messages(text, False), []),
-    ):
-        runs = []
-        for i in range(args["runs"] + 1):
-            t0 = time.perf_counter()
-            prompt = engine.encode(msgs, imgs)  # decode + preprocess + tokenize count too
-            encode_s = time.perf_counter() - t0
-            res = engine.generate(prompt, params)
-            t = res.timings
-            if i:  # the first run warms up
-                runs.append(
-                    {
-                        "ttft_s": encode_s + t.ttft_s,
-                        "decode_tok_s": t.decode_tokens_per_s,
-                        "vision_s": t.vision_s,
-                        "prefill_s": t.prefill_s,
-                        "prompt_tokens": t.prompt_tokens,
-                        "tokens": res.token_ids,
-                    }
-                )
-        out[name] = _summarize(runs)
-    out["peak_rss_mb"] = _peak_rss_mb()
-    return out
+    prompts = {"image": (_messages(QUESTION, True), [image]), "text": (_messages(text, False), [])}
+
+    def run(name: str) -> dict:
+        msgs, imgs = prompts[name]
+        t0 = time.perf_counter()
+        prompt = engine.encode(msgs, imgs)  # decode + preprocess + tokenize count too
+        encode_s = time.perf_counter() - t0
+        res = engine.generate(prompt, params)
+        t = res.timings
+        return {
+            "ttft_s": encode_s + t.ttft_s,
+            "decode_tok_s": t.decode_tokens_per_s,
+            "vision_s": t.vision_s,
+            "prefill_s": t.prefill_s,
+            "prompt_tokens": t.prompt_tokens,
+            "tokens": res.token_ids,
+        }
+
+    return run
 
 
-def run_genai(bundle: str, args: dict) -> dict:
+def _genai_runner(bundle: str, args: dict):
+    """A function running one onnxruntime-genai request ("image" or "text"), timed."""
     import onnxruntime_genai as og
 
     from fleetvl.vlm.image import decode_image, preprocess
     from fleetvl.vlm.processor import QwenVLProcessor
 
     processor = QwenVLProcessor(bundle)
-    model = og.Model(bundle)
+    # Same thread count as our engine: onnxruntime-genai 0.18 ran single-threaded here otherwise.
+    config = og.Config(bundle)
+    threads = {"intra_op_num_threads": args["threads"]}
+    sections = ("decoder", "vision", "embedding")
+    config.overlay(json.dumps({"model": {k: {"session_options": threads} for k in sections}}))
+    model = og.Model(config)
     mm = model.create_multimodal_processor()
     image_path = Path(args["tmp"]) / "bench.png"
     image_path.write_bytes(_image_bytes(args["image_size"]))
     text = _text_prompt(processor, args["prompt_tokens"])
+    text_ids = processor.encode(_messages(text, False)).input_ids.tolist()
     n_new = args["new_tokens"]
     # og's processor expands placeholders exactly as ours (tested): same prompt length.
     pre = preprocess(decode_image(image_path.read_bytes()), processor.image_config)
     n_image_prompt = len(processor.encode(_messages(QUESTION, True), [pre]))
+    image_text = processor.render(_messages(QUESTION, True))
+
+    def run(name: str) -> dict:
+        t0 = time.perf_counter()
+        params = og.GeneratorParams(model)
+        n_prompt = n_image_prompt if name == "image" else len(text_ids)
+        params.set_search_options(max_length=n_prompt + n_new, do_sample=False)
+        gen = og.Generator(model, params)
+        if name == "image":
+            gen.set_inputs(mm(image_text, images=og.Images.open(str(image_path))))
+        else:
+            gen.append_tokens(text_ids)
+        gen.generate_next_token()
+        t_first = time.perf_counter()
+        tokens = [int(gen.get_next_tokens()[0])]
+        while not gen.is_done():
+            gen.generate_next_token()
+            tokens.append(int(gen.get_next_tokens()[0]))
+        t_end = time.perf_counter()
+        del gen
+        return {
+            "ttft_s": t_first - t0,
+            "decode_tok_s": (len(tokens) - 1) / (t_end - t_first),
+            "prompt_tokens": n_prompt,
+            "tokens": tokens,
+        }
+
+    return run
+
+
+def _measure(run, args: dict) -> dict:
     out = {}
     for name in ("image", "text"):
-        runs = []
-        for i in range(args["runs"] + 1):
-            t0 = time.perf_counter()
-            params = og.GeneratorParams(model)
-            if name == "image":
-                prompt_text = processor.render(_messages(QUESTION, True))
-                inputs = mm(prompt_text, images=og.Images.open(str(image_path)))
-                n_prompt = n_image_prompt
-                params.set_search_options(max_length=n_prompt + n_new, do_sample=False)
-                gen = og.Generator(model, params)
-                gen.set_inputs(inputs)
-            else:
-                ids = processor.encode(_messages(text, False)).input_ids
-                n_prompt = len(ids)
-                params.set_search_options(max_length=n_prompt + n_new, do_sample=False)
-                gen = og.Generator(model, params)
-                gen.append_tokens(ids.tolist())
-            tokens = []
-            gen.generate_next_token()
-            t_first = time.perf_counter()
-            tokens.append(int(gen.get_next_tokens()[0]))
-            while not gen.is_done():
-                gen.generate_next_token()
-                tokens.append(int(gen.get_next_tokens()[0]))
-            t_end = time.perf_counter()
-            if i:
-                runs.append(
-                    {
-                        "ttft_s": t_first - t0,
-                        "decode_tok_s": (len(tokens) - 1) / (t_end - t_first),
-                        "prompt_tokens": n_prompt,
-                        "tokens": tokens,
-                    }
-                )
-            del gen
+        runs = [run(name) for _ in range(args["runs"] + 1)][1:]  # the first run warms up
         out[name] = _summarize(runs)
     out["peak_rss_mb"] = _peak_rss_mb()
+    return out
+
+
+def run_ours(bundle: str, args: dict) -> dict:
+    return _measure(_ours_runner(bundle, args), args)
+
+
+def run_genai(bundle: str, args: dict) -> dict:
+    return _measure(_genai_runner(bundle, args), args)
+
+
+def run_paired(bundle: str, args: dict) -> dict:
+    """Ours and onnxruntime-genai on one bundle in one process, runs alternating A/B, so the
+    machine's speed swings (2x between minutes on this VM) hit both sides alike."""
+    ours, genai = _ours_runner(bundle, args), _genai_runner(bundle, args)
+    out: dict = {"read_bandwidth_gb_s_before": measure_read_bandwidth(args["threads"])}
+    for name in ("text", "image"):
+        a, b = [], []
+        for i in range(args["paired_rounds"] + 1):
+            ra, rb = ours(name), genai(name)
+            if i:  # round 0 warms both up
+                a.append(ra)
+                b.append(rb)
+        out[name] = {
+            "ours": _summarize(a),
+            "genai": _summarize(b),
+            "decode_ratio_per_round": [
+                x["decode_tok_s"] / y["decode_tok_s"] for x, y in zip(a, b, strict=False)
+            ],
+            "ttft_ratio_per_round": [x["ttft_s"] / y["ttft_s"] for x, y in zip(a, b, strict=False)],
+        }
+    out["read_bandwidth_gb_s_after"] = measure_read_bandwidth(args["threads"])
     return out
 
 
@@ -326,7 +356,8 @@ def main() -> int:
         "new_tokens": 16 if args.quick else 64,
         "prompt_tokens": 60 if args.quick else 300,
         "image_size": 448,
-        "runs": args.runs or (1 if args.quick else 3),
+        "runs": args.runs or 1,
+        "paired_rounds": 1 if args.quick else 3,
         "tmp": str(args.cache),
     }
     art = ensure_artifacts(args.cache, preset)
@@ -353,6 +384,12 @@ def main() -> int:
             f"text TTFT {r['text']['ttft_s']:.3f}s, decode {r['text']['decode_tok_s']:.1f} tok/s",
             flush=True,
         )
+
+    print(
+        "running paired int4: ours and onnxruntime-genai alternating in one process ...", flush=True
+    )
+    with cf.ProcessPoolExecutor(max_workers=1, mp_context=ctx) as pool:
+        paired = pool.submit(run_paired, str(art["int4"]), cfg).result()
 
     sizes = {p: bundle_sizes(art[p]) for p in ("fp32", "int8", "int4")}
     prompt_len = results["ours-int4"]["text"]["prompt_tokens"]
@@ -408,12 +445,24 @@ def main() -> int:
     report["greedy_tokens_identical_to_ours_fp32"] = {
         name: same_prefix(ref_tokens, r["text"]["tokens"]) for name, r in results.items()
     }
-    g, o = report["variants"]["genai-int4"], report["variants"]["ours-int4"]
+    report["paired_int4"] = paired
+    pt, pi = paired["text"], paired["image"]
+    paired_bw = max(paired["read_bandwidth_gb_s_before"], paired["read_bandwidth_gb_s_after"])
+    paired_bound = paired_bw * 1e9 / (sizes["int4"]["decoder_bytes"] + kv)
     report["targets"] = {
-        "int4_decode_vs_genai": o["text_decode_tok_s"] / g["text_decode_tok_s"],
-        "int4_decode_share_of_bound": o["text_decode_share_of_bound"],
-        "int4_text_ttft_vs_genai": o["text_ttft_s"] / g["text_ttft_s"],
-        "int4_image_ttft_vs_genai": o["image_ttft_s"] / g["image_ttft_s"],
+        "source": "paired_int4 (medians of alternating runs in one process)",
+        "int4_decode_tok_s_ours": pt["ours"]["decode_tok_s"],
+        "int4_decode_tok_s_genai": pt["genai"]["decode_tok_s"],
+        "int4_decode_vs_genai": pt["ours"]["decode_tok_s"] / pt["genai"]["decode_tok_s"],
+        "int4_bandwidth_bound_tok_s": paired_bound,
+        "int4_decode_share_of_bound": pt["ours"]["decode_tok_s"] / paired_bound,
+        "int4_text_ttft_s_ours": pt["ours"]["ttft_s"],
+        "int4_text_ttft_s_genai": pt["genai"]["ttft_s"],
+        "int4_text_ttft_vs_genai": pt["ours"]["ttft_s"] / pt["genai"]["ttft_s"],
+        "int4_image_ttft_s_ours": pi["ours"]["ttft_s"],
+        "int4_image_ttft_s_genai": pi["genai"]["ttft_s"],
+        "int4_image_ttft_vs_genai": pi["ours"]["ttft_s"] / pi["genai"]["ttft_s"],
+        "int4_image_decode_vs_genai": pi["ours"]["decode_tok_s"] / pi["genai"]["decode_tok_s"],
         "int4_decoder_bytes_vs_fp32": sizes["int4"]["decoder_bytes"]
         / sizes["fp32"]["decoder_bytes"],
     }
@@ -449,6 +498,14 @@ def main() -> int:
         + ", ".join(f"{k}={v}" for k, v in report["greedy_tokens_identical_to_ours_fp32"].items())
     )
     t = report["targets"]
+    print(
+        f"paired int4 (median of {cfg['paired_rounds']} alternating rounds, bandwidth "
+        f"{paired_bw:.1f} GB/s): decode ours {t['int4_decode_tok_s_ours']:.1f} vs genai "
+        f"{t['int4_decode_tok_s_genai']:.1f} tok/s, bound {t['int4_bandwidth_bound_tok_s']:.1f}; "
+        f"text TTFT ours {t['int4_text_ttft_s_ours']:.2f} vs genai "
+        f"{t['int4_text_ttft_s_genai']:.2f} s; image TTFT ours {t['int4_image_ttft_s_ours']:.2f} "
+        f"vs genai {t['int4_image_ttft_s_genai']:.2f} s"
+    )
     print(
         f"targets: int4 decode vs genai {t['int4_decode_vs_genai']:.2f}x (>=0.95), "
         f"share of bound {100 * t['int4_decode_share_of_bound']:.0f}% (>=60%), "

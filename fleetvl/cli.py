@@ -37,6 +37,8 @@ def _cmd_model_export(args: argparse.Namespace) -> int:
         args.precision,
         accuracy_level=args.accuracy_level,
         block_size=args.block_size,
+        min_pixels=args.min_pixels,
+        max_pixels=args.max_pixels,
         progress=print,
     )
     return 0
@@ -114,6 +116,8 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("--precision", default="int4", choices=["fp32", "int8", "int4"])
     exp.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits compute type")
     exp.add_argument("--block-size", type=int, default=32, help="quantization block size")
+    exp.add_argument("--min-pixels", type=int, default=None, help="image budget floor")
+    exp.add_argument("--max-pixels", type=int, default=None, help="image budget cap (pixels)")
     exp.set_defaults(func=_cmd_model_export)
 
     ask = sub.add_parser("ask", help="answer one question about images with an edge bundle")

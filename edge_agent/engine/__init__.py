@@ -1,0 +1,19 @@
+"""Qwen-VL generation on ONNX Runtime sessions (no PyTorch at run time)."""
+
+from edge_agent.engine.bundle import EdgeBundle, SessionConfig
+from edge_agent.engine.engine import EdgeEngine, Generation
+from edge_agent.engine.kv_arena import KVPrefix
+from edge_agent.engine.sampling import SamplingParams
+from edge_agent.engine.types import CancelToken, GenerationResult, TokenEvent
+
+__all__ = [
+    "CancelToken",
+    "EdgeBundle",
+    "EdgeEngine",
+    "Generation",
+    "GenerationResult",
+    "KVPrefix",
+    "SamplingParams",
+    "SessionConfig",
+    "TokenEvent",
+]

@@ -1,0 +1,1 @@
+"""HF checkpoint -> ONNX edge bundle (needs the export extra: torch, transformers, onnx)."""

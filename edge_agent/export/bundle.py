@@ -50,9 +50,16 @@ def export_bundle(
     *,
     accuracy_level: int = 4,
     block_size: int = 32,
+    min_pixels: int | None = None,
+    max_pixels: int | None = None,
     progress: Callable[[str], None] = print,
 ) -> Path:
     """Export a Qwen2.5-VL / Qwen2-VL directory to an edge bundle; returns the bundle path.
+
+    ``min_pixels``/``max_pixels`` set the bundle's image budget (default: the checkpoint's).
+    The vision graph takes any grid, so this is the only resolution setting a bundle needs: a
+    site box caps it to bound vision cost and image tokens (e.g. 256 * 28 * 28 pixels = 256
+    tokens).
 
     Raises:
         ValueError: unknown precision or an unsupported architecture.
@@ -92,10 +99,13 @@ def export_bundle(
     )
     del model
     step(4, f"building {precision} decoder with onnxruntime-genai's builder")
-    build_decoder(hf, out, precision, accuracy_level=accuracy_level, block_size=block_size)
+    build_decoder(
+        hf, out, precision, accuracy_level=accuracy_level, block_size=block_size, progress=progress
+    )
     step(5, "writing configs and manifest")
     for name in _COPIED:
         shutil.copy(hf / name, out / name)
+    _set_pixel_budget(out / "preprocessor_config.json", min_pixels, max_pixels)
     write_genai_config(out, cfg)
     manifest = _manifest(out, precision, arch, accuracy_level, block_size)
     (out / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True))
@@ -104,6 +114,20 @@ def export_bundle(
         f"({manifest['total_bytes'] / 1e6:.1f} MB, {time.perf_counter() - t0:.0f}s)"
     )
     return out
+
+
+def _set_pixel_budget(path: Path, min_pixels: int | None, max_pixels: int | None) -> None:
+    if min_pixels is None and max_pixels is None:
+        return
+    pre = json.loads(path.read_text())
+    size = pre.setdefault("size", {})
+    if min_pixels is not None:
+        pre["min_pixels"] = size["shortest_edge"] = min_pixels
+    if max_pixels is not None:
+        pre["max_pixels"] = size["longest_edge"] = max_pixels
+    if pre.get("min_pixels", 0) > pre.get("max_pixels", 1 << 62):
+        raise ValueError(f"min_pixels {min_pixels} is above max_pixels {max_pixels}")
+    path.write_text(json.dumps(pre, indent=2))
 
 
 def _manifest(out: Path, precision: str, arch: str, accuracy_level: int, block_size: int) -> dict:

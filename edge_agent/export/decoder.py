@@ -17,6 +17,8 @@ import shutil
 import subprocess
 import sys
 import tempfile
+from collections import deque
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["DECODER_LAST", "build_decoder", "write_last_position_variant"]
@@ -69,6 +71,7 @@ def build_decoder(
     *,
     accuracy_level: int = 4,
     block_size: int = 32,
+    progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Run the onnxruntime-genai builder for ``precision`` into ``out_dir``; return the model.
 
@@ -111,11 +114,7 @@ def build_decoder(
             *extra,
         ]
         log.info("running %s", " ".join(cmd))
-        proc = subprocess.run(cmd, capture_output=True, text=True, check=False)
-        if proc.returncode != 0:
-            raise RuntimeError(
-                f"onnxruntime-genai builder failed ({proc.returncode}):\n{proc.stderr[-4000:]}"
-            )
+        _run_builder(cmd, progress)
     model = out / "model.onnx"
     _cap_ir_version(model)
     write_last_position_variant(model, out / DECODER_LAST)
@@ -123,6 +122,23 @@ def build_decoder(
     for extra_file in ("tokenizer.json", "tokenizer_config.json", "chat_template.jinja"):
         (out / extra_file).unlink(missing_ok=True)
     return model
+
+
+def _run_builder(cmd: list[str], progress: Callable[[str], None] | None) -> None:
+    """Run the builder, relaying its per-layer progress; raise with its output's tail."""
+    proc = subprocess.Popen(
+        cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1
+    )
+    tail: deque[str] = deque(maxlen=40)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        tail.append(line.rstrip())
+        if progress and line.startswith(("Reading layer", "Reading final", "Saving ONNX")):
+            progress("      builder: " + line.strip())
+    if proc.wait() != 0:
+        raise RuntimeError(
+            f"onnxruntime-genai builder failed ({proc.returncode}):\n" + "\n".join(tail)
+        )
 
 
 def _cap_ir_version(path: Path) -> None:

@@ -1,0 +1,1 @@
+"""Redis caches keyed by content and namespaced by bundle digest. Filled by the cache issue."""
