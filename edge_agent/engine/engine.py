@@ -3,17 +3,18 @@
 One request at a time per engine (the site agent runs several engines or queues requests);
 a lock makes concurrent calls wait rather than corrupt the KV arena.
 
-Data path of a request: decode + preprocess images (NumPy) -> vision plan -> vision session
--> embedding session (image features merged at the placeholders) -> decoder prefill over the
-uncached suffix (LM head on the last position only) -> sample -> per step: embedding of one
-token, decoder with the KV arena bound in place, sample, confidence, stop checks.
+Data path of a request: decode + preprocess images (NumPy) -> vision session, one run per
+image (window arithmetic is inside the graph) -> embedding session (image features merged at
+the placeholders) -> decoder prefill over the uncached suffix (LM head on the last position
+only) -> sample -> per step: embedding of one token, decoder with the KV arena bound in place,
+sample, confidence, stop checks.
 """
 
 from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -39,9 +40,10 @@ ImageInput = bytes | Image.Image | np.ndarray | PreprocessedImage
 class Generation:
     """An in-progress generation: iterate for :class:`TokenEvent`; ``result`` when done."""
 
-    def __init__(self, events: Iterator[TokenEvent]) -> None:
-        self._events = events
+    def __init__(self, run: Callable[[Generation], Iterator[TokenEvent]]) -> None:
         self.result: GenerationResult | None = None
+        # The run writes ``result`` into this object when it finishes.
+        self._events = run(self)
 
     def __iter__(self) -> Iterator[TokenEvent]:
         return self._events
@@ -155,11 +157,11 @@ class EdgeEngine:
             )
         if capture_prefix is not None and not 0 < capture_prefix <= len(prompt):
             raise InputError(f"capture_prefix={capture_prefix} is outside the prompt")
-        gen = Generation(iter(()))
-        gen._events = self._run(
-            gen, prompt, params, prefix, capture_prefix, stop_when, cancel, confidence
+        return Generation(
+            lambda gen: self._run(
+                gen, prompt, params, prefix, capture_prefix, stop_when, cancel, confidence
+            )
         )
-        return gen
 
     def _encode_images(self, prompt: Prompt, cached: int) -> np.ndarray:
         """Vision features for the images whose placeholders lie after the cached prefix."""
