@@ -33,6 +33,8 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._artifacts import ensure_artifacts, image_bytes  # noqa: E402
+
 QUESTION = "What does the oil-level gauge read? Answer with the percentage."
 TEXT_SEED = (
     "Substation report. Feeder bay 3 breaker closed, transformer oil level 62 percent, "
@@ -45,22 +47,6 @@ def _peak_rss_mb() -> float:
         if line.startswith("VmHWM:"):
             return int(line.split()[1]) / 1024
     return float("nan")
-
-
-def _image_bytes(size: int) -> bytes:
-    import io
-
-    import numpy as np
-    from PIL import Image
-
-    rng = np.random.default_rng(0)
-    yy, xx = np.mgrid[0:size, 0:size]
-    base = np.stack([xx * 255 / size, yy * 255 / size, (xx + yy) % 256], -1) + rng.normal(
-        0, 30, (size, size, 3)
-    )
-    buf = io.BytesIO()
-    Image.fromarray(np.clip(base, 0, 255).astype(np.uint8)).save(buf, format="PNG")
-    return buf.getvalue()
 
 
 def _messages(text: str, with_image: bool) -> list[dict]:
@@ -92,7 +78,7 @@ def _ours_runner(bundle: str, args: dict):
     from edge_agent.engine.sampling import SamplingParams
 
     engine = EdgeEngine(bundle, SessionConfig(intra_op_threads=args["threads"]))
-    image = _image_bytes(args["image_size"])
+    image = image_bytes(args["image_size"])
     text = _text_prompt(engine.processor, args["prompt_tokens"])
     params = SamplingParams(max_tokens=args["new_tokens"], ignore_eos=True)
     prompts = {"image": (_messages(QUESTION, True), [image]), "text": (_messages(text, False), [])}
@@ -132,7 +118,7 @@ def _genai_runner(bundle: str, args: dict):
     model = og.Model(config)
     mm = model.create_multimodal_processor()
     image_path = Path(args["tmp"]) / "bench.png"
-    image_path.write_bytes(_image_bytes(args["image_size"]))
+    image_path.write_bytes(image_bytes(args["image_size"]))
     text = _text_prompt(processor, args["prompt_tokens"])
     text_ids = processor.encode(_messages(text, False)).input_ids.tolist()
     n_new = args["new_tokens"]
@@ -224,7 +210,7 @@ def run_transformers(hf_dir: str, args: dict) -> dict:
     model = AutoModelForImageTextToText.from_pretrained(
         hf_dir, dtype=torch.float32, attn_implementation="eager"
     ).eval()
-    image = _image_bytes(args["image_size"])
+    image = image_bytes(args["image_size"])
     text = _text_prompt(processor, args["prompt_tokens"])
 
     class Clock(BaseStreamer):
@@ -300,29 +286,6 @@ def measure_read_bandwidth(threads: int, gib: float = 1.0, repeats: int = 5) -> 
             t.join()
         best = max(best, a.nbytes / (time.perf_counter() - t0) / 1e9)
     return best
-
-
-def ensure_artifacts(cache: Path, preset: str) -> dict[str, Path]:
-    from edge_agent.export.bundle import export_bundle
-    from fleetvl.vlm.checkpoint import build_checkpoint
-    from fleetvl.vlm.presets import get_preset
-
-    base = cache / preset
-    hf = base / "hf"
-    if not (hf / "config.json").exists() or not (hf / "chat_template.jinja").exists():
-        print(f"building the {preset} checkpoint in {hf}", flush=True)
-        dtype = "bfloat16" if preset == "edge-bench" else "float32"
-        build_checkpoint(
-            get_preset(preset), hf, dtype=dtype, progress=lambda m: print("  " + m, flush=True)
-        )
-    out = {"hf": hf}
-    for p in ("fp32", "int8", "int4"):
-        b = base / p
-        if not (b / "manifest.json").exists():
-            print(f"exporting the {p} bundle to {b}", flush=True)
-            export_bundle(hf, b, p, progress=lambda m: print("  " + m, flush=True))
-        out[p] = b
-    return out
 
 
 def bundle_sizes(bundle: Path) -> dict[str, int]:

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -127,6 +127,7 @@ class EdgeEngine:
         stop_when: EarlyStop | None = None,
         cancel: CancelToken | None = None,
         confidence: bool = True,
+        image_features: Mapping[int, np.ndarray] | None = None,
     ) -> Generation:
         """Generate tokens for ``prompt``, yielding them as they are produced.
 
@@ -138,6 +139,9 @@ class EdgeEngine:
             cancel: checked between steps; a cancelled generation ends with
                 ``finish_reason="cancelled"`` and keeps what it produced.
             confidence: compute per-token confidence (≈0.3 ms/token at a 152k vocabulary).
+            image_features: vision-encoder output by image index (from the cache); those
+                images are not encoded. Features computed are returned in
+                ``result.image_features``.
 
         Raises:
             PromptError: prompt (with the answer budget) does not fit the context.
@@ -159,42 +163,73 @@ class EdgeEngine:
             raise InputError(f"capture_prefix={capture_prefix} is outside the prompt")
         return Generation(
             lambda gen: self._run(
-                gen, prompt, params, prefix, capture_prefix, stop_when, cancel, confidence
+                gen,
+                prompt,
+                params,
+                prefix,
+                capture_prefix,
+                stop_when,
+                cancel,
+                confidence,
+                image_features,
             )
         )
 
-    def _encode_images(self, prompt: Prompt, cached: int) -> np.ndarray:
-        """Vision features for the images whose placeholders lie after the cached prefix."""
-        b = self.bundle
+    def image_spans(self, prompt: Prompt) -> list[tuple[int, int]]:
+        """``[start, end)`` of each image's placeholder tokens in the prompt, in image order."""
         ids = prompt.input_ids
-        starts = np.flatnonzero(
-            (ids == self.processor.image_token_id)
-            & np.concatenate([[True], ids[:-1] != self.processor.image_token_id])
-        )
-        todo = []
-        for start, img in zip(starts, prompt.images, strict=True):
-            end = start + img.num_tokens(b.spatial_merge_size)
+        tok = self.processor.image_token_id
+        starts = np.flatnonzero((ids == tok) & np.concatenate([[True], ids[:-1] != tok]))
+        m = self.bundle.spatial_merge_size
+        return [
+            (int(s), int(s) + img.num_tokens(m))
+            for s, img in zip(starts, prompt.images, strict=True)
+        ]
+
+    def _encode_images(
+        self,
+        prompt: Prompt,
+        cached: int,
+        given: Mapping[int, np.ndarray],
+        encoded: dict[int, np.ndarray],
+    ) -> tuple[np.ndarray, int]:
+        """Vision features for the placeholders after the cached prefix, and tokens encoded.
+
+        Images entirely inside the prefix are skipped; one cut by the prefix's end contributes
+        only its remaining rows. ``given`` features (from the cache) are used as they are;
+        features computed here are put in ``encoded`` by image index.
+        """
+        b = self.bundle
+        h = b.shape.hidden_size
+        parts = []
+        vision_tokens = 0
+        for i, ((start, end), img) in enumerate(
+            zip(self.image_spans(prompt), prompt.images, strict=True)
+        ):
             if end <= cached:
                 continue
-            if start < cached:
+            feats = given.get(i)
+            if feats is not None and feats.shape != (end - start, h):
                 raise InputError(
-                    f"cached prefix ends at token {cached}, inside an image (tokens {start}-{end})"
+                    f"features given for image {i} have shape {feats.shape}, "
+                    f"expected {(end - start, h)}"
                 )
-            todo.append(img)
-        if not todo:
-            return np.zeros((0, b.shape.hidden_size), dtype=np.float32)
-        # One run per image: attention never crosses images, and the graph takes one grid.
-        feats = [
-            b.vision.run(
-                ["image_features"],
-                {
-                    "pixel_values": i.pixel_values,
-                    "image_grid_thw": np.asarray([i.grid_thw], dtype=np.int64),
-                },
-            )[0]
-            for i in todo
-        ]
-        return np.concatenate(feats) if len(feats) > 1 else feats[0]
+            if feats is None:
+                # One run per image: attention never crosses images, the graph takes one grid.
+                feats = b.vision.run(
+                    ["image_features"],
+                    {
+                        "pixel_values": img.pixel_values,
+                        "image_grid_thw": np.asarray([img.grid_thw], dtype=np.int64),
+                    },
+                )[0]
+                encoded[i] = feats
+                vision_tokens += end - start
+            parts.append(feats[max(cached - start, 0) :])
+        if not parts:
+            return np.zeros((0, h), dtype=np.float32), 0
+        out = np.concatenate(parts) if len(parts) > 1 else parts[0]
+        return np.ascontiguousarray(out, dtype=np.float32), vision_tokens
 
     def _run(
         self,
@@ -206,6 +241,7 @@ class EdgeEngine:
         stop_when: EarlyStop | None,
         cancel: CancelToken | None,
         with_confidence: bool,
+        image_features: Mapping[int, np.ndarray] | None,
     ) -> Iterator[TokenEvent]:
         b = self.bundle
         eos = set() if params.ignore_eos else set(self.processor.eos_token_ids)
@@ -214,7 +250,10 @@ class EdgeEngine:
             timings = Timings(prompt_tokens=len(prompt))
             cached = prefix.num_tokens if prefix else 0
             timings.cached_tokens = cached
-            feats = self._encode_images(prompt, cached)
+            encoded: dict[int, np.ndarray] = {}
+            feats, timings.vision_tokens = self._encode_images(
+                prompt, cached, image_features or {}, encoded
+            )
             t_vis = time.perf_counter()
             timings.vision_s = t_vis - t0
             positions, next_pos = rope_index(
@@ -291,6 +330,7 @@ class EdgeEngine:
                 timings=timings,
                 last_hidden=hidden[0, -1].copy(),
                 prefix=captured,
+                image_features=encoded,
             )
 
     def _prefill(self, embeds: np.ndarray, position_ids: np.ndarray, total_len: int) -> np.ndarray:

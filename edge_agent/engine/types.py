@@ -49,6 +49,7 @@ class Timings:
     decode_s: float = 0.0  # after the first token, to the last
     prompt_tokens: int = 0
     cached_tokens: int = 0
+    vision_tokens: int = 0  # image tokens the vision encoder computed (cache hits excluded)
     generated_tokens: int = 0
 
     @property
@@ -68,4 +69,6 @@ class GenerationResult:
     timings: Timings
     last_hidden: np.ndarray | None = None  # final-norm hidden state of the last position
     prefix: KVPrefix | None = None  # KV captured after prefill, when asked for
+    # Vision features computed by this request, by image index (for the cache to store).
+    image_features: dict[int, np.ndarray] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)

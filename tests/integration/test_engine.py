@@ -131,11 +131,27 @@ def test_kv_prefix_reuse_gives_identical_output(engine: EdgeEngine) -> None:
     assert warm.token_ids == cold.token_ids
     assert warm.timings.cached_tokens == cut
     assert warm.timings.vision_s < cold.timings.vision_s
-    bad = engine.generate(
+    # A prefix may end inside an image (cache blocks ignore image bounds): that image is
+    # still encoded and only its remaining rows are prefilled.
+    mid = engine.generate(
         prompt, SamplingParams(max_tokens=2), capture_prefix=int(img[0]) + 3
     ).prefix
-    with pytest.raises(InputError, match="inside an image"):
-        engine.generate(prompt, SamplingParams(max_tokens=2), prefix=bad)
+    cut_mid = engine.generate(prompt, SamplingParams(max_tokens=10, ignore_eos=True), prefix=mid)
+    assert cut_mid.token_ids == cold.token_ids
+    assert cut_mid.timings.cached_tokens == int(img[0]) + 3
+
+
+def test_given_image_features_skip_the_encoder(engine: EdgeEngine) -> None:
+    prompt = _prompt(engine, n_images=2)
+    params = SamplingParams(max_tokens=8, ignore_eos=True)
+    cold = engine.generate(prompt, params)
+    assert sorted(cold.image_features) == [0, 1]
+    assert cold.timings.vision_tokens == sum(e - s for s, e in engine.image_spans(prompt))
+    warm = engine.generate(prompt, params, image_features={1: cold.image_features[1]})
+    assert warm.token_ids == cold.token_ids
+    assert sorted(warm.image_features) == [0]
+    with pytest.raises(InputError, match="features given for image 0"):
+        engine.generate(prompt, params, image_features={0: cold.image_features[1][:1]})
 
 
 def test_context_overflow_is_a_prompt_error(engine: EdgeEngine) -> None:

@@ -1,0 +1,76 @@
+"""Cache settings, from code or the environment (``FLEETVL_REDIS_URL`` and friends)."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field, replace
+
+from fleetvl.cache.kv_quant import KV_FORMATS
+
+__all__ = ["CacheConfig"]
+
+MiB = 1 << 20
+
+
+@dataclass(frozen=True)
+class CacheConfig:
+    """How the engines use the shared Redis.
+
+    Redis itself should run with ``maxmemory`` set and ``maxmemory-policy allkeys-lru``
+    (see docs/cache.md): entries also carry TTLs, but memory is bounded by eviction.
+    """
+
+    url: str = "redis://127.0.0.1:6379/0"  # redis:// or rediss://, password in the URL
+    # Every Redis call is bounded: a slow or dead server costs at most this per request.
+    op_timeout_s: float = 0.5
+    connect_timeout_s: float = 0.25
+    # After a failure the cache is bypassed for a backoff that doubles up to the maximum;
+    # the next call after it reconnects (redis-py reopens pooled connections on demand).
+    backoff_s: float = 0.5
+    max_backoff_s: float = 10.0
+    # Values above this are split (KV by layer range, others by rows/bytes): large values
+    # block Redis' single thread and its replication buffers.
+    max_value_bytes: int = 1 * MiB
+    block_size: int = 64  # prefix KV block, tokens
+    kv_format: str = "fp16"  # fp32 (exact) | fp16 | int8
+    vision_format: str = "fp32"  # fp32 | fp16
+    ttl_kv_s: int = 3600
+    ttl_vision_s: int = 3600
+    ttl_response_s: int = 600
+    ttl_image_s: int = 86400
+    write_queue: int = 64  # pending async writes; more are dropped (counted)
+    # "auto": fetch a hit only when the cost model says it beats recomputing; "always" and
+    # "never" override it (e.g. to pin behaviour while measuring).
+    fetch_policy: str = "auto"
+    # Fetch-or-recompute priors, replaced by measurements (EWMA) after the first requests.
+    prior_prefill_s_per_token: float = 0.002
+    prior_vision_s_per_token: float = 0.002
+    prior_fetch_s_per_mib: float = 0.01
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None
+    tls_key_file: str | None = None
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError(f"cache URL must be redis://, rediss:// or unix://, got {self.url!r}")
+        if self.kv_format not in KV_FORMATS:
+            raise ValueError(f"kv_format must be one of {KV_FORMATS}, got {self.kv_format!r}")
+        if self.vision_format not in ("fp32", "fp16"):
+            raise ValueError(f"vision_format must be fp32 or fp16, got {self.vision_format!r}")
+        if self.fetch_policy not in ("auto", "always", "never"):
+            raise ValueError(f"fetch_policy must be auto, always or never: {self.fetch_policy!r}")
+        if self.block_size < 1 or self.max_value_bytes < 64 * 1024:
+            raise ValueError("block_size must be >= 1 and max_value_bytes >= 64 KiB")
+        if self.op_timeout_s <= 0 or self.connect_timeout_s <= 0:
+            raise ValueError("cache timeouts must be positive")
+
+    @classmethod
+    def from_env(cls, **overrides: object) -> CacheConfig:
+        env = os.environ
+        cfg = cls(url=env.get("FLEETVL_REDIS_URL", cls.url))
+        if v := env.get("FLEETVL_CACHE_KV_FORMAT"):
+            cfg = replace(cfg, kv_format=v)
+        if v := env.get("FLEETVL_CACHE_TIMEOUT_S"):
+            cfg = replace(cfg, op_timeout_s=float(v))
+        return replace(cfg, **overrides)  # type: ignore[arg-type]

@@ -1,0 +1,69 @@
+"""Final answers by digest of (model, messages, generation parameters).
+
+Only deterministic requests are cached (greedy decoding, or sampling with a fixed seed):
+replaying a sampled answer to a request that asked for fresh randomness would be wrong.
+Values are JSON inside the checked container, validated on read.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+
+from fleetvl.cache import metrics
+from fleetvl.cache.codec import CacheEntryError, EntryKind, Value, decode_value, encode_value
+from fleetvl.cache.config import CacheConfig
+from fleetvl.cache.keys import Namespace
+from fleetvl.cache.store import RedisStore
+
+__all__ = ["ResponseCache"]
+
+_REQUIRED = {"text": str, "token_ids": list, "finish_reason": str}
+
+
+class ResponseCache:
+    kind = "response"
+
+    def __init__(self, store: RedisStore, ns: Namespace, config: CacheConfig) -> None:
+        self.store = store
+        self.ns = ns
+        self.ttl = config.ttl_response_s
+        self.max_bytes = config.max_value_bytes
+
+    def get(self, request_digest: str) -> dict[str, Any] | None:
+        key = self.ns.response(request_digest)
+        raw = self.store.mget([key])
+        if not raw or raw[0] is None:
+            if raw is not None:
+                metrics.MISSES.labels(self.kind).inc()
+            return None
+        try:
+            v = decode_value(key, raw[0], EntryKind.RESPONSE)
+            obj = json.loads(v.arrays[0].tobytes())
+            if not isinstance(obj, dict) or any(
+                not isinstance(obj.get(f), t) for f, t in _REQUIRED.items()
+            ):
+                raise CacheEntryError("bad_json", "response lacks text/token_ids/finish_reason")
+        except (CacheEntryError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, CacheEntryError) else "bad_json"
+            metrics.REJECTED.labels(self.kind, reason).inc()
+            self.store.delete([key])
+            return None
+        metrics.HITS.labels(self.kind).inc()
+        metrics.BYTES_READ.labels(self.kind).inc(len(raw[0]))
+        return obj
+
+    def put_async(self, request_digest: str, answer: dict[str, Any]) -> bool:
+        key = self.ns.response(request_digest)
+        body = np.frombuffer(json.dumps(answer, separators=(",", ":")).encode(), np.uint8)
+        if body.nbytes > self.max_bytes - 512:
+            return False  # answers this long are not worth a Redis slot
+
+        def job() -> None:
+            data = encode_value(key, Value(EntryKind.RESPONSE, [body]))
+            if self.store.set_many([(key, data)], self.ttl):
+                metrics.BYTES_WRITTEN.labels(self.kind).inc(len(data))
+
+        return self.store.submit(job)

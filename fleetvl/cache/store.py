@@ -1,0 +1,191 @@
+"""The Redis connection: bounded calls, a backoff breaker, and a background writer.
+
+A cache outage slows requests down and never fails them: every call is bounded by a socket
+timeout, a failure opens a breaker so later requests skip Redis at once instead of each waiting
+out the timeout, and after the backoff the next call tries again (redis-py reconnects pooled
+connections by itself). Writes go through a bounded queue drained by one thread, off the
+request's critical path; when the queue is full the write is dropped and counted.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
+
+import redis
+
+from fleetvl.cache import metrics
+from fleetvl.cache.config import CacheConfig
+
+__all__ = ["RedisStore"]
+
+log = logging.getLogger("fleetvl.cache")
+T = TypeVar("T")
+_FAILURES = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class RedisStore:
+    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        kw: dict[str, Any] = {
+            "socket_timeout": config.op_timeout_s,
+            "socket_connect_timeout": config.connect_timeout_s,
+            "health_check_interval": 30,
+        }
+        if config.url.startswith("rediss://"):
+            kw.update(
+                ssl_ca_certs=config.tls_ca_file,
+                ssl_certfile=config.tls_cert_file,
+                ssl_keyfile=config.tls_key_file,
+            )
+        self.client = redis.Redis.from_url(config.url, **kw)
+        self._lock = threading.Lock()
+        self._open_until = 0.0
+        self._backoff = config.backoff_s
+        self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(config.write_queue)
+        self._pending = 0
+        self._idle = threading.Condition()
+        self._writer = threading.Thread(
+            target=self._drain, name="fleetvl-cache-writer", daemon=True
+        )
+        self._writer.start()
+        metrics.AVAILABLE.set(1)
+
+    # -- breaker ----------------------------------------------------------------------------
+
+    @property
+    def available(self) -> bool:
+        return self._clock() >= self._open_until
+
+    def call(self, op: str, fn: Callable[[redis.Redis], T]) -> T | None:
+        """Run ``fn(client)``; None when Redis is unavailable (failure counted, breaker opened)."""
+        if not self.available:
+            metrics.BYPASSED.labels(op).inc()
+            return None
+        try:
+            out = fn(self.client)
+        except _FAILURES as exc:
+            self._trip(op, exc)
+            return None
+        except redis.ResponseError as exc:
+            # Server-side refusal (OOM without eviction, wrong type): not an outage.
+            metrics.ERRORS.labels(op).inc()
+            log.warning("cache %s refused by Redis: %s", op, exc)
+            return None
+        if self._backoff != self.config.backoff_s:
+            log.info("cache reachable again")
+        with self._lock:
+            self._backoff = self.config.backoff_s
+        metrics.AVAILABLE.set(1)
+        return out
+
+    def _trip(self, op: str, exc: BaseException) -> None:
+        metrics.ERRORS.labels(op).inc()
+        metrics.AVAILABLE.set(0)
+        with self._lock:
+            wait = self._backoff
+            self._open_until = self._clock() + wait
+            self._backoff = min(self._backoff * 2, self.config.max_backoff_s)
+        log.warning("cache unavailable (%s: %s); bypassing it for %.1fs", op, exc, wait)
+
+    # -- operations -------------------------------------------------------------------------
+
+    def strlen_many(self, keys: Sequence[str]) -> list[int] | None:
+        """Sizes of ``keys`` (0 when absent), one round trip."""
+        if not keys:
+            return []
+
+        def run(c: redis.Redis) -> list[int]:
+            p = c.pipeline(transaction=False)
+            for k in keys:
+                p.strlen(k)
+            return [int(x) for x in p.execute()]
+
+        return self.call("strlen", run)
+
+    def mget(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        if not keys:
+            return []
+        return self.call("mget", lambda c: c.mget(list(keys)))
+
+    def exists_many(self, keys: Sequence[str]) -> list[bool] | None:
+        if not keys:
+            return []
+
+        def run(c: redis.Redis) -> list[bool]:
+            p = c.pipeline(transaction=False)
+            for k in keys:
+                p.exists(k)
+            return [bool(x) for x in p.execute()]
+
+        return self.call("exists", run)
+
+    def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> bool:
+        def run(c: redis.Redis) -> bool:
+            p = c.pipeline(transaction=False)
+            for k, v in items:
+                p.set(k, v, ex=ttl_s)
+            p.execute()
+            return True
+
+        return bool(self.call("set", run))
+
+    def delete(self, keys: Sequence[str]) -> None:
+        if keys:
+            self.call("delete", lambda c: c.delete(*keys))
+
+    def ping_s(self) -> float | None:
+        t0 = time.perf_counter()
+        ok = self.call("ping", lambda c: c.ping())
+        return time.perf_counter() - t0 if ok else None
+
+    # -- async writes -----------------------------------------------------------------------
+
+    def submit(self, job: Callable[[], None]) -> bool:
+        """Queue ``job`` for the writer thread; False (and counted) when the queue is full."""
+        with self._idle:
+            self._pending += 1
+        try:
+            self._queue.put_nowait(job)
+        except queue.Full:
+            with self._idle:
+                self._pending -= 1
+            metrics.WRITES_DROPPED.inc()
+            return False
+        return True
+
+    def flush(self, timeout_s: float = 10.0) -> bool:
+        """Wait until queued writes are done (tests, benchmarks, graceful shutdown)."""
+        deadline = time.monotonic() + timeout_s
+        with self._idle:
+            while self._pending:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    return False
+                self._idle.wait(left)
+        return True
+
+    def _drain(self) -> None:
+        while True:
+            job = self._queue.get()
+            if job is None:
+                return
+            try:
+                job()
+            except Exception:  # a failed cache write must never kill the writer
+                log.exception("cache write failed")
+            finally:
+                with self._idle:
+                    self._pending -= 1
+                    self._idle.notify_all()
+
+    def close(self) -> None:
+        self.flush(timeout_s=5.0)
+        self._queue.put(None)
+        self._writer.join(timeout=5.0)
+        self.client.close()
