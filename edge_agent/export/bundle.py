@@ -144,7 +144,7 @@ def _manifest(out: Path, precision: str, arch: str, accuracy_level: int, block_s
         "architecture": arch,
         "precision": precision,
         "quantization": (
-            {"block_size": block_size, "accuracy_level": accuracy_level}
+            {"block_size": block_size, "accuracy_level": accuracy_level, "fused_gate_up": True}
             if precision != "fp32"
             else None
         ),

@@ -87,6 +87,9 @@ def build_decoder(
     extra = [
         "exclude_embeds=true",
         "include_hidden_states=true",
+        # One MatMulNBits for gate and up instead of two: 24 fewer kernel launches and thread
+        # pool hand-offs per decode step on CPU, identical greedy tokens (measured).
+        "fuse_mlp_gate_up=true",
     ]
     if precision in ("int4", "int8"):
         # 0.18 reads these names; the documented int4_* aliases are silently ignored there.
