@@ -1,4 +1,5 @@
-"""Wire types shared by the tiers (pydantic API models, protobuf stubs).
+"""Wire types shared by the tiers: the ``fleetvl.v1`` protobuf messages and gRPC stubs.
 
-Filled by the router issue.
+``fleetvl.proto`` is the source; ``fleetvl_pb2*.py`` are generated and committed
+(``python -m fleetvl.protocol.generate``).
 """

@@ -1,0 +1,119 @@
+"""Router configuration (YAML or code): listeners, limits, keys, policies, backends."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleetvl.policy import PolicyOverride, SlaPolicy
+from fleetvl.scheduling import PredictorConfig, SchedulerConfig
+
+__all__ = ["BackendConfig", "Limits", "PolicyConfig", "RouterConfig", "TlsConfig"]
+
+MiB = 1 << 20
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class BackendConfig(_Strict):
+    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
+    type: Literal["engine", "grpc", "simulated"]
+    kind: Literal["cloud", "edge"] = "cloud"
+    site: str | None = None  # required for kind=edge: the site whose agent it is
+    slots: int = Field(1, ge=1, le=1024)
+    models: list[str] = Field(default_factory=list)
+    bundle: str | None = None  # type=engine: an edge bundle directory
+    target: str | None = None  # type=grpc: host:port
+    tls_ca_file: str | None = None  # type=grpc: verify the backend's certificate
+    simulated: dict[str, Any] = Field(default_factory=dict)  # type=simulated: latency profile
+    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> BackendConfig:
+        if self.kind == "edge" and not self.site:
+            raise ValueError("an edge backend must name its site")
+        if self.type == "engine" and not self.bundle:
+            raise ValueError("an engine backend needs `bundle`")
+        if self.type == "grpc" and not self.target:
+            raise ValueError("a grpc backend needs `target` (host:port)")
+        return self
+
+
+class Limits(_Strict):
+    max_body_bytes: int = Field(20 * MiB, ge=1024)
+    max_image_bytes: int = Field(10 * MiB, ge=1024)
+    max_images: int = Field(8, ge=0)
+    max_input_pixels: int = Field(40_000_000, ge=1)  # decoded pixels; bombs refused at header
+    # Only data: URLs by default; fetching arbitrary URLs from the ingress is an SSRF hazard.
+    allow_remote_image_urls: bool = False
+
+
+class TlsConfig(_Strict):
+    cert_file: str
+    key_file: str
+    client_ca_file: str | None = None  # set: clients must present a certificate (mTLS)
+
+
+class PolicyConfig(_Strict):
+    global_: SlaPolicy = Field(default_factory=SlaPolicy, alias="global")
+    tenants: dict[str, PolicyOverride] = Field(default_factory=dict)
+    sites: dict[str, PolicyOverride] = Field(default_factory=dict)
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+
+class RouterConfig(_Strict):
+    http_host: str = "127.0.0.1"
+    http_port: int = Field(8080, ge=0, le=65535)
+    grpc_host: str = "127.0.0.1"
+    grpc_port: int | None = Field(50051, ge=0, le=65535)  # None: no gRPC listener
+    # API key -> tenant. Empty: no authentication (tenant from the x-fleetvl-tenant header).
+    # Keys come from config or a secret file, never generated.
+    api_keys: dict[str, str] = Field(default_factory=dict)
+    api_keys_file: str | None = None  # YAML mapping key -> tenant (a mounted Secret)
+    default_tenant: str = "default"
+    limits: Limits = Field(default_factory=Limits)
+    tls: TlsConfig | None = None
+    policies: PolicyConfig = Field(default_factory=PolicyConfig)
+    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
+    backends: list[BackendConfig] = Field(min_length=1)
+    redis_url: str | None = None  # shared cache (image blobs); None: in-memory image store
+    expiry_interval_s: float = Field(0.05, gt=0)
+
+    @model_validator(mode="after")
+    def _unique(self) -> RouterConfig:
+        names = [b.name for b in self.backends]
+        if len(set(names)) != len(names):
+            raise ValueError("backend names must be unique")
+        return self
+
+    def keys(self) -> dict[str, str]:
+        keys = dict(self.api_keys)
+        if self.api_keys_file:
+            loaded = yaml.safe_load(Path(self.api_keys_file).read_text()) or {}
+            if not isinstance(loaded, dict):
+                raise ValueError(f"{self.api_keys_file} must map API keys to tenants")
+            keys.update({str(k): str(v) for k, v in loaded.items()})
+        return keys
+
+    @classmethod
+    def load(cls, path: str | Path) -> RouterConfig:
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = _expand_env(raw)
+        return cls.model_validate(raw)
+
+
+def _expand_env(v: Any) -> Any:
+    if isinstance(v, str):
+        return os.path.expandvars(v)
+    if isinstance(v, dict):
+        return {k: _expand_env(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_expand_env(x) for x in v]
+    return v

@@ -1,0 +1,216 @@
+"""gRPC front end (``fleetvl.v1.Router``): the generate call for edge agents escalating.
+
+Images go by digest first; when the router lacks one it sends a single ``NeedImages`` chunk
+and ends the stream, and the client repeats the call with those bytes. The caller's gRPC
+deadline is the request's remaining budget: admission compares it with the predicted time and
+refuses at once (``DEADLINE_EXCEEDED`` when no backend is fast enough,
+``RESOURCE_EXHAUSTED`` when they are busy, with ``retry-after-ms`` in trailing metadata).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import time
+import uuid
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from fleetvl.errors import InputError
+from fleetvl.policy import PolicyError, PolicyOverride
+from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from router.backends import BackendError, Delta, Final, ImageInput
+from router.images import check_image
+from router.service import Expired, ModelNotFound, Rejected, RoutedRequest, RouterService, log_line
+
+__all__ = ["RouterServicer", "add_router_servicer"]
+
+_REJECT_CODES = {
+    "deadline_unmeetable": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "queue_full": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "no_eligible_backend": grpc.StatusCode.UNAVAILABLE,
+}
+
+
+class RouterServicer(pb_grpc.RouterServicer):
+    def __init__(self, service: RouterService, blobs: Any) -> None:
+        self.service = service
+        self.blobs = blobs
+        self.keys = service.config.keys()
+
+    def _tenant(self, context: grpc.aio.ServicerContext, asked: str) -> str | None:
+        if not self.keys:
+            return asked or self.service.config.default_tenant
+        md = dict(context.invocation_metadata() or ())
+        auth = str(md.get("authorization", ""))
+        return self.keys.get(auth.removeprefix("Bearer ").strip())
+
+    async def HasImages(  # noqa: N802 - gRPC method name
+        self, request: pb.HasImagesRequest, context: grpc.aio.ServicerContext
+    ) -> pb.HasImagesResponse:
+        if self._tenant(context, request.tenant) is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key")
+        present = self.blobs.has(list(request.digests)) or [False] * len(request.digests)
+        return pb.HasImagesResponse(present=present)
+
+    async def Generate(  # noqa: N802 - gRPC method name
+        self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        t0 = time.monotonic()
+        tenant = self._tenant(context, request.tenant)
+        if tenant is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key")
+        rid = request.request_id or f"grpc-{uuid.uuid4().hex[:20]}"
+        fields: dict[str, Any] = {"id": rid, "api": "grpc", "tenant": tenant,
+                                  "site": request.site, "model": request.model}  # fmt: skip
+        try:
+            req, missing = self._routed(request, rid, str(tenant), context)
+        except (InputError, ValueError) as exc:
+            log_line(**fields, status="INVALID_ARGUMENT", outcome="invalid", error=str(exc))
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
+            return
+        if missing:
+            log_line(**fields, status="OK", outcome="need_images", missing=len(missing))
+            yield pb.GenerateChunk(need_images=pb.NeedImages(digests=missing))
+            return
+        code, message, outcome, final = grpc.StatusCode.OK, "", "ok", None
+        try:
+            ticket = self.service.submit(req)
+            async with contextlib.aclosing(self.service.run(ticket)) as events:
+                async for ev in events:
+                    if isinstance(ev, Delta):
+                        yield pb.GenerateChunk(
+                            delta=pb.Delta(text=ev.text, index=ev.index, token_prob=ev.token_prob)
+                        )
+                    else:
+                        final = ev
+                        yield pb.GenerateChunk(final=_final(ticket, ev))
+        except Rejected as exc:
+            code, message, outcome = _REJECT_CODES.get(exc.reason, grpc.StatusCode.UNAVAILABLE), \
+                str(exc), "rejected"  # fmt: skip
+            if exc.retry_after_s is not None:
+                context.set_trailing_metadata(
+                    (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
+                )
+        except Expired as exc:
+            code, message, outcome = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), "expired"
+        except PolicyError as exc:
+            code, message, outcome = grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid"
+        except ModelNotFound as exc:
+            code, message, outcome = grpc.StatusCode.NOT_FOUND, str(exc), "invalid"
+        except InputError as exc:
+            code, message, outcome = grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid"
+        except BackendError as exc:
+            code, message, outcome = grpc.StatusCode.UNAVAILABLE, str(exc), "error"
+        log_line(
+            **fields, status=code.name, outcome=outcome,
+            total_ms=round((time.monotonic() - t0) * 1000, 2),
+            completion_tokens=final.completion_tokens if final else None, error=message or None,
+        )  # fmt: skip
+        if code is not grpc.StatusCode.OK:
+            await context.abort(code, message)
+
+    def _routed(
+        self,
+        request: pb.GenerateRequest,
+        rid: str,
+        tenant: str,
+        context: grpc.aio.ServicerContext,
+    ) -> tuple[RoutedRequest, list[str]]:
+        limits = self.service.config.limits
+        images: list[ImageInput] = []
+        missing: list[str] = []
+        image_tokens = text_chars = 0
+        messages = []
+        if not request.messages:
+            raise InputError("messages must not be empty")
+        for m in request.messages:
+            if m.role not in ("system", "user", "assistant"):
+                raise InputError(f"message role {m.role!r} is not system, user or assistant")
+            parts: list[dict[str, Any]] = []
+            for p in m.content:
+                if p.WhichOneof("part") == "text":
+                    parts.append({"type": "text", "text": p.text})
+                    text_chars += len(p.text)
+                    continue
+                img = p.image
+                data = img.data or None
+                if data is not None:
+                    digest = hashlib.sha256(data).hexdigest()
+                    if img.digest and img.digest != digest:
+                        raise InputError(
+                            f"image digest {img.digest[:12]}... does not match its bytes"
+                        )
+                    self.blobs.put(data)
+                else:
+                    data = self.blobs.get(img.digest)
+                    if data is None:
+                        missing.append(img.digest)
+                        continue
+                if len(images) >= limits.max_images:
+                    raise InputError(f"at most {limits.max_images} images per request")
+                _, tokens = check_image(data, limits.max_image_bytes, limits.max_input_pixels)
+                images.append(ImageInput(hashlib.sha256(data).hexdigest(), data))
+                image_tokens += tokens
+                parts.append({"type": "image"})
+            messages.append({"role": m.role, "content": parts})
+        s = request.sampling
+        sla_fields = {f.name: v for f, v in request.sla.ListFields()} if request.HasField(
+            "sla") else {}  # fmt: skip
+        try:
+            sla = PolicyOverride.model_validate(sla_fields) if sla_fields else None
+        except ValueError as exc:
+            raise InputError(f"invalid sla: {exc}") from None
+        remaining = context.time_remaining()
+        attempt = None
+        if request.HasField("edge_attempt"):
+            e = request.edge_attempt
+            attempt = {"text": e.text, "confidence": e.confidence, "signal": e.signal,
+                       "reason": e.reason}  # fmt: skip
+        req = RoutedRequest(
+            id=rid,
+            tenant=tenant,
+            site=request.site or None,
+            model=request.model,
+            messages=messages,
+            images=images,
+            image_tokens=image_tokens,
+            prompt_tokens_estimate=text_chars // 4 + 8 * len(messages) + image_tokens,
+            max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
+            temperature=s.temperature if s.HasField("temperature") else 0.0,
+            top_p=s.top_p if s.HasField("top_p") else 1.0,
+            top_k=s.top_k if s.HasField("top_k") else 0,
+            seed=s.seed if s.HasField("seed") else None,
+            stop=list(s.stop),
+            sla=sla,
+            edge_attempt=attempt,
+            deadline_s=remaining,
+        )
+        return req, missing
+
+
+def _final(t: Any, f: Final) -> pb.Final:
+    o = t.outcome
+    return pb.Final(
+        text=f.text,
+        finish_reason=f.finish_reason,
+        served_by=f.served_by or (o.kind or "cloud"),
+        backend=o.backend or "",
+        confidence=f.confidence if f.confidence is not None else float("nan"),
+        confidence_signal=f.confidence_signal,
+        escalation_reason=(t.req.edge_attempt or {}).get("reason") or "",
+        usage=pb.Usage(prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens),
+        timings=pb.Timings(
+            queue_ms=o.queue_s * 1000,
+            ttft_ms=(o.ttft_s or 0) * 1000,
+            total_ms=(time.monotonic() - t.started) * 1000,
+        ),
+    )
+
+
+def add_router_servicer(server: grpc.aio.Server, service: RouterService, blobs: Any) -> None:
+    pb_grpc.add_RouterServicer_to_server(RouterServicer(service, blobs), server)

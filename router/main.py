@@ -1,0 +1,142 @@
+"""Run the router: HTTP (uvicorn) and gRPC in one process and one event loop."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import socket
+from pathlib import Path
+from typing import Any
+
+import grpc
+import uvicorn
+
+from router.backends import Backend, EngineBackend
+from router.config import BackendConfig, RouterConfig
+from router.grpc_backend import GrpcBackend
+from router.grpc_server import add_router_servicer
+from router.http_app import create_app
+from router.images import MemoryBlobStore
+from router.service import RouterService
+from router.simulated import SimulatedBackend
+
+__all__ = ["blob_store", "build_backends", "check_ports", "serve"]
+
+log = logging.getLogger("fleetvl.router")
+
+
+def build_backend(c: BackendConfig) -> Backend:
+    models = tuple(c.models)
+    if c.type == "engine":
+        from edge_agent.engine import EdgeEngine
+
+        engines = [EdgeEngine(Path(c.bundle or "")) for _ in range(c.slots)]
+        return EngineBackend(c.name, engines, kind=c.kind, site=c.site, models=models)
+    if c.type == "grpc":
+        return GrpcBackend(
+            c.name, c.target or "", kind=c.kind, site=c.site, slots=c.slots, models=models,
+            tls_ca_file=c.tls_ca_file,
+        )  # fmt: skip
+    return SimulatedBackend(
+        c.name, kind=c.kind, site=c.site, slots=c.slots, models=models, **c.simulated
+    )
+
+
+def build_backends(config: RouterConfig) -> list[Backend]:
+    return [build_backend(c) for c in config.backends]
+
+
+def blob_store(config: RouterConfig) -> Any:
+    if config.redis_url:
+        from fleetvl.cache import CacheConfig, FleetCache
+
+        return FleetCache(CacheConfig(url=config.redis_url)).images()
+    return MemoryBlobStore()
+
+
+def check_ports(config: RouterConfig) -> None:
+    """Fail with a clear message when a configured port is taken (before loading models)."""
+    for what, host, port in (
+        ("http_port", config.http_host, config.http_port),
+        ("grpc_port", config.grpc_host, config.grpc_port),
+    ):
+        if not port:
+            continue
+        with socket.socket() as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                s.bind((host, port))
+            except OSError as exc:
+                raise OSError(
+                    f"{what} {port} on {host} is not available ({exc.strerror}): stop what uses "
+                    f"it or set another {what} in the router config"
+                ) from None
+
+
+async def serve(
+    config: RouterConfig,
+    *,
+    backends: list[Backend] | None = None,
+    ready: asyncio.Event | None = None,
+    stop: asyncio.Event | None = None,
+    install_signals: bool = True,
+) -> None:
+    """Serve until SIGINT/SIGTERM (or ``stop``); in-flight requests finish first (drain)."""
+    check_ports(config)
+    service = RouterService(config, backends if backends is not None else build_backends(config))
+    app = create_app(service)
+    ssl: dict[str, Any] = {}
+    if config.tls:
+        ssl = {"ssl_certfile": config.tls.cert_file, "ssl_keyfile": config.tls.key_file}
+        if config.tls.client_ca_file:
+            import ssl as _ssl
+
+            ssl.update(ssl_ca_certs=config.tls.client_ca_file, ssl_cert_reqs=_ssl.CERT_REQUIRED)
+    server = uvicorn.Server(
+        uvicorn.Config(
+            app,
+            host=config.http_host,
+            port=config.http_port,
+            log_level="warning",
+            access_log=False,
+            lifespan="on",
+            timeout_graceful_shutdown=30,
+            **ssl,
+        )  # fmt: skip
+    )
+    grpc_server = None
+    if config.grpc_port is not None:
+        grpc_server = grpc.aio.server()
+        add_router_servicer(grpc_server, service, blob_store(config))
+        addr = f"{config.grpc_host}:{config.grpc_port}"
+        if config.tls:
+            key = Path(config.tls.key_file).read_bytes()
+            cert = Path(config.tls.cert_file).read_bytes()
+            ca = Path(config.tls.client_ca_file).read_bytes() if config.tls.client_ca_file else None
+            creds = grpc.ssl_server_credentials([(key, cert)], ca, ca is not None)
+            grpc_server.add_secure_port(addr, creds)
+        else:
+            grpc_server.add_insecure_port(addr)
+        await grpc_server.start()
+        log.info("gRPC listening on %s", addr)
+    stop = stop or asyncio.Event()
+    if install_signals:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
+    http = asyncio.create_task(server.serve())
+    while not server.started and not http.done():
+        await asyncio.sleep(0.01)
+    if http.done():
+        if grpc_server is not None:
+            await grpc_server.stop(None)
+        raise OSError(f"HTTP server could not start on {config.http_host}:{config.http_port}")
+    log.info("HTTP listening on %s:%s", config.http_host, config.http_port)
+    if ready is not None:
+        ready.set()
+    await asyncio.wait([http, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
+    server.should_exit = True
+    if grpc_server is not None:
+        await grpc_server.stop(grace=30)
+    await http

@@ -1,0 +1,27 @@
+"""Prometheus metrics of the router."""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Gauge, Histogram
+
+_LAT = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30)
+
+REQUESTS = Counter(
+    "fleetvl_router_requests_total",
+    "Requests by outcome (ok, rejected, expired, deadline_exceeded, invalid, error, cancelled)",
+    ["api", "outcome", "served_by"],
+)
+REJECTIONS = Counter("fleetvl_router_rejections_total", "Requests refused at admission", ["reason"])
+BACKEND_REQUESTS = Counter(
+    "fleetvl_router_backend_requests_total", "Requests dispatched per backend", ["backend", "kind"]
+)
+RESIDENCY_VIOLATIONS = Counter(
+    "fleetvl_router_residency_violations_total",
+    "edge_only requests that reached a cloud backend (stopped at dispatch; must stay 0)",
+)
+INFLIGHT = Gauge("fleetvl_router_inflight", "Requests admitted and not finished")
+LATENCY = Histogram(
+    "fleetvl_router_request_seconds", "Request start to last byte", ["api"], buckets=_LAT
+)
+TTFT = Histogram("fleetvl_router_ttft_seconds", "Request start to first token", buckets=_LAT)
+QUEUE = Histogram("fleetvl_router_queue_seconds", "Admission to dispatch", buckets=_LAT)

@@ -1,0 +1,398 @@
+"""The router's core, shared by the HTTP and gRPC front ends.
+
+Per request: resolve the SLA policy (global < tenant < site < request), work out which
+backends residency allows, admit through the deadline-aware scheduler (or refuse at once with
+the predicted and allowed times), wait for a slot, stream from the backend with the deadline
+enforced between events, and feed what was measured back to the predictor.
+
+The scheduler is pure and single-threaded: every call into it happens on the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import itertools
+import json
+import logging
+import time
+from collections.abc import AsyncIterator, Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetvl.errors import FleetVLError
+from fleetvl.policy import PolicyOverride, Residency, ResolvedPolicy, resolve_policy
+from fleetvl.scheduling import (
+    AdmissionDecision,
+    BackendSpec,
+    ObservedTimings,
+    Scheduler,
+    WorkItem,
+)
+from router import metrics
+from router.backends import Backend, BackendError, BackendRequest, Delta, Final, ImageInput
+from router.config import RouterConfig
+
+__all__ = ["Expired", "Outcome", "Rejected", "RouterService", "RoutedRequest", "Ticket"]
+
+log = logging.getLogger("fleetvl.router")
+
+
+class Rejected(FleetVLError):
+    """Refused at admission: no eligible backend can meet the deadline (HTTP 503)."""
+
+    def __init__(self, decision: AdmissionDecision | None, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.decision = decision
+        self.reason = reason
+        self.retry_after_s = decision.retry_after_s if decision else None
+
+    def detail(self) -> dict[str, Any]:
+        d = self.decision
+        out: dict[str, Any] = {"reason": self.reason, "message": str(self)}
+        if d is not None:
+            out["allowed_ms"] = round(d.allowed_s * 1000, 1)
+            if d.predicted_s is not None:
+                out["predicted_ms"] = round(d.predicted_s * 1000, 1)
+            if d.retry_after_s is not None:
+                out["retry_after_s"] = round(d.retry_after_s, 3)
+        return out
+
+
+class Expired(FleetVLError):
+    """Admitted, then its deadline passed (queued or running): HTTP 504 / DEADLINE_EXCEEDED."""
+
+    def __init__(self, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+@dataclass
+class RoutedRequest:
+    """A parsed request from either front end."""
+
+    id: str
+    tenant: str
+    site: str | None
+    model: str
+    messages: list[dict[str, Any]]
+    images: list[ImageInput]
+    image_tokens: int
+    prompt_tokens_estimate: int
+    max_tokens: int | None
+    temperature: float = 0.0
+    top_p: float = 1.0
+    top_k: int = 0
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+    sla: PolicyOverride | None = None
+    edge_attempt: dict[str, Any] | None = None
+    deadline_s: float | None = None  # a caller's own deadline (gRPC), seconds from now
+
+
+@dataclass
+class Outcome:
+    """What the front end reports with the answer."""
+
+    backend: str | None = None
+    kind: str | None = None
+    queue_s: float = 0.0
+    ttft_s: float | None = None
+    total_s: float = 0.0
+    escalation_reason: str | None = None
+
+
+@dataclass
+class Ticket:
+    req: RoutedRequest
+    policy: ResolvedPolicy
+    item: WorkItem
+    decision: AdmissionDecision
+    started: float
+    slot: asyncio.Future[str]
+    outcome: Outcome = field(default_factory=Outcome)
+
+
+class RouterService:
+    def __init__(
+        self,
+        config: RouterConfig,
+        backends: Sequence[Backend],
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.clock = clock
+        self.backends = {b.name: b for b in backends}
+        specs = {c.name: c for c in config.backends}
+        self.scheduler = Scheduler(
+            [
+                BackendSpec(name=b.name, slots=b.slots, predictor=specs[b.name].predictor)
+                if b.name in specs
+                else BackendSpec(name=b.name, slots=b.slots)
+                for b in backends
+            ],
+            clock,
+            config=config.scheduler,
+        )
+        self._waiting: dict[str, asyncio.Future[str]] = {}
+        self._ids = itertools.count()
+        self._expiry_task: asyncio.Task[None] | None = None
+
+    # -- lifecycle --------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        if self._expiry_task is None:
+            self._expiry_task = asyncio.create_task(self._expiry_loop(), name="router-expiry")
+
+    async def stop(self) -> None:
+        if self._expiry_task is not None:
+            self._expiry_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._expiry_task
+            self._expiry_task = None
+        for b in self.backends.values():
+            await b.close()
+
+    def models(self) -> list[str]:
+        return sorted({m for b in self.backends.values() for m in b.models})
+
+    @property
+    def ready(self) -> bool:
+        return any(b.kind == "cloud" for b in self.backends.values())
+
+    # -- admission --------------------------------------------------------------------------
+
+    def resolve(self, req: RoutedRequest) -> ResolvedPolicy:
+        """Policy for ``req``; raises PolicyError (HTTP 422) if it loosens residency."""
+        p = self.config.policies
+        return resolve_policy(
+            p.global_,
+            tenant=p.tenants.get(req.tenant),
+            site=p.sites.get(req.site) if req.site else None,
+            request=req.sla,
+        )
+
+    def eligible(self, req: RoutedRequest, residency: Residency) -> tuple[set[str], set[str]]:
+        """(edge, cloud) backends serving ``req.model`` that residency allows."""
+        edge, cloud = set(), set()
+        for b in self.backends.values():
+            if b.models and req.model not in b.models:
+                continue
+            if b.kind == "edge" and req.site is not None and b.site == req.site:
+                if residency is not Residency.CLOUD_ONLY:
+                    edge.add(b.name)
+            elif b.kind == "cloud" and residency.allows_cloud:
+                cloud.add(b.name)
+        return edge, cloud
+
+    def submit(self, req: RoutedRequest) -> Ticket:
+        """Resolve, pick backends and admit; raises Rejected/PolicyError/InputError at once."""
+        now = self.clock()
+        resolved = self.resolve(req)
+        pol = resolved.policy
+        if not any(req.model in b.models or not b.models for b in self.backends.values()):
+            raise ModelNotFound(req.model, self.models())
+        max_tokens = min(req.max_tokens or pol.max_output_tokens, pol.max_output_tokens)
+        deadline_s = pol.deadline_ms / 1000.0
+        if req.deadline_s is not None:
+            deadline_s = min(deadline_s, req.deadline_s)
+        edge, cloud = self.eligible(req, pol.residency)
+        item_id = req.id or f"r{next(self._ids)}"
+        # prefer_edge: the site's agent if it can meet the deadline, else the cloud.
+        tiers = [edge, cloud] if pol.residency is Residency.PREFER_EDGE else [edge | cloud]
+        tiers = [t for t in tiers if t]
+        if not tiers:
+            reason = "no_eligible_backend"
+            metrics.REJECTIONS.labels(reason).inc()
+            where = "the site's edge agent" if pol.residency is Residency.EDGE_ONLY else "any"
+            raise Rejected(
+                None,
+                reason,
+                f"no backend for model {req.model!r} is allowed by residency "
+                f"{pol.residency.value!r} ({where} backend needed; site={req.site!r})",
+            )
+        decision: AdmissionDecision | None = None
+        item: WorkItem | None = None
+        for names in tiers:
+            item = WorkItem(
+                id=item_id,
+                eligible=frozenset(names),
+                priority=pol.priority,
+                arrival=now,
+                deadline=now + deadline_s,
+                prompt_tokens=req.prompt_tokens_estimate,
+                image_tokens=req.image_tokens,
+                max_output_tokens=max_tokens,
+            )
+            decision = self.scheduler.admit(item)
+            if decision.accepted:
+                break
+        assert decision is not None
+        assert item is not None
+        if not decision.accepted:
+            reason = str(decision.reason)
+            metrics.REJECTIONS.labels(reason).inc()
+            pred = f"{decision.predicted_s * 1000:.0f} ms" if decision.predicted_s else "n/a"
+            raise Rejected(
+                decision,
+                reason,
+                f"{reason}: predicted completion {pred}, deadline allows "
+                f"{decision.allowed_s * 1000:.0f} ms",
+            )
+        req.max_tokens = max_tokens
+        fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
+        self._waiting[item.id] = fut
+        metrics.INFLIGHT.inc()
+        ticket = Ticket(req, resolved, item, decision, now, fut)
+        self._pump()
+        return ticket
+
+    # -- running ----------------------------------------------------------------------------
+
+    async def run(self, t: Ticket) -> AsyncIterator[Delta | Final]:
+        """Events of an admitted request. Raises Expired when its deadline passes."""
+        item = t.item
+        try:
+            try:
+                name = await t.slot
+            except asyncio.CancelledError:
+                self.scheduler.cancel(item.id)  # the client went away while queued
+                raise
+            backend = self.backends[name]
+            if t.policy.policy.residency is Residency.EDGE_ONLY and backend.kind != "edge":
+                # Eligibility makes this impossible; refuse loudly rather than trust it.
+                metrics.RESIDENCY_VIOLATIONS.inc()
+                self.scheduler.complete(item, None)
+                raise Rejected(None, "residency", "edge_only request reached a cloud backend")
+            metrics.BACKEND_REQUESTS.labels(name, backend.kind).inc()
+            start = self.clock()
+            t.outcome.backend, t.outcome.kind = name, backend.kind
+            t.outcome.queue_s = start - t.started
+            metrics.QUEUE.observe(t.outcome.queue_s)
+            async for ev in self._stream(t, backend, start):
+                yield ev
+        finally:
+            t.outcome.total_s = self.clock() - t.started
+            self._waiting.pop(item.id, None)
+            metrics.INFLIGHT.dec()
+
+    async def _stream(
+        self, t: Ticket, backend: Backend, start: float
+    ) -> AsyncIterator[Delta | Final]:
+        r = t.req
+        breq = BackendRequest(
+            id=t.item.id,
+            tenant=r.tenant,
+            site=r.site,
+            model=r.model,
+            messages=r.messages,
+            images=r.images,
+            max_tokens=r.max_tokens or t.item.max_output_tokens,
+            temperature=r.temperature,
+            top_p=r.top_p,
+            top_k=r.top_k,
+            seed=r.seed,
+            stop=r.stop,
+            policy=t.policy.policy,
+            deadline=t.item.deadline,
+            edge_attempt=r.edge_attempt,
+        )
+        gen = backend.generate(breq).__aiter__()
+        final: Final | None = None
+        first: float | None = None
+        sent, index = "", 0
+        try:
+            while True:
+                left = t.item.deadline - self.clock()
+                if left <= 0:
+                    raise TimeoutError
+                try:
+                    ev = await asyncio.wait_for(gen.__anext__(), left)
+                except StopAsyncIteration:
+                    break
+                if first is None:
+                    first = self.clock()
+                    t.outcome.ttft_s = first - t.started
+                if isinstance(ev, Final):
+                    final = ev
+                    # A detokenizer holds back a trailing partial UTF-8 character; the final
+                    # text has it (as U+FFFD). Streamed text must add up to the answer.
+                    if ev.text.startswith(sent) and len(ev.text) > len(sent):
+                        yield Delta(ev.text[len(sent) :], index, None)
+                else:
+                    sent += ev.text
+                    index = ev.index + 1
+                yield ev
+        except TimeoutError:
+            breq.cancel.set()
+            raise Expired(
+                "deadline_exceeded",
+                f"deadline of {(t.item.deadline - t.started) * 1000:.0f} ms passed while "
+                f"{backend.name} was generating",
+            ) from None
+        except asyncio.CancelledError:
+            breq.cancel.set()  # client disconnected mid-stream
+            self.scheduler.cancel(t.item.id)
+            raise
+        except (FleetVLError, BackendError):
+            raise
+        except Exception as exc:
+            log.exception("backend %s failed", backend.name)
+            raise BackendError(f"backend {backend.name} failed: {type(exc).__name__}") from exc
+        finally:
+            with contextlib.suppress(Exception):
+                await gen.aclose()
+            observed = None
+            if final is not None:
+                ttft = final.ttft_s or ((first or self.clock()) - start)
+                total = max(self.clock() - start, ttft)
+                observed = ObservedTimings(ttft, total, final.completion_tokens)
+            with contextlib.suppress(KeyError):
+                self.scheduler.complete(t.item, observed)
+            self._pump()
+
+    # -- scheduler plumbing -----------------------------------------------------------------
+
+    def _pump(self) -> None:
+        """Hand free slots to the best queued items (call after every state change)."""
+        for name in self.scheduler.backends:
+            while self.scheduler.free_slots(name) > 0:
+                item = self.scheduler.next_for(name)
+                if item is None:
+                    break
+                fut = self._waiting.get(item.id)
+                if fut is None or fut.done():
+                    self.scheduler.complete(item, None)  # its client is gone
+                    continue
+                fut.set_result(name)
+        self._fail_expired()
+
+    def _fail_expired(self) -> None:
+        for item in self.scheduler.expire():
+            fut = self._waiting.get(item.id)
+            if fut is not None and not fut.done():
+                fut.set_exception(
+                    Expired(
+                        item.expiry_reason or "deadline_passed",
+                        f"dropped from the queue: {item.expiry_reason or 'deadline passed'}",
+                    )
+                )
+
+    async def _expiry_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self.config.expiry_interval_s)
+            try:
+                self._pump()
+            except Exception:  # the loop must outlive any one bad state
+                log.exception("expiry pass failed")
+
+
+class ModelNotFound(FleetVLError):
+    def __init__(self, model: str, known: list[str]) -> None:
+        super().__init__(f"model {model!r} is not served here; known models: {known}")
+        self.model = model
+
+
+def log_line(**fields: Any) -> None:
+    """One structured line per request."""
+    log.info(json.dumps(fields, separators=(",", ":"), default=str))
