@@ -93,6 +93,38 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_router_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from router.config import RouterConfig
+    from router.main import serve
+
+    # One JSON line per request on stdout (the service's request log); the rest on stderr.
+    req_log = logging.getLogger("fleetvl.router")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    req_log.addHandler(handler)
+    req_log.setLevel(logging.INFO)
+    req_log.propagate = False
+    try:
+        config = RouterConfig.load(args.config)
+    except ValidationError as exc:
+        print(f"error: invalid router config {args.config}:\n{exc}", file=sys.stderr)
+        return 2
+    if args.http_port is not None:
+        config = config.model_copy(update={"http_port": args.http_port})
+    if args.grpc_port is not None:
+        config = config.model_copy(update={"grpc_port": args.grpc_port or None})
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleetvl", description="FleetVL: vision-language serving for fleets"
@@ -131,6 +163,14 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--ignore-eos", action="store_true")
     ask.add_argument("--json", action="store_true", help="print one JSON summary")
     ask.set_defaults(func=_cmd_ask)
+
+    router = sub.add_parser("router", help="the cloud ingress (OpenAI-compatible HTTP + gRPC)")
+    rsub = router.add_subparsers(dest="router_command", required=True)
+    rrun = rsub.add_parser("run", help="serve until SIGINT/SIGTERM (in-flight requests drain)")
+    rrun.add_argument("--config", required=True, help="router YAML (see examples/router.yaml)")
+    rrun.add_argument("--http-port", type=int, default=None, help="override http_port")
+    rrun.add_argument("--grpc-port", type=int, default=None, help="override grpc_port (0: off)")
+    rrun.set_defaults(func=_cmd_router_run)
     return p
 
 
