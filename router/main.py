@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import signal
 import socket
@@ -53,6 +54,19 @@ def blob_store(config: RouterConfig) -> Any:
 
         return FleetCache(CacheConfig(url=config.redis_url)).images()
     return MemoryBlobStore()
+
+
+def _tune_gc() -> None:
+    """Keep the collector off the request path.
+
+    After startup the heap holds ~10^6 long-lived objects (FastAPI, pydantic, grpc, numpy);
+    every full collection walked them all, which measured as 350 ms p99 spikes at 64 clients
+    and half the throughput. Freezing moves them out of the collector's view; a larger
+    young generation makes collections rarer for the short-lived per-request objects.
+    """
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(20_000, 20, 20)
 
 
 def check_ports(config: RouterConfig) -> None:
@@ -133,6 +147,7 @@ async def serve(
             await grpc_server.stop(None)
         raise OSError(f"HTTP server could not start on {config.http_host}:{config.http_port}")
     log.info("HTTP listening on %s:%s", config.http_host, config.http_port)
+    _tune_gc()
     if ready is not None:
         ready.set()
     await asyncio.wait([http, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
