@@ -23,7 +23,7 @@ class _Strict(BaseModel):
 
 class BackendConfig(_Strict):
     name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
-    type: Literal["engine", "grpc", "simulated"]
+    type: Literal["engine", "grpc", "agent", "simulated"]
     kind: Literal["cloud", "edge"] = "cloud"
     site: str | None = None  # required for kind=edge: the site whose agent it is
     slots: int = Field(1, ge=1, le=1024)
@@ -36,6 +36,8 @@ class BackendConfig(_Strict):
 
     @model_validator(mode="after")
     def _consistent(self) -> BackendConfig:
+        if self.type == "agent":
+            self.kind = "edge"
         if self.kind == "edge" and not self.site:
             raise ValueError("an edge backend must name its site")
         if self.type == "engine" and not self.bundle:

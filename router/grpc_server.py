@@ -22,6 +22,7 @@ from fleetvl.errors import InputError
 from fleetvl.policy import PolicyError, PolicyOverride
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from router.agents import agent_backends, serve_agent_stream
 from router.backends import BackendError, Delta, Final, ImageInput
 from router.images import check_image
 from router.service import Expired, ModelNotFound, Rejected, RoutedRequest, RouterService, log_line
@@ -41,6 +42,15 @@ class RouterServicer(pb_grpc.RouterServicer):
         self.service = service
         self.blobs = blobs
         self.keys = service.config.keys()
+        self.agents = agent_backends(list(service.backends.values()))
+
+    async def AgentConnect(  # noqa: N802 - gRPC method name
+        self, request_iterator: AsyncIterator[pb.AgentUp], context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[pb.AgentDown]:
+        if self._tenant(context, "") is None:
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key")
+        async for msg in serve_agent_stream(request_iterator, context, self.agents):
+            yield msg
 
     def _tenant(self, context: grpc.aio.ServicerContext, asked: str) -> str | None:
         if not self.keys:

@@ -13,6 +13,7 @@ from typing import Any
 import grpc
 import uvicorn
 
+from router.agents import AgentBackend
 from router.backends import Backend, EngineBackend
 from router.config import BackendConfig, RouterConfig
 from router.grpc_backend import GrpcBackend
@@ -34,6 +35,8 @@ def build_backend(c: BackendConfig) -> Backend:
 
         engines = [EdgeEngine(Path(c.bundle or "")) for _ in range(c.slots)]
         return EngineBackend(c.name, engines, kind=c.kind, site=c.site, models=models)
+    if c.type == "agent":
+        return AgentBackend(c.name, c.site or "", slots=c.slots, models=models)
     if c.type == "grpc":
         return GrpcBackend(
             c.name, c.target or "", kind=c.kind, site=c.site, slots=c.slots, models=models,

@@ -178,6 +178,8 @@ class RouterService:
         for b in self.backends.values():
             if b.models and req.model not in b.models:
                 continue
+            if not getattr(b, "available", True):  # e.g. a site agent not connected now
+                continue
             if b.kind == "edge" and req.site is not None and b.site == req.site:
                 if residency is not Residency.CLOUD_ONLY:
                     edge.add(b.name)

@@ -179,3 +179,61 @@ class HasImagesResponse(_message.Message):
     PRESENT_FIELD_NUMBER: _ClassVar[int]
     present: _containers.RepeatedScalarFieldContainer[bool]
     def __init__(self, present: _Optional[_Iterable[bool]] = ...) -> None: ...
+
+class AgentHello(_message.Message):
+    __slots__ = ("site", "agent_version", "models", "slots")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    AGENT_VERSION_FIELD_NUMBER: _ClassVar[int]
+    MODELS_FIELD_NUMBER: _ClassVar[int]
+    SLOTS_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    agent_version: str
+    models: _containers.RepeatedScalarFieldContainer[str]
+    slots: int
+    def __init__(self, site: _Optional[str] = ..., agent_version: _Optional[str] = ..., models: _Optional[_Iterable[str]] = ..., slots: _Optional[int] = ...) -> None: ...
+
+class AgentUp(_message.Message):
+    __slots__ = ("hello", "chunk")
+    HELLO_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    hello: AgentHello
+    chunk: CallChunk
+    def __init__(self, hello: _Optional[_Union[AgentHello, _Mapping]] = ..., chunk: _Optional[_Union[CallChunk, _Mapping]] = ...) -> None: ...
+
+class CallChunk(_message.Message):
+    __slots__ = ("call_id", "chunk", "end", "error_code", "error")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    END_FIELD_NUMBER: _ClassVar[int]
+    ERROR_CODE_FIELD_NUMBER: _ClassVar[int]
+    ERROR_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    chunk: GenerateChunk
+    end: bool
+    error_code: str
+    error: str
+    def __init__(self, call_id: _Optional[str] = ..., chunk: _Optional[_Union[GenerateChunk, _Mapping]] = ..., end: _Optional[bool] = ..., error_code: _Optional[str] = ..., error: _Optional[str] = ...) -> None: ...
+
+class AgentCall(_message.Message):
+    __slots__ = ("call_id", "request", "timeout_s")
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    REQUEST_FIELD_NUMBER: _ClassVar[int]
+    TIMEOUT_S_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    request: GenerateRequest
+    timeout_s: float
+    def __init__(self, call_id: _Optional[str] = ..., request: _Optional[_Union[GenerateRequest, _Mapping]] = ..., timeout_s: _Optional[float] = ...) -> None: ...
+
+class AgentCancel(_message.Message):
+    __slots__ = ("call_id",)
+    CALL_ID_FIELD_NUMBER: _ClassVar[int]
+    call_id: str
+    def __init__(self, call_id: _Optional[str] = ...) -> None: ...
+
+class AgentDown(_message.Message):
+    __slots__ = ("call", "cancel")
+    CALL_FIELD_NUMBER: _ClassVar[int]
+    CANCEL_FIELD_NUMBER: _ClassVar[int]
+    call: AgentCall
+    cancel: AgentCancel
+    def __init__(self, call: _Optional[_Union[AgentCall, _Mapping]] = ..., cancel: _Optional[_Union[AgentCancel, _Mapping]] = ...) -> None: ...

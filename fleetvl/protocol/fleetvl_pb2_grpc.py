@@ -44,6 +44,11 @@ class RouterStub:
                 request_serializer=fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesRequest.SerializeToString,
                 response_deserializer=fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesResponse.FromString,
                 _registered_method=True)
+        self.AgentConnect = channel.stream_stream(
+                '/fleetvl.v1.Router/AgentConnect',
+                request_serializer=fleetvl_dot_protocol_dot_fleetvl__pb2.AgentUp.SerializeToString,
+                response_deserializer=fleetvl_dot_protocol_dot_fleetvl__pb2.AgentDown.FromString,
+                _registered_method=True)
 
 
 class RouterServicer:
@@ -62,6 +67,15 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def AgentConnect(self, request_iterator, context):
+        """A site agent's outbound connection (sites accept no inbound connections): the agent
+        says hello, then the router sends site-bound requests (edge_only requests entering the
+        cloud) down it and the agent streams each answer back, tagged with the call id.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_RouterServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -74,6 +88,11 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.HasImages,
                     request_deserializer=fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesRequest.FromString,
                     response_serializer=fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesResponse.SerializeToString,
+            ),
+            'AgentConnect': grpc.stream_stream_rpc_method_handler(
+                    servicer.AgentConnect,
+                    request_deserializer=fleetvl_dot_protocol_dot_fleetvl__pb2.AgentUp.FromString,
+                    response_serializer=fleetvl_dot_protocol_dot_fleetvl__pb2.AgentDown.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -130,6 +149,33 @@ class Router:
             '/fleetvl.v1.Router/HasImages',
             fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesRequest.SerializeToString,
             fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def AgentConnect(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/fleetvl.v1.Router/AgentConnect',
+            fleetvl_dot_protocol_dot_fleetvl__pb2.AgentUp.SerializeToString,
+            fleetvl_dot_protocol_dot_fleetvl__pb2.AgentDown.FromString,
             options,
             channel_credentials,
             insecure,

@@ -6,7 +6,9 @@ from __future__ import annotations
 import asyncio
 import base64
 import concurrent.futures as cf
+import contextlib
 import hashlib
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -51,6 +53,7 @@ def router(fp32_bundle: Path) -> Iterator[RunningRouter]:
             "sites": {
                 "sub-secret": {"residency": "edge_only"},
                 "sub-nolink": {"residency": "edge_only"},
+                "sub-tunnel": {"residency": "edge_only"},
             },
         },  # fmt: skip
         "backends": [
@@ -75,7 +78,13 @@ def router(fp32_bundle: Path) -> Iterator[RunningRouter]:
                 slots=1,
                 simulated={"ttft_s": 0.05, "per_token_s": 0.1, "output_tokens": 60},
             ),
-        ],  # fmt: skip
+            {
+                "name": "agent-tunnel",
+                "type": "agent",
+                "site": "sub-tunnel",
+                "models": ["fleet-tiny"],
+            },
+        ],
     }
     with RunningRouter(cfg) as r:
         yield r
@@ -380,3 +389,88 @@ def test_remote_dispatch_over_grpc(router: RunningRouter, fp32_bundle: Path) -> 
         )
     assert via.choices[0].message.content == want.choices[0].message.content
     assert via.model_extra["fleetvl"]["backend"] == "upstream"
+
+
+class _AgentThread:
+    """A real site agent uplink (edge engine on the tiny bundle) on its own event loop."""
+
+    def __init__(self, router: RunningRouter, bundle: Path) -> None:
+        from edge_agent.uplink import Uplink, UplinkConfig, engine_handler
+
+        self.uplink = Uplink(
+            UplinkConfig(router=router.grpc_target, site="sub-tunnel", api_key=KEY,
+                         models=("fleet-tiny",), backoff_s=0.05),
+            engine_handler(EdgeEngine(bundle)),
+        )  # fmt: skip
+        self.loop = asyncio.new_event_loop()
+        self.task: asyncio.Task | None = None
+        self.thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        self.task = self.loop.create_task(self.uplink.run())
+        with contextlib.suppress(asyncio.CancelledError):
+            self.loop.run_until_complete(self.task)
+
+    def start(self) -> _AgentThread:
+        self.thread.start()
+        deadline = time.monotonic() + 20
+        while not self.uplink.connected.is_set():
+            assert time.monotonic() < deadline, "agent did not connect"
+            time.sleep(0.02)
+        return self
+
+    def stop(self) -> None:
+        self.loop.call_soon_threadsafe(self.task.cancel)
+        self.thread.join(10)
+
+
+def _wait_for(cond, timeout: float = 10) -> None:  # noqa: ANN001
+    deadline = time.monotonic() + timeout
+    while not cond():
+        assert time.monotonic() < deadline
+        time.sleep(0.02)
+
+
+def test_edge_only_request_travels_to_the_site_over_the_agents_connection(
+    router: RunningRouter, client: openai.OpenAI, fp32_bundle: Path
+) -> None:
+    image = png_bytes(random_image(80, 120, seed=21))
+    ask = {"model": "fleet-tiny", "messages": _question(image), "max_tokens": 6,
+           "extra_body": {"site": "sub-tunnel"}}  # fmt: skip
+    # No agent connected: refused at once, and never sent to the cloud engine instead.
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(**ask)
+    assert err.value.status_code == 503
+    assert "no_eligible_backend" in err.value.response.text
+    agent = _AgentThread(router, fp32_bundle).start()
+    backend = router.backends["agent-tunnel"]
+    try:
+        _wait_for(lambda: backend.available)
+        resp = client.chat.completions.create(**ask)
+        fv = resp.model_extra["fleetvl"]
+        assert fv["served_by"] == "edge"
+        assert fv["backend"] == "agent-tunnel"
+        engine = EdgeEngine(fp32_bundle)
+        want = engine.generate(
+            engine.encode([{"role": "user", "content": [
+                {"type": "image"}, {"type": "text", "text": "What does the gauge read?"}]}],
+                [image]),
+            SamplingParams(max_tokens=6),
+        )  # fmt: skip
+        assert resp.choices[0].message.content == want.text
+        stream = client.chat.completions.create(**ask, stream=True)
+        assert "".join(c.choices[0].delta.content or "" for c in stream if c.choices) == want.text
+    finally:
+        agent.stop()
+    _wait_for(lambda: not backend.available)
+    with pytest.raises(openai.APIStatusError) as err:
+        client.chat.completions.create(**ask)
+    assert err.value.status_code == 503
+    # The agent comes back (reconnects on its own after a drop): served again.
+    agent = _AgentThread(router, fp32_bundle).start()
+    try:
+        _wait_for(lambda: backend.available)
+        assert client.chat.completions.create(**ask).model_extra["fleetvl"]["served_by"] == "edge"
+    finally:
+        agent.stop()

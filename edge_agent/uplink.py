@@ -1,0 +1,232 @@
+"""The agent's outbound connection to the router (sites accept no inbound connections).
+
+:class:`Uplink` dials ``Router.AgentConnect``, says hello, and serves the calls the router
+sends down the stream (site-bound requests, e.g. ``edge_only`` requests entering the cloud)
+with a handler, streaming each answer back tagged with its call id. It reconnects with
+exponential backoff and jitter; mTLS when certificates are given.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import random
+import threading
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+
+from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+
+__all__ = ["Uplink", "UplinkConfig", "engine_handler"]
+
+log = logging.getLogger("fleetvl.edge.uplink")
+
+Handler = Callable[[pb.GenerateRequest, threading.Event], AsyncIterator[pb.GenerateChunk]]
+
+
+@dataclass(frozen=True)
+class UplinkConfig:
+    router: str  # host:port of the router's gRPC listener
+    site: str
+    models: tuple[str, ...] = ()
+    slots: int = 1
+    api_key: str | None = None
+    agent_version: str = "0.1.0"
+    tls_ca_file: str | None = None
+    tls_cert_file: str | None = None  # client certificate (mTLS)
+    tls_key_file: str | None = None
+    backoff_s: float = 0.2
+    max_backoff_s: float = 30.0
+
+
+class Uplink:
+    def __init__(self, config: UplinkConfig, handler: Handler) -> None:
+        self.config = config
+        self.handler = handler
+        self.connected = asyncio.Event()
+        self.connects = 0
+        self._calls: dict[str, tuple[asyncio.Task[None], threading.Event]] = {}
+
+    def _channel(self) -> grpc.aio.Channel:
+        c = self.config
+        if c.tls_ca_file:
+
+            def read(p: str | None) -> bytes | None:
+                return open(p, "rb").read() if p else None  # noqa: SIM115
+
+            creds = grpc.ssl_channel_credentials(
+                read(c.tls_ca_file), read(c.tls_key_file), read(c.tls_cert_file)
+            )
+            return grpc.aio.secure_channel(c.router, creds)
+        return grpc.aio.insecure_channel(c.router)
+
+    async def run(self) -> None:
+        """Stay connected until cancelled."""
+        backoff = self.config.backoff_s
+        while True:
+            try:
+                await self._session()
+                backoff = self.config.backoff_s  # a clean end: the router went away
+            except grpc.aio.AioRpcError as exc:
+                if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
+                                  grpc.StatusCode.PERMISSION_DENIED):  # fmt: skip
+                    log.error("router refused this agent: %s", exc.details())
+                else:
+                    log.warning("uplink lost: %s", exc.code().name)
+            finally:
+                self.connected.clear()
+                for task, cancel in self._calls.values():
+                    cancel.set()
+                    task.cancel()
+                self._calls.clear()
+            await asyncio.sleep(backoff * (0.5 + random.random()))
+            backoff = min(backoff * 2, self.config.max_backoff_s)
+
+    async def _session(self) -> None:
+        c = self.config
+        outbox: asyncio.Queue[pb.AgentUp] = asyncio.Queue()
+        outbox.put_nowait(
+            pb.AgentUp(
+                hello=pb.AgentHello(
+                    site=c.site, agent_version=c.agent_version, models=c.models, slots=c.slots
+                )
+            )
+        )
+
+        async def upstream() -> AsyncIterator[pb.AgentUp]:
+            while True:
+                yield await outbox.get()
+
+        md = (("authorization", f"Bearer {c.api_key}"),) if c.api_key else ()
+        async with self._channel() as channel:
+            stream = pb_grpc.RouterStub(channel).AgentConnect(upstream(), metadata=md)
+            self.connects += 1
+            self.connected.set()
+            log.info("uplink to %s open for site %s", c.router, c.site)
+            try:
+                async for down in stream:
+                    if down.HasField("call"):
+                        cancel = threading.Event()
+                        task = asyncio.create_task(self._serve(down.call, cancel, outbox))
+                        self._calls[down.call.call_id] = (task, cancel)
+                    elif down.HasField("cancel") and down.cancel.call_id in self._calls:
+                        self._calls[down.cancel.call_id][1].set()
+            finally:
+                stream.cancel()
+
+    async def _serve(
+        self, call: pb.AgentCall, cancel: threading.Event, outbox: asyncio.Queue[pb.AgentUp]
+    ) -> None:
+        cid = call.call_id
+        try:
+            async with asyncio.timeout(call.timeout_s or None):
+                async for chunk in self.handler(call.request, cancel):
+                    outbox.put_nowait(pb.AgentUp(chunk=pb.CallChunk(call_id=cid, chunk=chunk)))
+            outbox.put_nowait(pb.AgentUp(chunk=pb.CallChunk(call_id=cid, end=True)))
+        except TimeoutError:
+            cancel.set()
+            outbox.put_nowait(
+                pb.AgentUp(
+                    chunk=pb.CallChunk(
+                        call_id=cid,
+                        end=True,
+                        error_code="DEADLINE_EXCEEDED",
+                        error="deadline passed",
+                    )
+                )
+            )
+        except asyncio.CancelledError:
+            cancel.set()
+            raise
+        except Exception as exc:  # answered as an error; the uplink stays up
+            log.exception("call %s failed", cid)
+            outbox.put_nowait(
+                pb.AgentUp(
+                    chunk=pb.CallChunk(
+                        call_id=cid, end=True, error_code="INTERNAL", error=str(exc)[:300]
+                    )
+                )
+            )
+        finally:
+            self._calls.pop(cid, None)
+
+
+def engine_handler(engine: Any, signal: str = "mean_logprob") -> Handler:
+    """A handler answering calls with an :class:`EdgeEngine` (in a worker thread)."""
+    from edge_agent.engine.sampling import SamplingParams
+    from edge_agent.engine.types import CancelToken
+
+    lock = asyncio.Lock()
+
+    async def handle(
+        req: pb.GenerateRequest, cancel: threading.Event
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        messages, images = [], []
+        for m in req.messages:
+            parts = []
+            for p in m.content:
+                if p.WhichOneof("part") == "image":
+                    images.append(p.image.data)
+                    parts.append({"type": "image"})
+                else:
+                    parts.append({"type": "text", "text": p.text})
+            messages.append({"role": m.role, "content": parts})
+        s = req.sampling
+        params = SamplingParams(
+            max_tokens=s.max_tokens if s.HasField("max_tokens") else 256,
+            temperature=s.temperature if s.HasField("temperature") else 0.0,
+            top_p=s.top_p if s.HasField("top_p") else 1.0,
+            top_k=s.top_k if s.HasField("top_k") else 0,
+            seed=s.seed if s.HasField("seed") else None,
+            stop=tuple(s.stop),
+        )
+        loop = asyncio.get_running_loop()
+        q: asyncio.Queue[Any] = asyncio.Queue()
+        token = CancelToken()
+
+        def work() -> None:
+            try:
+                prompt = engine.encode(messages, images)
+                gen = engine.stream(prompt, params, cancel=token)
+                for ev in gen:
+                    prob = ev.confidence.prob if ev.confidence else None
+                    loop.call_soon_threadsafe(
+                        q.put_nowait,
+                        pb.GenerateChunk(
+                            delta=pb.Delta(text=ev.text, index=ev.index, token_prob=prob)
+                        ),
+                    )
+                    if cancel.is_set():
+                        token.cancel()
+                r = gen.result
+                conf = r.confidence.as_dict().get(signal) if r.token_ids else float("nan")
+                loop.call_soon_threadsafe(q.put_nowait, pb.GenerateChunk(final=pb.Final(
+                    text=r.text, finish_reason=r.finish_reason, served_by="edge",
+                    confidence=conf, confidence_signal=signal,
+                    usage=pb.Usage(prompt_tokens=r.timings.prompt_tokens,
+                                   completion_tokens=len(r.token_ids)),
+                    timings=pb.Timings(ttft_ms=r.timings.ttft_s * 1000),
+                )))  # fmt: skip
+            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
+                loop.call_soon_threadsafe(q.put_nowait, exc)
+            finally:
+                loop.call_soon_threadsafe(q.put_nowait, None)
+
+        async with lock:  # one request at a time per engine
+            worker = loop.run_in_executor(None, work)
+            try:
+                while (item := await q.get()) is not None:
+                    if isinstance(item, BaseException):
+                        raise item
+                    yield item
+            finally:
+                token.cancel()
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(worker)
+
+    return handle

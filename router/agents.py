@@ -1,0 +1,213 @@
+"""Site agents' outbound connections, and the backend that dispatches through them.
+
+A site box accepts no inbound connections, so its agent dials the router
+(``Router.AgentConnect``) and keeps the stream open; the router sends site-bound requests
+(``edge_only`` requests entering the cloud) down that stream as ``AgentCall`` and the agent
+streams each answer back as ``CallChunk`` tagged with the call id. An :class:`AgentBackend` is
+configured per site (``type: agent``); it is available only while its agent is connected, and
+a disconnect fails the calls in flight with a clear error.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import grpc
+
+from fleetvl.protocol import fleetvl_pb2 as pb
+from router.backends import BackendError, BackendRequest, Delta, Event, Final
+
+__all__ = ["AgentBackend", "AgentConnection", "serve_agent_stream"]
+
+log = logging.getLogger("fleetvl.router")
+
+
+class AgentConnection:
+    """One connected agent: outgoing calls, and per-call queues of incoming chunks."""
+
+    def __init__(self, hello: pb.AgentHello) -> None:
+        self.hello = hello
+        self.outbox: asyncio.Queue[pb.AgentDown | None] = asyncio.Queue()
+        self.calls: dict[str, asyncio.Queue[pb.CallChunk | None]] = {}
+        self.closed = False
+
+    def close(self) -> None:
+        self.closed = True
+        for q in self.calls.values():
+            q.put_nowait(None)
+        self.outbox.put_nowait(None)
+
+
+class AgentBackend:
+    """Requests for one site, served by that site's agent over its outbound connection."""
+
+    kind = "edge"
+
+    def __init__(self, name: str, site: str, *, slots: int = 1, models: tuple[str, ...] = ()):
+        self.name = name
+        self.site = site
+        self.slots = slots
+        self.models = models
+        self.conn: AgentConnection | None = None
+        self._ids = itertools.count()
+
+    @property
+    def available(self) -> bool:
+        return self.conn is not None and not self.conn.closed
+
+    def attach(self, conn: AgentConnection) -> None:
+        if self.conn is not None:
+            self.conn.close()  # a reconnecting agent replaces its stale stream
+        self.conn = conn
+
+    def detach(self, conn: AgentConnection) -> None:
+        conn.close()
+        if self.conn is conn:
+            self.conn = None
+
+    async def generate(self, req: BackendRequest) -> AsyncIterator[Event]:
+        conn = self.conn
+        if conn is None or conn.closed:
+            raise BackendError(f"site {self.site}'s agent is not connected")
+        call_id = f"{req.id}-{next(self._ids)}"
+        inbox: asyncio.Queue[pb.CallChunk | None] = asyncio.Queue()
+        conn.calls[call_id] = inbox
+        conn.outbox.put_nowait(
+            pb.AgentDown(
+                call=pb.AgentCall(
+                    call_id=call_id,
+                    request=_to_proto(req),
+                    timeout_s=max(req.deadline - time.monotonic(), 0.0) if req.deadline else 0.0,
+                )
+            )
+        )
+        done = False
+        try:
+            while True:
+                msg = await inbox.get()
+                if msg is None:
+                    raise BackendError(f"site {self.site}'s agent disconnected mid-request")
+                if msg.HasField("chunk"):
+                    ev = _from_chunk(msg.chunk)
+                    if ev is not None:
+                        yield ev
+                if msg.end:
+                    done = True
+                    if msg.error_code:
+                        raise BackendError(f"site agent: {msg.error_code}: {msg.error}")
+                    return
+        finally:
+            conn.calls.pop(call_id, None)
+            if not done and not conn.closed:
+                conn.outbox.put_nowait(pb.AgentDown(cancel=pb.AgentCancel(call_id=call_id)))
+
+    async def close(self) -> None:
+        if self.conn is not None:
+            self.conn.close()
+
+
+async def serve_agent_stream(
+    request_iterator: AsyncIterator[pb.AgentUp],
+    context: grpc.aio.ServicerContext,
+    agents: dict[str, AgentBackend],
+) -> AsyncIterator[pb.AgentDown]:
+    """The router's side of ``AgentConnect``."""
+    first = await anext(aiter(request_iterator), None)
+    if first is None or not first.HasField("hello"):
+        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "first message must be hello")
+        return
+    hello = first.hello
+    backend = agents.get(hello.site)
+    if backend is None:
+        await context.abort(
+            grpc.StatusCode.PERMISSION_DENIED,
+            f"site {hello.site!r} has no agent backend configured on this router",
+        )
+        return
+    conn = AgentConnection(hello)
+    backend.attach(conn)
+    log.info("agent of site %s connected (version %s)", hello.site, hello.agent_version)
+
+    async def pump_up() -> None:
+        try:
+            async for msg in request_iterator:
+                if msg.HasField("chunk"):
+                    q = conn.calls.get(msg.chunk.call_id)
+                    if q is not None:
+                        q.put_nowait(msg.chunk)
+        except (grpc.aio.AioRpcError, asyncio.CancelledError):
+            pass
+        finally:
+            conn.close()
+
+    reader = asyncio.create_task(pump_up())
+    try:
+        while (out := await conn.outbox.get()) is not None:
+            yield out
+    finally:
+        reader.cancel()
+        backend.detach(conn)
+        log.info("agent of site %s disconnected", hello.site)
+
+
+def _to_proto(req: BackendRequest) -> pb.GenerateRequest:
+    images = iter(req.images)
+    messages = []
+    for m in req.messages:
+        parts = []
+        for p in m["content"]:
+            if p.get("type") == "image":
+                img = next(images)
+                parts.append(pb.ContentPart(image=pb.Image(digest=img.digest, data=img.data)))
+            else:
+                parts.append(pb.ContentPart(text=p.get("text", "")))
+        messages.append(pb.Message(role=m["role"], content=parts))
+    pol = req.policy
+    return pb.GenerateRequest(
+        request_id=req.id,
+        tenant=req.tenant,
+        site=req.site or "",
+        model=req.model,
+        messages=messages,
+        sampling=pb.Sampling(
+            max_tokens=req.max_tokens,
+            temperature=req.temperature,
+            top_p=req.top_p,
+            top_k=req.top_k,
+            seed=req.seed,
+            stop=req.stop,
+        ),  # fmt: skip
+        sla=pb.Sla(
+            min_confidence=pol.min_confidence,
+            residency=pol.residency.value,
+            priority=pol.priority.value,
+            max_output_tokens=pol.max_output_tokens,
+        ),
+    )
+
+
+def _from_chunk(chunk: pb.GenerateChunk) -> Event | None:
+    kind = chunk.WhichOneof("kind")
+    if kind == "delta":
+        d = chunk.delta
+        return Delta(d.text, d.index, d.token_prob if d.HasField("token_prob") else None)
+    if kind == "final":
+        f = chunk.final
+        return Final(
+            text=f.text, finish_reason=f.finish_reason,
+            confidence=None if math.isnan(f.confidence) else f.confidence,
+            confidence_signal=f.confidence_signal, prompt_tokens=f.usage.prompt_tokens,
+            completion_tokens=f.usage.completion_tokens, ttft_s=f.timings.ttft_ms / 1000,
+            served_by=f.served_by or "edge",
+        )  # fmt: skip
+    return None
+
+
+def agent_backends(backends: list[Any]) -> dict[str, AgentBackend]:
+    return {b.site: b for b in backends if isinstance(b, AgentBackend)}
