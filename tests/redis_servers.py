@@ -29,7 +29,10 @@ class RedisServer:
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
-    def start(self) -> RedisServer:
+    def start_with_password(self, password: str) -> RedisServer:
+        return self.start(password)
+
+    def start(self, password: str | None = None) -> RedisServer:
         self.proc = subprocess.Popen(
             [
                 "redis-server",
@@ -46,7 +49,7 @@ class RedisServer:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        client = redis.Redis(port=self.port, socket_connect_timeout=0.2)
+        client = redis.Redis(port=self.port, password=password, socket_connect_timeout=0.2)
         deadline = time.monotonic() + 10
         while True:
             try:

@@ -350,3 +350,27 @@ def test_a_hung_redis_is_bounded_by_the_timeout(engine: EdgeEngine) -> None:
         server.resume()
         cache.close()
         server.stop()
+
+
+def test_password_in_the_url_and_a_wrong_one(engine: EdgeEngine) -> None:
+    server = RedisServer(None, "--requirepass", "s3cret").start_with_password("s3cret")
+    try:
+        good = FleetCache(CacheConfig(url=f"redis://:s3cret@127.0.0.1:{server.port}/0"))
+        blob = png_bytes(random_image(32, 32, seed=9))
+        assert good.images().put(blob) == blob_digest(blob)
+        assert good.images().get(blob_digest(blob)) == blob
+        good.close()
+        # A wrong password is an unavailable cache: counted, and requests still answered.
+        bad = FleetCache(
+            CacheConfig(url=f"redis://:wrong@127.0.0.1:{server.port}/0", block_size=16)
+        )
+        before = _metric("fleetvl_cache_errors_total", op="mget")
+        prompt = _prompts(engine, 2)[1]
+        res = CachedEngine(engine, bad).generate(prompt, GREEDY)
+        assert res.token_ids == engine.generate(prompt, GREEDY).token_ids
+        # The first call (the response lookup) fails; the rest are skipped while backing off.
+        assert _metric("fleetvl_cache_errors_total", op="mget") == before + 1
+        assert _metric("fleetvl_cache_available") == 0
+        bad.close()
+    finally:
+        server.stop()

@@ -8,6 +8,8 @@ import base64
 import concurrent.futures as cf
 import contextlib
 import hashlib
+import json
+import logging
 import threading
 import time
 from collections.abc import Iterator
@@ -474,3 +476,28 @@ def test_edge_only_request_travels_to_the_site_over_the_agents_connection(
         assert client.chat.completions.create(**ask).model_extra["fleetvl"]["served_by"] == "edge"
     finally:
         agent.stop()
+
+
+def test_one_structured_log_line_per_request(
+    router: RunningRouter, client: openai.OpenAI, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO, logger="fleetvl.router")
+    rid = "log-check-" + str(time.monotonic_ns())
+    client.chat.completions.create(
+        model="fleet-sim", messages=_question(), max_tokens=2, extra_headers={"x-request-id": rid}
+    )
+    with pytest.raises(openai.NotFoundError):
+        client.chat.completions.create(
+            model="nope", messages=_question(), extra_headers={"x-request-id": rid + "-404"}
+        )
+    lines = [json.loads(r.getMessage()) for r in caplog.records if rid in r.getMessage()]
+    assert [(x["id"], x["status"], x["outcome"]) for x in lines] == [
+        (rid, 200, "ok"),
+        (rid + "-404", 404, "invalid"),
+    ]
+    ok = lines[0]
+    assert ok["tenant"] == "acme"
+    assert ok["served_by"] == "cloud"
+    assert ok["backend"] == "cloud-sim"
+    assert ok["total_ms"] > 0
+    assert ok["completion_tokens"] == 2
