@@ -158,8 +158,8 @@ class Uplink:
 
 def engine_handler(engine: Any, signal: str = "mean_logprob") -> Handler:
     """A handler answering calls with an :class:`EdgeEngine` (in a worker thread)."""
-    from edge_agent.engine.sampling import SamplingParams
     from edge_agent.engine.types import CancelToken
+    from fleetvl.sampling import SamplingParams
 
     lock = asyncio.Lock()
 

@@ -47,7 +47,7 @@ def _cmd_model_export(args: argparse.Namespace) -> int:
 def _cmd_ask(args: argparse.Namespace) -> int:
     from edge_agent.engine.bundle import SessionConfig
     from edge_agent.engine.engine import EdgeEngine
-    from edge_agent.engine.sampling import SamplingParams
+    from fleetvl.sampling import SamplingParams
 
     t0 = time.perf_counter()
     engine = EdgeEngine(args.bundle, SessionConfig(intra_op_threads=args.threads))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
 from fleetvl.policy import SlaPolicy
+from fleetvl.sampling import CancelToken, SamplingParams
 
 __all__ = [
     "Backend",
@@ -134,9 +135,6 @@ class EngineBackend:
         return self._free
 
     async def generate(self, req: BackendRequest) -> AsyncIterator[Event]:
-        from edge_agent.engine.sampling import SamplingParams
-        from edge_agent.engine.types import CancelToken
-
         pool = self._pool()
         engine = await pool.get()
         loop = asyncio.get_running_loop()

@@ -28,7 +28,9 @@ class BackendConfig(_Strict):
     site: str | None = None  # required for kind=edge: the site whose agent it is
     slots: int = Field(1, ge=1, le=1024)
     models: list[str] = Field(default_factory=list)
-    bundle: str | None = None  # type=engine: an edge bundle directory
+    bundle: str | None = None  # type=engine: a model directory for the engine
+    # type=engine: "module:callable" building an engine from ``bundle`` (encode/stream API).
+    engine: str = Field("edge_agent.engine:EdgeEngine", pattern=r"^[\w.]+:\w+$")
     target: str | None = None  # type=grpc: host:port
     tls_ca_file: str | None = None  # type=grpc: verify the backend's certificate
     simulated: dict[str, Any] = Field(default_factory=dict)  # type=simulated: latency profile

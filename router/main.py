@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import importlib
 import logging
 import signal
 import socket
@@ -31,9 +32,9 @@ log = logging.getLogger("fleetvl.router")
 def build_backend(c: BackendConfig) -> Backend:
     models = tuple(c.models)
     if c.type == "engine":
-        from edge_agent.engine import EdgeEngine
-
-        engines = [EdgeEngine(Path(c.bundle or "")) for _ in range(c.slots)]
+        # Named by import path, not imported here: the router depends on no other tier.
+        factory = _import(c.engine)
+        engines = [factory(Path(c.bundle or "")) for _ in range(c.slots)]
         return EngineBackend(c.name, engines, kind=c.kind, site=c.site, models=models)
     if c.type == "agent":
         return AgentBackend(c.name, c.site or "", slots=c.slots, models=models)
@@ -45,6 +46,11 @@ def build_backend(c: BackendConfig) -> Backend:
     return SimulatedBackend(
         c.name, kind=c.kind, site=c.site, slots=c.slots, models=models, **c.simulated
     )
+
+
+def _import(path: str) -> Any:
+    module, _, attr = path.partition(":")
+    return getattr(importlib.import_module(module), attr)
 
 
 def build_backends(config: RouterConfig) -> list[Backend]:

@@ -4,8 +4,8 @@ from edge_agent.engine.bundle import EdgeBundle, SessionConfig
 from edge_agent.engine.cached import CachedEngine, CacheUse
 from edge_agent.engine.engine import EdgeEngine, Generation
 from edge_agent.engine.kv_arena import KVPrefix
-from edge_agent.engine.sampling import SamplingParams
 from edge_agent.engine.types import CancelToken, GenerationResult, TokenEvent
+from fleetvl.sampling import SamplingParams
 
 __all__ = [
     "CacheUse",

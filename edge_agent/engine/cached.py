@@ -26,7 +26,6 @@ import numpy as np
 
 from edge_agent.engine.engine import EdgeEngine, Generation
 from edge_agent.engine.kv_arena import KVPrefix
-from edge_agent.engine.sampling import SamplingParams
 from edge_agent.engine.types import (
     CancelToken,
     EarlyStop,
@@ -35,6 +34,7 @@ from edge_agent.engine.types import (
     TokenEvent,
 )
 from fleetvl.cache import FleetCache, ImageSpan, KVShape, ModelCache, block_hashes, request_digest
+from fleetvl.sampling import SamplingParams
 from fleetvl.vlm.confidence import AnswerConfidence
 from fleetvl.vlm.processor import Prompt
 

@@ -24,9 +24,9 @@ from PIL import Image
 
 from edge_agent.engine.bundle import EdgeBundle, SessionConfig
 from edge_agent.engine.kv_arena import KVArena, KVPrefix
-from edge_agent.engine.sampling import Sampler, SamplingParams
 from edge_agent.engine.types import CancelToken, EarlyStop, GenerationResult, Timings, TokenEvent
 from fleetvl.errors import InputError, PromptError
+from fleetvl.sampling import Sampler, SamplingParams
 from fleetvl.vlm.confidence import ConfidenceTracker, token_confidence
 from fleetvl.vlm.image import PreprocessedImage, decode_image, preprocess
 from fleetvl.vlm.mrope import rope_index

@@ -2,33 +2,19 @@
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from edge_agent.engine.kv_arena import KVPrefix
+from fleetvl.sampling import CancelToken
 from fleetvl.vlm.confidence import AnswerConfidence, ConfidenceTracker, TokenConfidence
 
 __all__ = ["CancelToken", "EarlyStop", "GenerationResult", "TokenEvent", "Timings"]
 
 # Called after every token with the running confidence; True stops decoding ("low_confidence").
 EarlyStop = Callable[[ConfidenceTracker], bool]
-
-
-class CancelToken:
-    """Set from any thread; the engine checks it between decode steps."""
-
-    def __init__(self) -> None:
-        self._event = threading.Event()
-
-    def cancel(self) -> None:
-        self._event.set()
-
-    @property
-    def cancelled(self) -> bool:
-        return self._event.is_set()
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,6 @@ from pathlib import Path
 import pytest
 
 from edge_agent.engine.engine import EdgeEngine
-from edge_agent.engine.sampling import SamplingParams
 from fleetvl.errors import (
     BundleError,
     ImageError,
@@ -18,6 +17,7 @@ from fleetvl.errors import (
     PromptError,
     UnsupportedImageFormat,
 )
+from fleetvl.sampling import SamplingParams
 from tests.helpers import png_bytes, random_image
 from tests.unit.test_image import _png_declaring
 

@@ -16,8 +16,8 @@ from prometheus_client import REGISTRY
 
 from edge_agent.engine.cached import CachedEngine
 from edge_agent.engine.engine import EdgeEngine
-from edge_agent.engine.sampling import SamplingParams
 from fleetvl.cache import CacheConfig, FleetCache, blob_digest
+from fleetvl.sampling import SamplingParams
 from tests.helpers import png_bytes, random_image
 from tests.redis_servers import RedisServer
 

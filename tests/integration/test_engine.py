@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from edge_agent.engine.engine import EdgeEngine
-from edge_agent.engine.sampling import SamplingParams
 from edge_agent.engine.types import CancelToken
 from fleetvl.errors import InputError, PromptError
+from fleetvl.sampling import SamplingParams
 from tests.helpers import png_bytes, random_image
 
 

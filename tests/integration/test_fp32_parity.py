@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from edge_agent.engine.engine import EdgeEngine
-from edge_agent.engine.sampling import SamplingParams
+from fleetvl.sampling import SamplingParams
 from tests.helpers import random_image
 
 QUESTIONS = [

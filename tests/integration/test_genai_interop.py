@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from edge_agent.engine.engine import EdgeEngine
-from edge_agent.engine.sampling import SamplingParams
+from fleetvl.sampling import SamplingParams
 from tests.helpers import random_image
 
 og = pytest.importorskip("onnxruntime_genai", reason="onnxruntime-genai is in the export extra")

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from edge_agent.engine.sampling import Sampler, SamplingParams
 from fleetvl.errors import InputError
+from fleetvl.sampling import Sampler, SamplingParams
 
 
 def _logits(seed: int = 0) -> np.ndarray:

@@ -1,14 +1,16 @@
-"""Sampling parameters and the next-token choice (greedy, temperature, top-k, top-p)."""
+"""What every engine (edge or cloud) takes: sampling parameters, the next-token choice
+(greedy, temperature, top-k, top-p), and a cancellation token."""
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 import numpy as np
 
 from fleetvl.errors import InputError
 
-__all__ = ["SamplingParams", "Sampler"]
+__all__ = ["CancelToken", "SamplingParams", "Sampler"]
 
 
 @dataclass(frozen=True)
@@ -66,3 +68,17 @@ class Sampler:
             mask[keep] = probs[keep]
             probs = mask / mask.sum()
         return int(self.rng.choice(probs.shape[0], p=probs))
+
+
+class CancelToken:
+    """Set from any thread; the engine checks it between decode steps."""
+
+    def __init__(self) -> None:
+        self._event = threading.Event()
+
+    def cancel(self) -> None:
+        self._event.set()
+
+    @property
+    def cancelled(self) -> bool:
+        return self._event.is_set()
