@@ -1,4 +1,5 @@
-"""Ray Serve application running the full Qwen-VL in PyTorch with batched decode.
+"""The cloud tier: the full Qwen-VL in PyTorch with continuous batching, served by Ray Serve.
 
-Not built yet: see the cloud-worker issue.
+``cloud_worker.engine`` imports neither Ray nor the service stack, so it can be benchmarked
+alone (the GPU machine has torch and transformers only); ``cloud_worker.serve_app`` wraps it.
 """

@@ -28,6 +28,7 @@ from edge_agent.engine.types import CancelToken, EarlyStop, GenerationResult, Ti
 from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import Sampler, SamplingParams
 from fleetvl.vlm.confidence import ConfidenceTracker, token_confidence
+from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.image import PreprocessedImage, decode_image, preprocess
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
@@ -274,7 +275,7 @@ class EdgeEngine:
 
             sampler = Sampler(params)
             tracker = ConfidenceTracker()
-            detok = _Detokenizer(self.processor)
+            detok = IncrementalDetokenizer(self.processor.decode)
             out_ids: list[int] = []
             text = ""
             finish = "length"
@@ -296,7 +297,7 @@ class EdgeEngine:
                     tracker.add(tc)
                 emit = detok.push(out_ids)
                 if params.stop:
-                    stop_at = _find_stop(text + emit, params.stop, len(text))
+                    stop_at = find_stop(text + emit, params.stop, len(text))
                     if stop_at is not None:
                         emit = (text + emit)[len(text) : stop_at]
                         finish = "stop"
@@ -319,7 +320,7 @@ class EdgeEngine:
             timings.decode_s = time.perf_counter() - t_first if t_first else 0.0
             final_text = self.processor.decode(out_ids)
             if params.stop and finish == "stop":
-                cut = _find_stop(final_text, params.stop, 0)
+                cut = find_stop(final_text, params.stop, 0)
                 final_text = final_text[:cut] if cut is not None else final_text
             gen.result = GenerationResult(
                 text=final_text,
@@ -355,31 +356,3 @@ class EdgeEngine:
         self._step_pos.fill(position)
         self._binding.bind_cpu_input("attention_mask", self._mask[:, :total_len])
         self.bundle.decoder.run_with_iobinding(self._binding)
-
-
-class _Detokenizer:
-    """Incremental text for byte-level BPE: decodes a short window per step, not the whole
-    answer, and holds back text while a multi-byte character is incomplete."""
-
-    def __init__(self, processor) -> None:  # noqa: ANN001 - QwenVLProcessor
-        self._decode = processor.decode
-        self._prefix = 0
-        self._read = 0
-
-    def push(self, ids: list[int]) -> str:
-        before = self._decode(ids[self._prefix : self._read])
-        after = self._decode(ids[self._prefix :])
-        if len(after) > len(before) and not after.endswith("\ufffd"):
-            self._prefix, self._read = self._read, len(ids)
-            return after[len(before) :]
-        return ""
-
-
-def _find_stop(text: str, stops: Sequence[str], scan_from: int) -> int | None:
-    """Index where the earliest stop sequence starts, looking only at text not yet emitted."""
-    best = None
-    for s in stops:
-        i = text.find(s, max(0, scan_from - len(s) + 1))
-        if i != -1 and (best is None or i < best):
-            best = i
-    return best

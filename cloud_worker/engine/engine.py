@@ -1,0 +1,343 @@
+"""Continuous batching for Qwen-VL: requests join and leave the running batch between steps.
+
+One engine thread owns the model. Each iteration it admits waiting requests into free slots
+(best priority class first, then earliest deadline), prefills them one by one (vision +
+prompt), then runs one batched decode step for every running request, each with its own
+MRoPE offset and KV length. Tokens stream to callers as they are produced; a cancelled,
+stopped or expired request leaves its slot free for the next step.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import logging
+import queue
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from cloud_worker.engine.model import DecodeStep, LoadedModel, load_model, prefill
+from cloud_worker.engine.slot_cache import SlotCache
+from fleetvl.errors import PromptError
+from fleetvl.sampling import CancelToken, Sampler, SamplingParams
+from fleetvl.vlm.confidence import AnswerConfidence, ConfidenceTracker, TokenConfidence
+from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
+from fleetvl.vlm.processor import Prompt, QwenVLProcessor
+
+__all__ = ["CloudEngine", "CloudResult", "EngineConfig", "StreamEvent"]
+
+log = logging.getLogger("fleetvl.cloud")
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    max_slots: int = 8  # requests decoded together
+    max_context: int = 4096  # per slot: prompt + answer
+    device: str = "auto"
+    dtype: str | None = None  # default: bfloat16 on CUDA, float32 on CPU
+    cuda_graphs: bool = True
+    span_bucket: int = 128
+    prefills_per_step: int = 2  # new requests admitted between two decode steps
+
+
+@dataclass(frozen=True)
+class StreamEvent:
+    index: int
+    token_id: int
+    text: str
+    confidence: TokenConfidence | None
+
+
+@dataclass
+class CloudResult:
+    text: str
+    token_ids: list[int]
+    finish_reason: str  # stop | length | cancelled | deadline
+    confidence: AnswerConfidence
+    prompt_tokens: int
+    ttft_s: float
+    total_s: float
+    queue_s: float
+    decode_steps: int  # batched steps this request took part in
+
+
+_DONE = object()
+
+
+@dataclass
+class _Request:
+    id: int
+    prompt: Prompt
+    params: SamplingParams
+    rank: int  # priority class: 0 critical, 1 standard, 2 batch
+    deadline: float
+    cancel: CancelToken
+    out: queue.Queue
+    arrival: float = field(default_factory=time.monotonic)
+    # Running state
+    slot: int = -1
+    kv_len: int = 0
+    next_pos: int = 0
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""
+    sampler: Sampler | None = None
+    tracker: ConfidenceTracker = field(default_factory=ConfidenceTracker)
+    detok: IncrementalDetokenizer | None = None
+    started: float = 0.0
+    first: float = 0.0
+    steps: int = 0
+
+
+class CloudEngine:
+    def __init__(self, model_dir: str | Path, config: EngineConfig | None = None) -> None:
+        self.config = cfg = config or EngineConfig()
+        self.processor = QwenVLProcessor(model_dir, max_prompt_tokens=cfg.max_context - 1)
+        self.lm: LoadedModel = load_model(model_dir, cfg.device, cfg.dtype)
+        lm = self.lm
+        self.cache = SlotCache(
+            lm.num_layers, cfg.max_slots, lm.kv_heads, lm.head_dim, cfg.max_context,
+            lm.dtype, lm.device,
+        )  # fmt: skip
+        self.step = DecodeStep(lm, self.cache, cfg.cuda_graphs, cfg.span_bucket)
+        self.eos = set(self.processor.eos_token_ids)
+        self._waiting: list[tuple[int, float, int, _Request]] = []
+        self._slots: list[_Request | None] = [None] * cfg.max_slots
+        self._ids = itertools.count()
+        self._lock = threading.Condition()
+        self._stop = False
+        self.decode_steps = 0
+        self._thread = threading.Thread(target=self._loop, name="cloud-engine", daemon=True)
+        self._thread.start()
+
+    # -- API ------------------------------------------------------------------------------
+
+    def encode(self, messages: list[dict[str, Any]], images: list[Any] = ()) -> Prompt:
+        from fleetvl.vlm.image import decode_image, preprocess
+
+        cfg = self.processor.image_config
+        pre = [
+            preprocess(
+                decode_image(bytes(i), cfg.max_input_pixels)
+                if isinstance(i, bytes | bytearray)
+                else i,
+                cfg,
+            )
+            for i in images
+        ]
+        return self.processor.encode(messages, pre)
+
+    def submit(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        rank: int = 1,
+        deadline: float | None = None,
+        cancel: CancelToken | None = None,
+    ) -> Iterator[StreamEvent | CloudResult]:
+        """Queue a request; iterate for its events, the :class:`CloudResult` last."""
+        params = params or SamplingParams()
+        if len(prompt) + params.max_tokens > self.config.max_context:
+            raise PromptError(
+                f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
+                f"engine's context of {self.config.max_context} tokens"
+            )
+        req = _Request(
+            id=next(self._ids), prompt=prompt, params=params, rank=rank,
+            deadline=deadline if deadline is not None else float("inf"),
+            cancel=cancel or CancelToken(), out=queue.Queue(),
+        )  # fmt: skip
+        with self._lock:
+            heapq.heappush(self._waiting, (rank, req.deadline, req.id, req))
+            self._lock.notify()
+        return self._events(req)
+
+    def generate(
+        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any
+    ) -> CloudResult:
+        result = None
+        for ev in self.submit(prompt, params, **kw):
+            if isinstance(ev, CloudResult):
+                result = ev
+        assert result is not None
+        return result
+
+    def close(self) -> None:
+        with self._lock:
+            self._stop = True
+            self._lock.notify()
+        self._thread.join(30)
+
+    @property
+    def running(self) -> int:
+        return sum(r is not None for r in self._slots)
+
+    def _events(self, req: _Request) -> Iterator[StreamEvent | CloudResult]:
+        try:
+            while True:
+                ev = req.out.get()
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield ev
+                if isinstance(ev, CloudResult):
+                    return
+        finally:
+            req.cancel.cancel()  # a caller that stops iterating frees the slot
+
+    # -- engine thread --------------------------------------------------------------------
+
+    def _loop(self) -> None:
+        while True:
+            with self._lock:
+                while not self._stop and not self._waiting and self.running == 0:
+                    self._lock.wait()
+                if self._stop:
+                    return
+                admit = []
+                free = [i for i, r in enumerate(self._slots) if r is None]
+                while self._waiting and free and len(admit) < self.config.prefills_per_step:
+                    _, _, _, req = heapq.heappop(self._waiting)
+                    admit.append((free.pop(0), req))
+            for slot, req in admit:
+                self._admit(slot, req)
+            if self.running:
+                try:
+                    self._decode()
+                except Exception as exc:  # fail the running requests, keep the engine
+                    log.exception("decode step failed")
+                    for i, r in enumerate(self._slots):
+                        if r is not None:
+                            r.out.put(exc)
+                            self._slots[i] = None
+
+    def _admit(self, slot: int, req: _Request) -> None:
+        req.started = time.monotonic()
+        if req.cancel.cancelled or req.started > req.deadline:
+            self._finish(req, "cancelled" if req.cancel.cancelled else "deadline")
+            return
+        try:
+            pre = prefill(self.lm, req.prompt)
+        except Exception as exc:
+            log.exception("prefill failed")
+            req.out.put(exc)
+            return
+        self.cache.load(slot, pre.keys, pre.values)
+        req.slot = slot
+        req.kv_len = len(req.prompt)
+        req.next_pos = pre.next_position
+        req.sampler = Sampler(req.params)
+        req.detok = IncrementalDetokenizer(self.processor.decode)
+        self._slots[slot] = req
+        self._emit(req, pre.logits[None])
+
+    def _decode(self) -> None:
+        cache, step = self.cache, self.step
+        tokens = [0] * cache.slots
+        positions = [0] * cache.slots
+        write = [0] * cache.slots
+        longest = 1
+        for i, r in enumerate(self._slots):
+            if r is not None:
+                tokens[i] = r.tokens[-1]
+                positions[i] = r.next_pos + (r.kv_len - len(r.prompt))
+                write[i] = r.kv_len
+                longest = max(longest, r.kv_len + 1)
+        step.tokens.copy_(torch.tensor(tokens), non_blocking=True)
+        step.positions.copy_(torch.tensor(positions), non_blocking=True)
+        cache.write_pos.copy_(torch.tensor(write), non_blocking=True)
+        logits = step(step.span_for(longest))
+        self.decode_steps += 1
+        active = [i for i, r in enumerate(self._slots) if r is not None]
+        rows = logits[active]
+        for j, i in enumerate(active):
+            r = self._slots[i]
+            assert r is not None
+            r.kv_len += 1
+            r.steps += 1
+            self._emit(r, rows[j : j + 1])
+
+    def _emit(self, r: _Request, logits: torch.Tensor) -> None:
+        """Choose, score and stream the next token of ``r`` from its ``[1, vocab]`` logits."""
+        p = r.params
+        if p.temperature == 0:
+            token = int(torch.argmax(logits[0]).item())
+        else:
+            assert r.sampler is not None
+            token = r.sampler(logits[0].float().cpu().numpy())
+        conf = _confidence(logits[0], token)
+        if not r.tokens:
+            r.first = time.monotonic()
+        if token in self.eos and not p.ignore_eos:
+            self._finish(r, "stop")
+            return
+        r.tokens.append(token)
+        r.tracker.add(conf)
+        assert r.detok is not None
+        emit = r.detok.push(r.tokens)
+        finish = None
+        if p.stop:
+            at = find_stop(r.text + emit, p.stop, len(r.text))
+            if at is not None:
+                emit = (r.text + emit)[len(r.text) : at]
+                finish = "stop"
+        r.text += emit
+        r.out.put(StreamEvent(len(r.tokens) - 1, token, emit, conf))
+        if finish is None:
+            if len(r.tokens) >= p.max_tokens:
+                finish = "length"
+            elif r.cancel.cancelled:
+                finish = "cancelled"
+            elif time.monotonic() > r.deadline:
+                finish = "deadline"
+        if finish is not None:
+            self._finish(r, finish)
+
+    def _finish(self, r: _Request, reason: str) -> None:
+        if 0 <= r.slot < len(self._slots) and self._slots[r.slot] is r:
+            self._slots[r.slot] = None
+        text = self.processor.decode(r.tokens)
+        if r.params.stop and reason == "stop":
+            cut = find_stop(text, r.params.stop, 0)
+            text = text[:cut] if cut is not None else text
+        now = time.monotonic()
+        r.out.put(
+            CloudResult(
+                text=text,
+                token_ids=list(r.tokens),
+                finish_reason=reason,
+                confidence=r.tracker.summary(),
+                prompt_tokens=len(r.prompt),
+                ttft_s=(r.first - r.arrival) if r.first else 0.0,
+                total_s=now - r.arrival,
+                queue_s=(r.started - r.arrival) if r.started else now - r.arrival,
+                decode_steps=r.steps,
+            )
+        )
+
+
+def _confidence(logits: torch.Tensor, token: int) -> TokenConfidence:
+    """The same signals as ``fleetvl.vlm.confidence.token_confidence``, on the device."""
+    x = logits.float()
+    logp = torch.log_softmax(x, dim=-1)
+    top = torch.topk(logp, 2).values
+    p = logp.exp()
+    entropy = -(p * logp).nansum()
+    vals = torch.stack([logp[token], top[0], top[1], entropy]).cpu().tolist()
+    lp, t1, t2, ent = vals
+    p1 = float(torch.tensor(t1).exp())
+    p2 = float(torch.tensor(t2).exp())
+    return TokenConfidence(
+        token_id=token,
+        prob=float(torch.tensor(lp).exp()),
+        logprob=lp,
+        top1_prob=p1,
+        margin=p1 - p2,
+        entropy=max(ent, 0.0),
+    )
+

@@ -1,0 +1,207 @@
+"""The full Qwen-VL in transformers: loading, per-request prefill, the batched decode step.
+
+Prefill runs transformers' own vision tower and language model on one request (images merged
+at the placeholder tokens, MRoPE positions from ``fleetvl.vlm.mrope``). The decode step runs
+transformers' decoder layers over every slot at once with a :class:`SlotCache`; on CUDA it is
+captured as a CUDA graph per attended-span bucket, so a step is one graph launch instead of
+~30 kernel launches per layer from Python.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from cloud_worker.engine.slot_cache import SlotCache
+from fleetvl.vlm.mrope import rope_index
+from fleetvl.vlm.processor import Prompt
+
+__all__ = ["DecodeStep", "LoadedModel", "PrefillResult", "load_model"]
+
+log = logging.getLogger("fleetvl.cloud")
+
+
+@dataclass
+class LoadedModel:
+    model: torch.nn.Module  # Qwen2_5_VL / Qwen2_VL ForConditionalGeneration
+    device: torch.device
+    dtype: torch.dtype
+    num_layers: int
+    kv_heads: int
+    head_dim: int
+    vocab_size: int
+    spatial_merge_size: int
+    image_token_id: int
+
+    @property
+    def language_model(self) -> torch.nn.Module:
+        return self.model.model.language_model
+
+
+def load_model(
+    model_dir: str | Path, device: str = "auto", dtype: str | None = None
+) -> LoadedModel:
+    """Load a Qwen2.5-VL or Qwen2-VL directory: bf16 on CUDA, fp32 on CPU by default."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
+                       ("cpu" if device == "auto" else device))  # fmt: skip
+    dt = (
+        getattr(torch, dtype)
+        if dtype
+        else (torch.bfloat16 if dev.type == "cuda" else torch.float32)
+    )
+    cfg = AutoConfig.from_pretrained(model_dir)
+    model = AutoModelForImageTextToText.from_pretrained(
+        model_dir, dtype=dt, attn_implementation="sdpa"
+    ).to(dev)
+    model.eval()
+    text = cfg.get_text_config()
+    heads = text.num_attention_heads
+    return LoadedModel(
+        model=model,
+        device=dev,
+        dtype=dt,
+        num_layers=text.num_hidden_layers,
+        kv_heads=text.num_key_value_heads,
+        head_dim=getattr(text, "head_dim", None) or text.hidden_size // heads,
+        vocab_size=text.vocab_size,
+        spatial_merge_size=cfg.vision_config.spatial_merge_size,
+        image_token_id=cfg.image_token_id,
+    )
+
+
+@dataclass
+class PrefillResult:
+    logits: torch.Tensor  # [vocab] float32, last prompt position
+    keys: list[torch.Tensor]  # per layer [kv_heads, n, head_dim]
+    values: list[torch.Tensor]
+    next_position: int  # MRoPE position of the first generated token
+    image_features: list[torch.Tensor]  # per image, computed here (for the cache)
+
+
+@torch.inference_mode()
+def prefill(
+    lm: LoadedModel, prompt: Prompt, given_features: dict[int, torch.Tensor] | None = None
+) -> PrefillResult:
+    """Vision + prompt of one request through transformers' modules."""
+    m = lm.model
+    ids = torch.from_numpy(prompt.input_ids).to(lm.device)[None]
+    embeds = m.get_input_embeddings()(ids)
+    computed: list[torch.Tensor] = []
+    if prompt.images:
+        given = given_features or {}
+        todo = [i for i in range(len(prompt.images)) if i not in given]
+        feats: dict[int, torch.Tensor] = dict(given)
+        if todo:
+            pv = torch.from_numpy(np.concatenate([prompt.images[i].pixel_values for i in todo])).to(
+                lm.device, lm.dtype
+            )
+            grid = torch.tensor([prompt.images[i].grid_thw for i in todo], device=lm.device)
+            out = m.model.get_image_features(pv, grid).pooler_output
+            for i, f in zip(todo, out, strict=True):
+                feats[i] = f
+                computed.append(f)
+        merged = torch.cat([feats[i] for i in range(len(prompt.images))]).to(embeds.dtype)
+        mask = (ids == lm.image_token_id)[..., None].expand_as(embeds)
+        embeds = embeds.masked_scatter(mask, merged)
+    pos, next_pos = rope_index(
+        prompt.input_ids,
+        lm.image_token_id,
+        [i.grid_thw for i in prompt.images],
+        lm.spatial_merge_size,
+    )
+    position_ids = torch.from_numpy(pos).to(lm.device)[:, None, :]
+    from transformers import DynamicCache
+
+    cache = DynamicCache(config=m.config)
+    out = lm.language_model(
+        inputs_embeds=embeds, position_ids=position_ids, past_key_values=cache, use_cache=True
+    )
+    logits = m.lm_head(out.last_hidden_state[:, -1]).float()[0]
+    layers = out.past_key_values.layers
+    return PrefillResult(
+        logits=logits,
+        keys=[layer.keys[0] for layer in layers],
+        values=[layer.values[0] for layer in layers],
+        next_position=next_pos,
+        image_features=computed,
+    )
+
+
+class DecodeStep:
+    """One decode step for every slot: ``logits[s]`` for ``tokens[s]`` at ``positions[s]``.
+
+    Inputs are written into static buffers (``tokens``, ``positions``, ``cache.write_pos``);
+    the attended span is rounded up to ``bucket`` tokens so few graphs cover all lengths.
+    """
+
+    def __init__(
+        self, lm: LoadedModel, cache: SlotCache, cuda_graphs: bool = True, bucket: int = 128
+    ):
+        self.lm = lm
+        self.cache = cache
+        self.bucket = bucket
+        s = cache.slots
+        dev = lm.device
+        self.tokens = torch.zeros(s, dtype=torch.long, device=dev)
+        self.positions = torch.zeros(s, dtype=torch.long, device=dev)
+        self.logits = torch.zeros(s, lm.vocab_size, dtype=torch.float32, device=dev)
+        self._arange = torch.arange(cache.capacity, device=dev)
+        self.use_graphs = cuda_graphs and dev.type == "cuda"
+        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
+        self._pool = None
+
+    def span_for(self, max_len: int) -> int:
+        b = self.bucket
+        return min(self.cache.capacity, -(-max_len // b) * b)
+
+    @torch.inference_mode()
+    def _forward(self, span: int) -> None:
+        lm = self.lm
+        text = lm.language_model
+        self.cache.span = span
+        h = text.embed_tokens(self.tokens[:, None])
+        pos = self.positions[None, :, None].expand(3, -1, 1)
+        cos_sin = text.rotary_emb(h, pos)
+        # Slot s attends to its own positions 0..write_pos[s] (the new token included).
+        mask = (self._arange[None, :span] <= self.cache.write_pos[:, None])[:, None, None, :]
+        for layer in text.layers:
+            h = layer(
+                h,
+                attention_mask=mask,
+                position_ids=pos,
+                past_key_values=self.cache,
+                position_embeddings=cos_sin,
+            )
+        h = text.norm(h)
+        self.logits.copy_(lm.model.lm_head(h[:, 0]).float())
+
+    def __call__(self, span: int) -> torch.Tensor:
+        if not self.use_graphs:
+            self._forward(span)
+            return self.logits
+        graph = self._graphs.get(span)
+        if graph is None:
+            graph = self._capture(span)
+        graph.replay()
+        return self.logits
+
+    def _capture(self, span: int) -> torch.cuda.CUDAGraph:
+        log.info("capturing the decode step for span %d", span)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):  # warm-up: allocator and lazy kernel choices settle
+                self._forward(span)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self._pool):
+            self._forward(span)
+        self._pool = graph.pool()
+        self._graphs[span] = graph
+        return graph
