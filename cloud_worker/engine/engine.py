@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cloud_worker.engine.model import DecodeStep, LoadedModel, load_model, prefill
@@ -234,7 +235,7 @@ class CloudEngine:
         req.sampler = Sampler(req.params)
         req.detok = IncrementalDetokenizer(self.processor.decode)
         self._slots[slot] = req
-        self._emit(req, pre.logits[None])
+        self._emit([req], pre.logits[None])
 
     def _decode(self) -> None:
         cache, step = self.cache, self.step
@@ -242,35 +243,52 @@ class CloudEngine:
         positions = [0] * cache.slots
         write = [0] * cache.slots
         longest = 1
+        active = []
         for i, r in enumerate(self._slots):
             if r is not None:
                 tokens[i] = r.tokens[-1]
                 positions[i] = r.next_pos + (r.kv_len - len(r.prompt))
                 write[i] = r.kv_len
                 longest = max(longest, r.kv_len + 1)
+                active.append(i)
         step.tokens.copy_(torch.tensor(tokens), non_blocking=True)
         step.positions.copy_(torch.tensor(positions), non_blocking=True)
         cache.write_pos.copy_(torch.tensor(write), non_blocking=True)
         logits = step(step.span_for(longest))
         self.decode_steps += 1
-        active = [i for i, r in enumerate(self._slots) if r is not None]
-        rows = logits[active]
-        for j, i in enumerate(active):
-            r = self._slots[i]
-            assert r is not None
+        reqs = [self._slots[i] for i in active]
+        for r in reqs:
             r.kv_len += 1
             r.steps += 1
-            self._emit(r, rows[j : j + 1])
+        self._emit(reqs, logits[active] if len(active) < cache.slots else logits)
 
-    def _emit(self, r: _Request, logits: torch.Tensor) -> None:
-        """Choose, score and stream the next token of ``r`` from its ``[1, vocab]`` logits."""
+    def _emit(self, reqs: list, logits: torch.Tensor) -> None:
+        """Choose, score and stream the next token of each request from its logits row.
+
+        Greedy choices and every row's confidence come back in one small transfer: a
+        per-request ``.item()`` would stall the device once per running request per step.
+        """
+        sampled = [j for j, r in enumerate(reqs) if r.params.temperature > 0]
+        stats = _row_stats(logits).cpu().numpy()  # [rows, 4]: argmax, top1, top2, entropy
+        cpu_rows = {j: logits[j].float().cpu().numpy() for j in sampled}
+        for j, r in enumerate(reqs):
+            if j in cpu_rows:
+                token = r.sampler(cpu_rows[j])
+                row = cpu_rows[j].astype(np.float64)
+                lse = float(np.logaddexp.reduce(row))
+                lp = float(row[token] - lse)
+            else:
+                token = int(stats[j, 0])
+                lp = float(stats[j, 1])
+            p1, p2 = float(np.exp(stats[j, 1])), float(np.exp(stats[j, 2]))
+            conf = TokenConfidence(
+                token_id=token, prob=float(np.exp(lp)), logprob=lp, top1_prob=p1,
+                margin=p1 - p2, entropy=max(float(stats[j, 3]), 0.0),
+            )  # fmt: skip
+            self._advance(r, token, conf)
+
+    def _advance(self, r: _Request, token: int, conf: TokenConfidence) -> None:
         p = r.params
-        if p.temperature == 0:
-            token = int(torch.argmax(logits[0]).item())
-        else:
-            assert r.sampler is not None
-            token = r.sampler(logits[0].float().cpu().numpy())
-        conf = _confidence(logits[0], token)
         if not r.tokens:
             r.first = time.monotonic()
         if token in self.eos and not p.ignore_eos:
@@ -321,23 +339,12 @@ class CloudEngine:
         )
 
 
-def _confidence(logits: torch.Tensor, token: int) -> TokenConfidence:
-    """The same signals as ``fleetvl.vlm.confidence.token_confidence``, on the device."""
-    x = logits.float()
-    logp = torch.log_softmax(x, dim=-1)
-    top = torch.topk(logp, 2).values
-    p = logp.exp()
-    entropy = -(p * logp).nansum()
-    vals = torch.stack([logp[token], top[0], top[1], entropy]).cpu().tolist()
-    lp, t1, t2, ent = vals
-    p1 = float(torch.tensor(t1).exp())
-    p2 = float(torch.tensor(t2).exp())
-    return TokenConfidence(
-        token_id=token,
-        prob=float(torch.tensor(lp).exp()),
-        logprob=lp,
-        top1_prob=p1,
-        margin=p1 - p2,
-        entropy=max(ent, 0.0),
-    )
-
+def _row_stats(logits: torch.Tensor) -> torch.Tensor:
+    """Per row: argmax, top-1 and top-2 log-probabilities, entropy (nats); ``[rows, 4]``."""
+    logp = torch.log_softmax(logits.float(), dim=-1)
+    top = torch.topk(logp, 2, dim=-1)
+    entropy = -(logp.exp() * logp).nansum(dim=-1)
+    return torch.stack(
+        [top.indices[:, 0].double(), top.values[:, 0].double(), top.values[:, 1].double(),
+         entropy.double()], dim=-1,
+    )  # fmt: skip

@@ -137,6 +137,7 @@ def build_checkpoint(
     *,
     seed: int = 0,
     dtype: str = "float32",
+    device: str = "cpu",
     progress: Callable[[str], None] | None = None,
 ) -> Path:
     """Write a complete Hugging Face Qwen-VL directory for ``preset`` into ``out_dir``.
@@ -167,7 +168,17 @@ def build_checkpoint(
         if preset.family == "qwen2_5_vl"
         else Qwen2VLForConditionalGeneration
     )
-    model = cls(config).eval()
+    if device == "cpu":
+        model = cls(config).eval()
+    else:
+        # Billions of parameters: initialize them where they will live, in their dtype.
+        default = torch.get_default_dtype()
+        torch.set_default_dtype(getattr(torch, dtype))
+        try:
+            with torch.device(device):
+                model = cls(config).eval()
+        finally:
+            torch.set_default_dtype(default)
     with torch.no_grad():
         for name, param in model.named_parameters():
             if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):

@@ -113,6 +113,31 @@ _EDGE_VISION = {
     "window_size": 112,
 }
 
+# Qwen2.5-VL-7B-Instruct's published config.json, for cloud benchmarks.
+_7B_TEXT = {
+    "hidden_size": 3584,
+    "intermediate_size": 18944,
+    "num_hidden_layers": 28,
+    "num_attention_heads": 28,
+    "num_key_value_heads": 4,
+    "vocab_size": 152064,
+    "max_position_embeddings": 128000,
+    "rms_norm_eps": 1e-6,
+    "rope_theta": 1000000.0,
+    "mrope_section": [16, 24, 24],
+    "tie_word_embeddings": False,
+}
+
+_7B_VISION = {
+    "depth": 32,
+    "hidden_size": 1280,
+    "intermediate_size": 3420,
+    "num_heads": 16,
+    "out_hidden_size": 3584,
+    "fullatt_block_indexes": [7, 15, 23, 31],
+    "window_size": 112,
+}
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -132,6 +157,14 @@ PRESETS: dict[str, Preset] = {
         vision=_EDGE_VISION,
         bpe_vocab=8000,
         description="Qwen2.5-VL with the text tower of Qwen2.5-0.5B, for edge benchmarks",
+    ),
+    "qwen2.5-vl-7b": Preset(
+        name="qwen2.5-vl-7b",
+        family="qwen2_5_vl",
+        text=_7B_TEXT,
+        vision=_7B_VISION,
+        bpe_vocab=8000,
+        description="Qwen2.5-VL-7B's architecture (random weights; build it on a GPU)",
     ),
 }
 
