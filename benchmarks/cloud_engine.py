@@ -169,11 +169,34 @@ def per_token_ours(model_dir: Path, prompt_fn: Any, new: int, reps: int) -> dict
         r = eng.generate(prompt, params)
         if i:
             runs.append(((r.total_s - r.ttft_s) / (new - 1) * 1e3, r.ttft_s))
-    eng.close()
-    return {
+    out = {
         "ms_per_token": statistics.median(x[0] for x in runs),
         "ttft_s": statistics.median(x[1] for x in runs),
     }
+    out.update(step_breakdown(eng))
+    eng.close()
+    return out
+
+
+def step_breakdown(eng: Any) -> dict:
+    """Device time of the decode step alone (graph replays timed with events), to split a
+    token's time into model work and the engine's host work around it."""
+    import torch
+
+    step = eng.step
+    if not step.use_graphs or not step._graphs:
+        return {}
+    span = max(step._graphs)
+    g = step._graphs[span]
+    times = []
+    for _ in range(30):
+        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        s.record()
+        g.replay()
+        e.record()
+        e.synchronize()
+        times.append(s.elapsed_time(e))
+    return {"graph_replay_ms": statistics.median(times), "graph_span": span}
 
 
 def trace(n: int, rate: float, lo: int, hi: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
@@ -311,20 +334,33 @@ def main() -> int:
         report["batch1_hf_static"] = per_token_hf(eng, prompts[0], new_b1, True, 3)
         say(f"  static {report['batch1_hf_static']['ms_per_token']:.2f} ms/token")
         save()
-    # Arrival rate that keeps ~`slots` requests in flight (Little's law), from a short
-    # measurement of our batched step at full occupancy.
-    probe = [eng.submit(prompts[i], SamplingParams(max_tokens=24, ignore_eos=True))
+    # Arrival rate that keeps ~`slots` requests in flight (Little's law), from our batched
+    # step measured at full occupancy (after every probe request has been admitted).
+    t_sub = time.perf_counter()
+    probe = [eng.submit(prompts[i], SamplingParams(max_tokens=96, ignore_eos=True))
              for i in range(slots)]  # fmt: skip
-    t0 = time.perf_counter()
-    steps0 = eng.decode_steps
+    while eng.running < slots:
+        time.sleep(0.001)
+    admit_s = time.perf_counter() - t_sub  # prefill of `slots` requests, batched by the engine
+    t0, steps0 = time.perf_counter(), eng.decode_steps
+    time.sleep(0.5 if not args.quick else 0.05)
+    step_s = (time.perf_counter() - t0) / max(eng.decode_steps - steps0, 1)
     for g in probe:
         for _ in g:
             pass
-    step_s = (time.perf_counter() - t0) / max(eng.decode_steps - steps0, 1)
-    mean_latency = step_s * (lo + hi) / 2 * 1.15
-    rate = args.rate or slots / mean_latency
+    report["batch_full_breakdown"] = step_breakdown(eng)
+    mean_tokens = (lo + hi) / 2
+    # Requests in flight = rate x latency (Little); capped at 90% of the engine's capacity,
+    # which prefill (per request) and decode (per step, shared by all slots) both consume.
+    capacity = 1 / (admit_s / slots + mean_tokens * step_s / slots)
+    rate = args.rate or min(slots / (mean_tokens * step_s), 0.9 * capacity)
     arrivals, lengths = trace(n_req, rate, lo, hi)
-    report["trace"] = {"rate_req_s": rate, "probe_step_ms": step_s * 1e3}
+    report["trace"] = {
+        "rate_req_s": rate,
+        "probe_step_ms": step_s * 1e3,
+        "probe_prefill_ms_per_request": admit_s / slots * 1e3,
+        "capacity_req_s": capacity,
+    }
     if "ours" in parts:
         say(f"[4/5] staggered trace, {n_req} requests at {rate:.1f}/s: our engine")
         report["trace_ours"] = run_trace_ours(eng, prompts, arrivals, lengths)
