@@ -199,6 +199,30 @@ def step_breakdown(eng: Any) -> dict:
     return {"graph_replay_ms": statistics.median(times), "graph_span": span}
 
 
+def probe_capacity(
+    eng: Any, prompts: list, slots: int, quick: bool, lo: int, hi: int
+) -> tuple[float, float, float]:
+    """Prefill seconds for ``slots`` requests (batched by the engine), decode step seconds at
+    full occupancy, and the request rate the engine can sustain (req/s)."""
+    from fleetvl.sampling import SamplingParams
+
+    t_sub = time.perf_counter()
+    probe = [eng.submit(prompts[i], SamplingParams(max_tokens=96, ignore_eos=True))
+             for i in range(slots)]  # fmt: skip
+    while eng.running < slots:
+        time.sleep(0.001)
+    admit_s = time.perf_counter() - t_sub
+    t0, steps0 = time.perf_counter(), eng.decode_steps
+    time.sleep(0.05 if quick else 0.5)
+    step_s = (time.perf_counter() - t0) / max(eng.decode_steps - steps0, 1)
+    for g in probe:
+        for _ in g:
+            pass
+    # Prefill (per request) and decode (per step, shared by all slots) both take device time.
+    capacity = 1 / (admit_s / slots + (lo + hi) / 2 * step_s / slots)
+    return admit_s, step_s, capacity
+
+
 def trace(n: int, rate: float, lo: int, hi: int, seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(seed)
     arrivals = np.cumsum(rng.exponential(1 / rate, n))
@@ -230,11 +254,19 @@ def run_trace_ours(eng: Any, prompts: list, arrivals: np.ndarray, lengths: np.nd
 
 
 def run_trace_fixed(eng: Any, prompts: list, arrivals: np.ndarray, lengths: np.ndarray,
-                    batch: int) -> dict:  # fmt: skip
+                    batch: int, hi: int) -> dict:  # fmt: skip
     """Static generate() in fixed batches: a batch starts when its last member has arrived
-    (and the previous batch is done) and runs to its longest answer."""
+    (and the previous batch is done) and runs to its longest answer. Every batch generates
+    ``hi`` tokens: the static cache is sized by the length, so a per-batch length would
+    recompile the decode step each batch (with 32 draws the longest is ~``hi`` anyway)."""
     ttft, e2e = [0.0] * len(prompts), [0.0] * len(prompts)
+    sizes = sorted({min(batch, len(prompts) - b) for b in range(0, len(prompts), batch)})
     prefill_s = {}
+    for n in sizes:  # compile and measure outside the trace
+        group = prompts[:n]
+        hf_generate(eng, group, hi, True)
+        hf_generate(eng, group, 1, True)
+        prefill_s[n] = hf_generate(eng, group, 1, True)
     t0 = time.perf_counter()
     for b in range(0, len(prompts), batch):
         idx = list(range(b, min(b + batch, len(prompts))))
@@ -242,17 +274,13 @@ def run_trace_fixed(eng: Any, prompts: list, arrivals: np.ndarray, lengths: np.n
         if wait > 0:
             time.sleep(wait)
         start = time.perf_counter() - t0
-        if len(idx) not in prefill_s:  # one compile + measure of the batch's first token
-            hf_generate(eng, [prompts[i] for i in idx], 2, True)
-            prefill_s[len(idx)] = hf_generate(eng, [prompts[i] for i in idx], 1, True)
-            start = time.perf_counter() - t0
-        dur = hf_generate(eng, [prompts[i] for i in idx], int(max(lengths[idx])), True)
+        dur = hf_generate(eng, [prompts[i] for i in idx], hi, True)
         end = start + dur
         for i in idx:
             ttft[i] = start + prefill_s[len(idx)] - arrivals[i]
             e2e[i] = end - arrivals[i]
     makespan = time.perf_counter() - t0
-    return _trace_stats(ttft, e2e, lengths, makespan, {"batch": batch})
+    return _trace_stats(ttft, e2e, lengths, makespan, {"batch": batch, "generated_per_batch": hi})
 
 
 def _trace_stats(ttft: list, e2e: list, lengths: np.ndarray, makespan: float, extra: dict) -> dict:
@@ -277,6 +305,7 @@ def main() -> int:
     ap.add_argument("--parts", default="ours,hf", help="ours, hf or both (split long runs)")
     ap.add_argument("--requests", type=int, default=128)
     ap.add_argument("--in-flight", type=int, default=32)
+    ap.add_argument("--no-batch1", action="store_true", help="skip the batch-1 measurements")
     ap.add_argument("--rate", type=float, default=None, help="arrivals/s (default: measured)")
     args = ap.parse_args()
     parts = set(args.parts.split(","))
@@ -284,7 +313,6 @@ def main() -> int:
     import transformers
 
     from cloud_worker.engine import CloudEngine, EngineConfig
-    from fleetvl.sampling import SamplingParams
 
     preset = "tiny" if args.quick else "qwen2.5-vl-7b"
     n_req = 24 if args.quick else args.requests
@@ -315,45 +343,42 @@ def main() -> int:
         return eng.encode(messages(), [imgs[i]])
 
     say("[2/5] batch-1 decode: our engine (CUDA graphs where available)")
-    if "ours" in parts:
+    if "ours" in parts and not args.no_batch1:
         report["batch1_ours"] = per_token_ours(model_dir, one_prompt, new_b1, reps=3)
         say(f"  ours {report['batch1_ours']['ms_per_token']:.2f} ms/token")
         save()
     # One engine for the trace and for transformers' generate() (same weights, one load).
-    eng = CloudEngine(model_dir, EngineConfig(max_slots=slots, max_context=2048))
+    # Without our part, the engine only holds the weights and the processor for generate().
+    serving = "ours" in parts
+    eng = CloudEngine(
+        model_dir,
+        EngineConfig(max_slots=slots, max_context=2048, cuda_graphs=serving,
+                     compile_step=serving),
+    )  # fmt: skip
     prompts = [one_prompt(eng, i) for i in range(n_req)]
     report["config"]["prompt_tokens"] = len(prompts[0])
     dbytes = decoder_bytes(eng.lm.model)
     report["decoder_weight_bytes"] = dbytes
     if bw == bw:  # not NaN
         report["hbm_bound_ms_per_token"] = dbytes / (bw * 1e9) * 1e3
-    if "hf" in parts:
+    if "hf" in parts and not args.no_batch1:
         say("[3/5] batch-1 decode: transformers generate() eager and static")
         report["batch1_hf_eager"] = per_token_hf(eng, prompts[0], min(new_b1, 32), False, 2)
         say(f"  eager {report['batch1_hf_eager']['ms_per_token']:.2f} ms/token")
         report["batch1_hf_static"] = per_token_hf(eng, prompts[0], new_b1, True, 3)
         say(f"  static {report['batch1_hf_static']['ms_per_token']:.2f} ms/token")
         save()
+    if not serving and not args.rate:
+        raise SystemExit("--parts hf needs --rate (the rate the ours part measured)")
     # Arrival rate that keeps ~`slots` requests in flight (Little's law), from our batched
     # step measured at full occupancy (after every probe request has been admitted).
-    t_sub = time.perf_counter()
-    probe = [eng.submit(prompts[i], SamplingParams(max_tokens=96, ignore_eos=True))
-             for i in range(slots)]  # fmt: skip
-    while eng.running < slots:
-        time.sleep(0.001)
-    admit_s = time.perf_counter() - t_sub  # prefill of `slots` requests, batched by the engine
-    t0, steps0 = time.perf_counter(), eng.decode_steps
-    time.sleep(0.5 if not args.quick else 0.05)
-    step_s = (time.perf_counter() - t0) / max(eng.decode_steps - steps0, 1)
-    for g in probe:
-        for _ in g:
-            pass
-    report["batch_full_breakdown"] = step_breakdown(eng)
-    mean_tokens = (lo + hi) / 2
-    # Requests in flight = rate x latency (Little); capped at 90% of the engine's capacity,
-    # which prefill (per request) and decode (per step, shared by all slots) both consume.
-    capacity = 1 / (admit_s / slots + mean_tokens * step_s / slots)
-    rate = args.rate or min(slots / (mean_tokens * step_s), 0.9 * capacity)
+    admit_s = step_s = float("nan")
+    capacity = float("nan")
+    if serving:
+        admit_s, step_s, capacity = probe_capacity(eng, prompts, slots, args.quick, lo, hi)
+        report["batch_full_breakdown"] = step_breakdown(eng)
+    # Requests in flight = rate x latency (Little): ~`slots` of them, within 90% of capacity.
+    rate = args.rate or min(slots / ((lo + hi) / 2 * step_s), 0.9 * capacity)
     arrivals, lengths = trace(n_req, rate, lo, hi)
     report["trace"] = {
         "rate_req_s": rate,
@@ -368,7 +393,9 @@ def main() -> int:
         save()
     if "hf" in parts:
         say(f"[5/5] staggered trace: static generate() in fixed batches of {slots}")
-        report["trace_hf_static_fixed"] = run_trace_fixed(eng, prompts, arrivals, lengths, slots)
+        report["trace_hf_static_fixed"] = run_trace_fixed(
+            eng, prompts, arrivals, lengths, slots, hi
+        )
         say(f"  fixed {report['trace_hf_static_fixed']['throughput_tok_s']:.0f} tok/s")
     eng.close()
     _summarize(report)
