@@ -1,0 +1,150 @@
+"""The Ray Serve application: one :class:`CloudEngine` per replica, fed by async calls.
+
+It speaks ``fleetvl.v1.Router.Generate`` through Serve's gRPC proxy (the servicer function is
+in the Serve config), so the router reaches it with its ordinary gRPC backend (``type:
+grpc``, remote dispatch): images by digest first, deadlines as the gRPC deadline. Replicas
+scale on ongoing requests; ``max_ongoing_requests`` is twice the engine's batch so that a
+replica always has the next requests queued when slots free. ``check_health`` fails when the
+engine thread has died, and Serve replaces the replica.
+
+    serve run cloud_worker/serve_config.yaml        # locally or in a KubeRay RayService
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from ray import serve
+
+from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, StreamEvent
+from fleetvl.errors import FleetVLError
+from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.sampling import CancelToken, SamplingParams
+
+__all__ = ["VLMWorker", "build_app"]
+
+log = logging.getLogger("fleetvl.cloud")
+_RANK = {"critical": 0, "standard": 1, "batch": 2}
+
+
+@serve.deployment(
+    name="VLMWorker",
+    max_ongoing_requests=16,
+    autoscaling_config={"min_replicas": 1, "max_replicas": 4, "target_ongoing_requests": 8},
+    health_check_period_s=5,
+    health_check_timeout_s=30,
+    graceful_shutdown_wait_loop_s=2,
+    graceful_shutdown_timeout_s=60,
+)
+class VLMWorker:
+    def __init__(
+        self,
+        model_dir: str,
+        max_slots: int = 8,
+        max_context: int = 4096,
+        redis_url: str | None = None,
+        model_name: str = "fleet-cloud",
+    ) -> None:
+        self.engine = CloudEngine(
+            model_dir, EngineConfig(max_slots=max_slots, max_context=max_context)
+        )
+        self.model_name = model_name
+        self.blobs = None
+        if redis_url:
+            from fleetvl.cache import CacheConfig, FleetCache
+
+            self.blobs = FleetCache(CacheConfig(url=redis_url)).images()
+
+    def stats(self) -> dict[str, int]:
+        return {"running": self.engine.running, "decode_steps": self.engine.decode_steps}
+
+    def check_health(self) -> None:
+        if not self.engine._thread.is_alive():
+            raise RuntimeError("engine thread died")
+
+    async def Generate(  # noqa: N802 - the gRPC method name, as Serve's proxy calls it
+        self, request: pb.GenerateRequest
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        messages, images, missing = self._inputs(request)
+        if missing:
+            yield pb.GenerateChunk(need_images=pb.NeedImages(digests=missing))
+            return
+        s = request.sampling
+        params = SamplingParams(
+            max_tokens=s.max_tokens if s.HasField("max_tokens") else 256,
+            temperature=s.temperature if s.HasField("temperature") else 0.0,
+            top_p=s.top_p if s.HasField("top_p") else 1.0,
+            top_k=s.top_k if s.HasField("top_k") else 0,
+            seed=s.seed if s.HasField("seed") else None,
+            stop=tuple(s.stop),
+        )
+        rank = _RANK.get(request.sla.priority, 1) if request.HasField("sla") else 1
+        prompt = await asyncio.to_thread(self.engine.encode, messages, images)
+        cancel = CancelToken()
+        events = self.engine.submit(prompt, params, rank=rank, cancel=cancel)
+        t0 = time.monotonic()
+        try:
+            while True:
+                ev = await asyncio.to_thread(next, events, None)
+                if ev is None:
+                    return
+                if isinstance(ev, StreamEvent):
+                    prob = ev.confidence.prob if ev.confidence else None
+                    yield pb.GenerateChunk(
+                        delta=pb.Delta(text=ev.text, index=ev.index, token_prob=prob)
+                    )
+                elif isinstance(ev, CloudResult):
+                    yield pb.GenerateChunk(final=_final(ev, time.monotonic() - t0))
+                    return
+        finally:
+            cancel.cancel()  # the caller went away or the deadline passed: free the slot
+
+    def _inputs(self, request: pb.GenerateRequest) -> tuple[list, list[bytes], list[str]]:
+        messages, images, missing = [], [], []
+        for m in request.messages:
+            parts: list[dict[str, Any]] = []
+            for p in m.content:
+                if p.WhichOneof("part") == "image":
+                    data = p.image.data or (self.blobs.get(p.image.digest) if self.blobs else None)
+                    if not data:
+                        missing.append(p.image.digest)
+                        continue
+                    if p.image.digest and hashlib.sha256(data).hexdigest() != p.image.digest:
+                        raise FleetVLError("image digest does not match its bytes")
+                    images.append(data)
+                    parts.append({"type": "image"})
+                else:
+                    parts.append({"type": "text", "text": p.text})
+            messages.append({"role": m.role, "content": parts})
+        return messages, images, missing
+
+    def __del__(self) -> None:
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
+
+
+def _final(r: CloudResult, total_s: float) -> pb.Final:
+    conf = r.confidence.mean_logprob if r.confidence.num_tokens else math.nan
+    return pb.Final(
+        text=r.text,
+        finish_reason=r.finish_reason,
+        served_by="cloud",
+        confidence=conf,
+        confidence_signal="mean_logprob",
+        usage=pb.Usage(prompt_tokens=r.prompt_tokens, completion_tokens=len(r.token_ids)),
+        timings=pb.Timings(
+            queue_ms=r.queue_s * 1000, ttft_ms=r.ttft_s * 1000, total_ms=total_s * 1000
+        ),
+    )
+
+
+def build_app(args: dict[str, Any]) -> serve.Application:
+    """Serve config entry point (``import_path: cloud_worker.serve_app:build_app``)."""
+    return VLMWorker.bind(**args)
