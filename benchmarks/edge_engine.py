@@ -75,7 +75,7 @@ def _ours_runner(bundle: str, args: dict):
     """A function running one request on our engine ("image" or "text"), timed."""
     from edge_agent.engine.bundle import SessionConfig
     from edge_agent.engine.engine import EdgeEngine
-    from edge_agent.engine.sampling import SamplingParams
+    from fleetvl.sampling import SamplingParams
 
     engine = EdgeEngine(bundle, SessionConfig(intra_op_threads=args["threads"]))
     image = image_bytes(args["image_size"])

@@ -103,8 +103,8 @@ def main() -> int:
     from edge_agent.engine.bundle import SessionConfig
     from edge_agent.engine.cached import CachedEngine
     from edge_agent.engine.engine import EdgeEngine
-    from edge_agent.engine.sampling import SamplingParams
     from fleetvl.cache import CacheConfig, FleetCache
+    from fleetvl.sampling import SamplingParams
 
     print(f"[1/4] artifacts: {preset} int4 bundle", flush=True)
     art = ensure_artifacts(args.cache, preset, ["int4"])
