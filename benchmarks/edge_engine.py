@@ -177,14 +177,21 @@ def run_paired(bundle: str, args: dict) -> dict:
     machine's speed swings (2x between minutes on this VM) hit both sides alike."""
     ours, genai = _ours_runner(bundle, args), _genai_runner(bundle, args)
     out: dict = {"read_bandwidth_gb_s_before": measure_read_bandwidth(args["threads"])}
+    out["read_bandwidth_gb_s_per_round"] = []
     for name in ("text", "image"):
         a, b = [], []
         for i in range(args["paired_rounds"] + 1):
+            # This VM's bandwidth drifts 2x within minutes: a probe right before each round
+            # gives the bound that held while that round ran.
+            bw = measure_read_bandwidth(args["threads"], repeats=3) if name == "text" else None
             ra, rb = ours(name), genai(name)
             if i:  # round 0 warms both up
                 a.append(ra)
                 b.append(rb)
+                if bw is not None:
+                    out["read_bandwidth_gb_s_per_round"].append(bw)
         out[name] = {
+            "ours_runs": [{k: v for k, v in r.items() if k != "tokens"} for r in a],
             "ours": _summarize(a),
             "genai": _summarize(b),
             "decode_ratio_per_round": [
@@ -419,21 +426,40 @@ def main() -> int:
     }
     report["paired_int4"] = paired
     pt, pi = paired["text"], paired["image"]
-    paired_bw = max(paired["read_bandwidth_gb_s_before"], paired["read_bandwidth_gb_s_after"])
+    paired_bw = max(
+        paired["read_bandwidth_gb_s_before"],
+        paired["read_bandwidth_gb_s_after"],
+        *paired["read_bandwidth_gb_s_per_round"],
+    )
     paired_bound = paired_bw * 1e9 / (sizes["int4"]["decoder_bytes"] + kv)
     report["targets"] = {
         "source": "paired_int4 (medians of alternating runs in one process)",
         "int4_decode_tok_s_ours": pt["ours"]["decode_tok_s"],
         "int4_decode_tok_s_genai": pt["genai"]["decode_tok_s"],
-        "int4_decode_vs_genai": pt["ours"]["decode_tok_s"] / pt["genai"]["decode_tok_s"],
+        # Paired design: each round runs ours and genai back to back, so the per-round ratio
+        # cancels the VM's drift; its median is the estimate. The ratio of the two medians
+        # (rounds unpaired) is reported beside it.
+        "int4_decode_vs_genai": statistics.median(pt["decode_ratio_per_round"]),
+        "int4_decode_vs_genai_ratio_of_medians": pt["ours"]["decode_tok_s"]
+        / pt["genai"]["decode_tok_s"],
+        # The bound that held during each round (probe right before it), median over rounds;
+        # and, stricter, against the highest probe reading of the whole paired phase.
+        "int4_decode_share_of_bound": statistics.median(
+            r["decode_tok_s"] * (sizes["int4"]["decoder_bytes"] + kv) / (bw * 1e9)
+            for r, bw in zip(
+                paired["text"]["ours_runs"], paired["read_bandwidth_gb_s_per_round"], strict=True
+            )
+        ),
+        "int4_bandwidth_gb_s_per_round": paired["read_bandwidth_gb_s_per_round"],
         "int4_bandwidth_bound_tok_s": paired_bound,
-        "int4_decode_share_of_bound": pt["ours"]["decode_tok_s"] / paired_bound,
+        "int4_decode_share_of_max_probe_bound": pt["ours"]["decode_tok_s"] / paired_bound,
         "int4_text_ttft_s_ours": pt["ours"]["ttft_s"],
         "int4_text_ttft_s_genai": pt["genai"]["ttft_s"],
-        "int4_text_ttft_vs_genai": pt["ours"]["ttft_s"] / pt["genai"]["ttft_s"],
+        "int4_text_ttft_vs_genai": statistics.median(pt["ttft_ratio_per_round"]),
+        "int4_text_ttft_vs_genai_ratio_of_medians": pt["ours"]["ttft_s"] / pt["genai"]["ttft_s"],
         "int4_image_ttft_s_ours": pi["ours"]["ttft_s"],
         "int4_image_ttft_s_genai": pi["genai"]["ttft_s"],
-        "int4_image_ttft_vs_genai": pi["ours"]["ttft_s"] / pi["genai"]["ttft_s"],
+        "int4_image_ttft_vs_genai": statistics.median(pi["ttft_ratio_per_round"]),
         "int4_image_decode_vs_genai": pi["ours"]["decode_tok_s"] / pi["genai"]["decode_tok_s"],
         "int4_decoder_bytes_vs_fp32": sizes["int4"]["decoder_bytes"]
         / sizes["fp32"]["decoder_bytes"],
@@ -480,7 +506,8 @@ def main() -> int:
     )
     print(
         f"targets: int4 decode vs genai {t['int4_decode_vs_genai']:.2f}x (>=0.95), "
-        f"share of bound {100 * t['int4_decode_share_of_bound']:.0f}% (>=60%), "
+        f"share of bound {100 * t['int4_decode_share_of_bound']:.0f}% (>=60%; "
+        f"{100 * t['int4_decode_share_of_max_probe_bound']:.0f}% of the highest probe), "
         f"text TTFT vs genai {t['int4_text_ttft_vs_genai']:.2f}x (<=0.8), "
         f"image TTFT vs genai {t['int4_image_ttft_vs_genai']:.2f}x, "
         f"int4/fp32 decoder bytes {t['int4_decoder_bytes_vs_fp32']:.3f} (<=0.3)"

@@ -147,7 +147,7 @@ def _parser() -> argparse.ArgumentParser:
     exp.add_argument("out_dir")
     exp.add_argument("--precision", default="int4", choices=["fp32", "int8", "int4"])
     exp.add_argument("--accuracy-level", type=int, default=4, help="MatMulNBits compute type")
-    exp.add_argument("--block-size", type=int, default=32, help="quantization block size")
+    exp.add_argument("--block-size", type=int, default=128, help="INT4/INT8 quantization block")
     exp.add_argument("--min-pixels", type=int, default=None, help="image budget floor")
     exp.add_argument("--max-pixels", type=int, default=None, help="image budget cap (pixels)")
     exp.set_defaults(func=_cmd_model_export)

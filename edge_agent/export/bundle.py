@@ -49,7 +49,7 @@ def export_bundle(
     precision: str = "int4",
     *,
     accuracy_level: int = 4,
-    block_size: int = 32,
+    block_size: int = 128,
     min_pixels: int | None = None,
     max_pixels: int | None = None,
     progress: Callable[[str], None] = print,

@@ -18,12 +18,13 @@ from fleetvl.vlm.processor import Prompt
 from tests.helpers import random_image
 
 STEPS = 12
-# Measured here (2-core x86, onnxruntime 1.31.1): int8 0.969, int4 0.719 over 96 steps. The
-# floors leave ~3-5 steps of headroom because accuracy_level=4 quantizes activations to int8
-# with CPU-dependent kernels. The tiny model is the harshest case: hidden size 64 means two
-# 32-wide blocks per weight row and random logits with small margins; the benchmark reports
-# the same measure on the 896-wide edge-bench decoder.
-FLOOR = {"int8": 0.93, "int4": 0.65}
+# Measured here (2-core x86, onnxruntime 1.31.1) over 96 steps: int8 0.958, int4 0.656 with
+# the default 128-wide quantization blocks (0.969 / 0.719 with 32-wide ones). The floors leave
+# ~4-5 steps of headroom because accuracy_level=4 quantizes activations to int8 with
+# CPU-dependent kernels. The tiny model is the harshest case: with hidden size 64 a 128-wide
+# block is a whole weight row (one scale per row), and random logits have small margins; on
+# the 896-wide edge-bench decoder the int4 bundle's greedy answer equals fp32's (benchmark).
+FLOOR = {"int8": 0.92, "int4": 0.60}
 
 
 def _agreement(ref: EdgeEngine, quant: EdgeEngine) -> float:
