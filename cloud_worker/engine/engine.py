@@ -69,6 +69,7 @@ class CloudResult:
     total_s: float
     queue_s: float
     decode_steps: int  # batched steps this request took part in
+    vision_cache_hits: int = 0  # images whose encoder output came from the shared cache
 
 
 _DONE = object()
@@ -96,10 +97,14 @@ class _Request:
     started: float = 0.0
     first: float = 0.0
     steps: int = 0
+    vision_hits: int = 0
 
 
 class CloudEngine:
-    def __init__(self, model_dir: str | Path, config: EngineConfig | None = None) -> None:
+    def __init__(
+        self, model_dir: str | Path, config: EngineConfig | None = None, cache: Any = None
+    ) -> None:
+        """``cache``: a :class:`fleetvl.cache.FleetCache` for vision embeddings (optional)."""
         self.config = cfg = config or EngineConfig()
         self.processor = QwenVLProcessor(model_dir, max_prompt_tokens=cfg.max_context - 1)
         self.lm: LoadedModel = load_model(model_dir, cfg.device, cfg.dtype)
@@ -112,6 +117,15 @@ class CloudEngine:
             lm, self.cache, cfg.cuda_graphs, cfg.span_bucket, compile_step=cfg.compile_step
         )
         self.eos = set(self.processor.eos_token_ids)
+        self.digest = model_digest(model_dir)
+        self.vision_cache = None
+        if cache is not None:
+            from fleetvl.cache import KVShape
+
+            text = lm.model.config.get_text_config()
+            self.vision_cache = cache.for_model(
+                self.digest, KVShape(lm.num_layers, lm.kv_heads, lm.head_dim), text.hidden_size
+            ).vision
         self._waiting: list[tuple[int, float, int, _Request]] = []
         self._slots: list[_Request | None] = [None] * cfg.max_slots
         self._ids = itertools.count()
@@ -234,14 +248,21 @@ class CloudEngine:
                 live.append((slot, req))
         if not live:
             return
+        given = self._cached_features([req for _, req in live])
         try:
-            results = prefill(self.lm, [req.prompt for _, req in live])
+            results = prefill(self.lm, [req.prompt for _, req in live], given)
         except Exception as exc:
             log.exception("prefill failed")
             for _, req in live:
                 req.out.put(exc)
             return
         for (slot, req), pre in zip(live, results, strict=True):
+            req.vision_hits = len(req.prompt.images) - len(pre.image_features)
+            if self.vision_cache is not None:
+                for i, f in pre.image_features.items():
+                    self.vision_cache.put_async(
+                        req.prompt.images[i].digest, f.float().cpu().numpy()
+                    )
             self.cache.load(slot, pre.keys, pre.values)
             req.slot = slot
             req.kv_len = len(req.prompt)
@@ -250,6 +271,18 @@ class CloudEngine:
             req.detok = IncrementalDetokenizer(self.processor.decode)
             self._slots[slot] = req
         self._emit([req for _, req in live], torch.stack([pre.logits for pre in results]))
+
+    def _cached_features(self, reqs: list[_Request]) -> dict[tuple[int, int], torch.Tensor]:
+        """Vision features of these requests' images found in the shared cache (one MGET)."""
+        if self.vision_cache is None:
+            return {}
+        m = self.lm.spatial_merge_size
+        keys = [(b, i) for b, r in enumerate(reqs) for i in range(len(r.prompt.images))]
+        if not keys:
+            return {}
+        imgs = [reqs[b].prompt.images[i] for b, i in keys]
+        got = self.vision_cache.get_many([(img.digest, img.num_tokens(m)) for img in imgs]) or {}
+        return {keys[j]: torch.from_numpy(f) for j, f in got.items()}
 
     def _decode(self) -> None:
         cache, step = self.cache, self.step
@@ -349,8 +382,28 @@ class CloudEngine:
                 total_s=now - r.arrival,
                 queue_s=(r.started - r.arrival) if r.started else now - r.arrival,
                 decode_steps=r.steps,
+                vision_cache_hits=r.vision_hits,
             )
         )
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """Cache namespace of a model directory: its config, and per weight file its name, size
+    and three 1 MiB samples (start, middle, end). Two checkpoints of one architecture differ
+    in every sample; hashing all 16 GB of a 7B model at each start would cost a minute."""
+    import hashlib
+
+    d = Path(model_dir)
+    h = hashlib.sha256((d / "config.json").read_bytes())
+    chunk = 1 << 20
+    for f in sorted(d.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            for at in (0, max(size // 2 - chunk // 2, 0), max(size - chunk, 0)):
+                fh.seek(at)
+                h.update(fh.read(chunk))
+    return h.hexdigest()
 
 
 def _row_stats(logits: torch.Tensor) -> torch.Tensor:

@@ -81,17 +81,23 @@ class PrefillResult:
     keys: list[torch.Tensor]  # per layer [kv_heads, n, head_dim]
     values: list[torch.Tensor]
     next_position: int  # MRoPE position of the first generated token
-    image_features: list[torch.Tensor]  # per image, computed here (for the cache)
+    image_features: dict[int, torch.Tensor]  # by image index, computed here (for the cache)
 
 
 @torch.inference_mode()
-def prefill(lm: LoadedModel, prompts: list[Prompt]) -> list[PrefillResult]:
+def prefill(
+    lm: LoadedModel,
+    prompts: list[Prompt],
+    given: dict[tuple[int, int], torch.Tensor] | None = None,
+) -> list[PrefillResult]:
     """Vision + prompt of several requests in one pass through transformers' modules.
 
     All images go through the vision tower in one call (it separates them by grid); the
     prompts are right-padded into one batch, so a real token never attends to padding and
     each request's KV and last-position logits are what a prefill of it alone would give.
     Batching amortizes the per-kernel and Python costs that dominate a single prefill.
+    ``given[(request, image)]`` are vision features from the cache; those images are not
+    encoded, and ``image_features`` of the result holds only the ones computed here.
     """
     m = lm.model
     dev = lm.device
@@ -112,12 +118,17 @@ def prefill(lm: LoadedModel, prompts: list[Prompt]) -> list[PrefillResult]:
         next_pos.append(nxt)
     ids, mask = ids.to(dev), mask.to(dev)
     embeds = m.get_input_embeddings()(ids)
-    images = [img for p in prompts for img in p.images]
-    feats: list[torch.Tensor] = []
-    if images:
-        pv = torch.from_numpy(np.concatenate([i.pixel_values for i in images])).to(dev, lm.dtype)
-        grid = torch.tensor([i.grid_thw for i in images], device=dev)
-        feats = list(m.model.get_image_features(pv, grid).pooler_output)
+    given = given or {}
+    keys = [(b, i) for b, p in enumerate(prompts) for i in range(len(p.images))]
+    todo = [k for k in keys if k not in given]
+    computed: dict[tuple[int, int], torch.Tensor] = {}
+    if todo:
+        imgs = [prompts[b].images[i] for b, i in todo]
+        pv = torch.from_numpy(np.concatenate([i.pixel_values for i in imgs])).to(dev, lm.dtype)
+        grid = torch.tensor([i.grid_thw for i in imgs], device=dev)
+        computed = dict(zip(todo, m.model.get_image_features(pv, grid).pooler_output, strict=True))
+    if keys:
+        feats = [computed[k] if k in computed else given[k].to(dev, embeds.dtype) for k in keys]
         # Placeholders appear in the same order as the images: batch row, then position.
         placeholder = ((ids == lm.image_token_id) & (mask == 1))[..., None].expand_as(embeds)
         embeds = embeds.masked_scatter(placeholder, torch.cat(feats).to(embeds.dtype))
@@ -137,7 +148,6 @@ def prefill(lm: LoadedModel, prompts: list[Prompt]) -> list[PrefillResult]:
     logits = m.lm_head(last).float()
     layers = out.past_key_values.layers
     results = []
-    k = 0
     for b, p in enumerate(prompts):
         n = lengths[b]
         results.append(
@@ -146,10 +156,11 @@ def prefill(lm: LoadedModel, prompts: list[Prompt]) -> list[PrefillResult]:
                 keys=[layer.keys[b, :, :n] for layer in layers],
                 values=[layer.values[b, :, :n] for layer in layers],
                 next_position=next_pos[b],
-                image_features=feats[k : k + len(p.images)],
+                image_features={
+                    i: computed[(b, i)] for i in range(len(p.images)) if (b, i) in computed
+                },  # fmt: skip
             )
         )
-        k += len(p.images)
     return results
 
 

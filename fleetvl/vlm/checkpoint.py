@@ -67,10 +67,11 @@ def train_tokenizer(vocab_size: int, progress: Callable[[str], None] | None = No
     )
     # Repeat the corpus so rarer merges still reach the frequency floor.
     tok.train_from_iterator([_CORPUS] * 8, trainer=trainer)
-    # Pad with inert filler tokens so special-token ids sit exactly at vocab_size.
+    # Pad with inert filler tokens so special-token ids sit exactly at vocab_size. They are
+    # special, so decoding skips them: a random model that emits them prints nothing there.
     have = tok.get_vocab_size()
     if have < vocab_size:
-        tok.add_tokens([f"<|reserved_{i}|>" for i in range(vocab_size - have)])
+        tok.add_special_tokens([f"<|reserved_{i}|>" for i in range(vocab_size - have)])
     tok.add_special_tokens(list(SPECIAL_TOKENS))
     if progress:
         progress(f"tokenizer trained: {tok.get_vocab_size()} tokens")

@@ -128,3 +128,26 @@ def test_deadline_and_context_limits(engine: CloudEngine) -> None:
     assert r.finish_reason == "deadline"
     with pytest.raises(PromptError, match="exceeds the engine's context"):
         engine.submit(prompt, SamplingParams(max_tokens=10_000))
+
+
+def test_vision_embeddings_come_from_the_shared_cache(tiny_checkpoint: Path) -> None:
+    import secrets
+
+    from fleetvl.cache import CacheConfig, FleetCache
+
+    cache = FleetCache(CacheConfig(url="redis://127.0.0.1:6379/0"))
+    eng = CloudEngine(tiny_checkpoint, EngineConfig(max_slots=2, max_context=512), cache=cache)
+    try:
+        # A fresh image (random seed) so that no earlier run stored it.
+        image = png_bytes(random_image(112, 140, seed=secrets.randbelow(1 << 30)))
+        ask = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "Q?"}]}]
+        params = SamplingParams(max_tokens=NEW, ignore_eos=True)
+        cold = eng.generate(eng.encode(ask, [image]), params)
+        cache.flush()
+        warm = eng.generate(eng.encode(ask, [image]), params)
+        assert cold.vision_cache_hits == 0
+        assert warm.vision_cache_hits == 1
+        assert warm.token_ids == cold.token_ids
+    finally:
+        eng.close()
+        cache.close()
