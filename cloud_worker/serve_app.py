@@ -56,10 +56,18 @@ class VLMWorker:
         )
         self.model_name = model_name
         self.blobs = None
+        self.responses = None
         if redis_url:
-            from fleetvl.cache import CacheConfig, FleetCache
+            from fleetvl.cache import CacheConfig, FleetCache, KVShape
 
-            self.blobs = FleetCache(CacheConfig(url=redis_url)).images()
+            cache = FleetCache(CacheConfig(url=redis_url))
+            self.blobs = cache.images()
+            lm = self.engine.lm
+            self.responses = cache.for_model(
+                self.engine.digest,
+                KVShape(lm.num_layers, lm.kv_heads, lm.head_dim),
+                lm.model.config.get_text_config().hidden_size,
+            ).responses
 
     def stats(self) -> dict[str, int]:
         return {"running": self.engine.running, "decode_steps": self.engine.decode_steps}
@@ -85,6 +93,19 @@ class VLMWorker:
             stop=tuple(s.stop),
         )
         rank = _RANK.get(request.sla.priority, 1) if request.HasField("sla") else 1
+        rdigest = self._response_key(request, params)
+        if rdigest is not None and self.responses is not None:
+            hit = await asyncio.to_thread(self.responses.get, rdigest)
+            if hit is not None:
+                # A deterministic request asked before: the stored answer, no compute.
+                yield pb.GenerateChunk(delta=pb.Delta(text=hit["text"], index=0))
+                yield pb.GenerateChunk(final=pb.Final(
+                    text=hit["text"], finish_reason=hit["finish_reason"], served_by="cache",
+                    confidence=hit.get("confidence", {}).get("mean_logprob", math.nan),
+                    confidence_signal="mean_logprob",
+                    usage=pb.Usage(completion_tokens=len(hit["token_ids"])),
+                ))  # fmt: skip
+                return
         prompt = await asyncio.to_thread(self.engine.encode, messages, images)
         cancel = CancelToken()
         events = self.engine.submit(prompt, params, rank=rank, cancel=cancel)
@@ -101,9 +122,41 @@ class VLMWorker:
                     )
                 elif isinstance(ev, CloudResult):
                     yield pb.GenerateChunk(final=_final(ev, time.monotonic() - t0))
+                    if (
+                        rdigest is not None
+                        and self.responses is not None
+                        and ev.finish_reason in ("stop", "length")
+                    ):
+                        self.responses.put_async(rdigest, {
+                            "text": ev.text, "token_ids": ev.token_ids,
+                            "finish_reason": ev.finish_reason,
+                            "confidence": ev.confidence.as_dict(),
+                        })  # fmt: skip
                     return
         finally:
             cancel.cancel()  # the caller went away or the deadline passed: free the slot
+
+    def _response_key(self, request: pb.GenerateRequest, params: SamplingParams) -> str | None:
+        """Response-cache key of a deterministic request whose policy allows the cache."""
+        if params.temperature > 0 and params.seed is None:
+            return None
+        if request.HasField("sla") and request.sla.cache == "off":
+            return None
+        from dataclasses import asdict
+
+        from fleetvl.cache import request_digest
+
+        messages = [
+            {"role": m.role, "content": [
+                {"image": p.image.digest or hashlib.sha256(p.image.data).hexdigest()}
+                if p.WhichOneof("part") == "image" else {"text": p.text}
+                for p in m.content
+            ]}
+            for m in request.messages
+        ]  # fmt: skip
+        d = asdict(params)
+        d["stop"] = list(params.stop)
+        return request_digest(self.engine.digest, messages, d)
 
     def _inputs(self, request: pb.GenerateRequest) -> tuple[list, list[bytes], list[str]]:
         messages, images, missing = [], [], []

@@ -5,6 +5,7 @@ cancelled stream freeing its slot."""
 from __future__ import annotations
 
 import asyncio
+import secrets
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,8 @@ ray = pytest.importorskip("ray", reason="the cloud worker's tests need ray[serve
 serve = pytest.importorskip("ray.serve")
 
 APP = "fleetvl-cloud"
+# Answers are cached in the shared local Redis: a per-run tag keeps runs from reusing them.
+QUESTION = f"What does the gauge read? (run {secrets.token_hex(3)})"
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +45,12 @@ def cloud(tiny_checkpoint: Path) -> Iterator[str]:
     )
     app = VLMWorker.options(
         num_replicas=1, autoscaling_config=None, ray_actor_options={"num_cpus": 1}
-    ).bind(model_dir=str(tiny_checkpoint), max_slots=4, max_context=1024)
+    ).bind(
+        model_dir=str(tiny_checkpoint),
+        max_slots=4,
+        max_context=1024,
+        redis_url="redis://127.0.0.1:6379/0",
+    )
     serve.run(app, name=APP, route_prefix="/" + APP)
     try:
         yield f"127.0.0.1:{port}"
@@ -52,7 +60,7 @@ def cloud(tiny_checkpoint: Path) -> Iterator[str]:
 
 
 def _request(image: bytes | None = None, max_tokens: int = 8) -> pb.GenerateRequest:
-    parts = [pb.ContentPart(text="What does the gauge read?")]
+    parts = [pb.ContentPart(text=QUESTION)]
     if image is not None:
         parts.insert(0, pb.ContentPart(image=pb.Image(data=image)))
     return pb.GenerateRequest(
@@ -83,7 +91,7 @@ def test_generate_through_serve_grpc_matches_the_engine(cloud: str, tiny_checkpo
     try:
         want = local.generate(
             local.encode([{"role": "user", "content": [
-                {"type": "image"}, {"type": "text", "text": "What does the gauge read?"}]}],
+                {"type": "image"}, {"type": "text", "text": QUESTION}]}],
                 [image]),
             SamplingParams(max_tokens=8),
         )  # fmt: skip
@@ -104,7 +112,7 @@ def test_router_dispatches_to_the_serve_app(cloud: str) -> None:
             return await asyncio.gather(*(
                 aclient.chat.completions.create(
                     model="fleet-cloud", max_tokens=6,
-                    messages=[{"role": "user", "content": f"Reading of meter {i}?"}],
+                    messages=[{"role": "user", "content": f"Reading of meter {i}? {QUESTION}"}],
                 ) for i in range(6)
             ))  # fmt: skip
 
@@ -113,7 +121,7 @@ def test_router_dispatches_to_the_serve_app(cloud: str) -> None:
         assert all(a.usage.completion_tokens >= 1 for a in answers)
         one = client.chat.completions.create(
             model="fleet-cloud", max_tokens=6,
-            messages=[{"role": "user", "content": "Reading of meter 0?"}],
+            messages=[{"role": "user", "content": f"Reading of meter 0? {QUESTION}"}],
         )  # fmt: skip
         assert one.choices[0].message.content == answers[0].choices[0].message.content
 
@@ -177,3 +185,22 @@ def test_killed_replica_fails_the_request_clearly_and_the_app_recovers(cloud: st
             pass
         assert time.monotonic() < deadline, "the app did not recover"
         time.sleep(1)
+
+
+def test_repeated_greedy_requests_are_answered_from_the_response_cache(cloud: str) -> None:
+    req = _request(max_tokens=7)
+    req.messages[0].content[0].text += " (response cache)"
+    first = asyncio.run(_collect(cloud, req))[-1].final
+    assert first.served_by == "cloud"
+    deadline = time.monotonic() + 5
+    while True:  # the answer is written off the request's path
+        again = asyncio.run(_collect(cloud, req))[-1].final
+        if again.served_by == "cache" or time.monotonic() > deadline:
+            break
+        time.sleep(0.1)
+    assert again.served_by == "cache"
+    assert again.text == first.text
+    sampled = _request(max_tokens=5)
+    sampled.sampling.temperature = 0.8
+    served = {asyncio.run(_collect(cloud, sampled))[-1].final.served_by for _ in range(2)}
+    assert served == {"cloud"}  # fresh randomness was asked for: never replayed
