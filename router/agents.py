@@ -13,7 +13,6 @@ from __future__ import annotations
 import asyncio
 import itertools
 import logging
-import math
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -21,7 +20,8 @@ from typing import Any
 import grpc
 
 from fleetvl.protocol import fleetvl_pb2 as pb
-from router.backends import BackendError, BackendRequest, Delta, Event, Final
+from router.backends import BackendError, BackendRequest, Event
+from router.wire import event_from_chunk, to_generate_request
 
 __all__ = ["AgentBackend", "AgentConnection", "serve_agent_stream"]
 
@@ -82,7 +82,7 @@ class AgentBackend:
             pb.AgentDown(
                 call=pb.AgentCall(
                     call_id=call_id,
-                    request=_to_proto(req),
+                    request=to_generate_request(req),
                     timeout_s=max(req.deadline - time.monotonic(), 0.0) if req.deadline else 0.0,
                 )
             )
@@ -93,10 +93,8 @@ class AgentBackend:
                 msg = await inbox.get()
                 if msg is None:
                     raise BackendError(f"site {self.site}'s agent disconnected mid-request")
-                if msg.HasField("chunk"):
-                    ev = _from_chunk(msg.chunk)
-                    if ev is not None:
-                        yield ev
+                if msg.HasField("chunk") and (ev := event_from_chunk(msg.chunk)) is not None:
+                    yield ev
                 if msg.end:
                     done = True
                     if msg.error_code:
@@ -154,59 +152,6 @@ async def serve_agent_stream(
         reader.cancel()
         backend.detach(conn)
         log.info("agent of site %s disconnected", hello.site)
-
-
-def _to_proto(req: BackendRequest) -> pb.GenerateRequest:
-    images = iter(req.images)
-    messages = []
-    for m in req.messages:
-        parts = []
-        for p in m["content"]:
-            if p.get("type") == "image":
-                img = next(images)
-                parts.append(pb.ContentPart(image=pb.Image(digest=img.digest, data=img.data)))
-            else:
-                parts.append(pb.ContentPart(text=p.get("text", "")))
-        messages.append(pb.Message(role=m["role"], content=parts))
-    pol = req.policy
-    return pb.GenerateRequest(
-        request_id=req.id,
-        tenant=req.tenant,
-        site=req.site or "",
-        model=req.model,
-        messages=messages,
-        sampling=pb.Sampling(
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            seed=req.seed,
-            stop=req.stop,
-        ),  # fmt: skip
-        sla=pb.Sla(
-            min_confidence=pol.min_confidence,
-            residency=pol.residency.value,
-            priority=pol.priority.value,
-            max_output_tokens=pol.max_output_tokens,
-        ),
-    )
-
-
-def _from_chunk(chunk: pb.GenerateChunk) -> Event | None:
-    kind = chunk.WhichOneof("kind")
-    if kind == "delta":
-        d = chunk.delta
-        return Delta(d.text, d.index, d.token_prob if d.HasField("token_prob") else None)
-    if kind == "final":
-        f = chunk.final
-        return Final(
-            text=f.text, finish_reason=f.finish_reason,
-            confidence=None if math.isnan(f.confidence) else f.confidence,
-            confidence_signal=f.confidence_signal, prompt_tokens=f.usage.prompt_tokens,
-            completion_tokens=f.usage.completion_tokens, ttft_s=f.timings.ttft_ms / 1000,
-            served_by=f.served_by or "edge",
-        )  # fmt: skip
-    return None
 
 
 def agent_backends(backends: list[Any]) -> dict[str, AgentBackend]:
