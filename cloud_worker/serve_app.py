@@ -23,8 +23,8 @@ from typing import Any
 from ray import serve
 
 from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, StreamEvent
-from fleetvl.errors import FleetVLError
 from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.protocol.convert import chat_inputs, sampling_params
 from fleetvl.sampling import CancelToken, SamplingParams
 
 __all__ = ["VLMWorker", "build_app"]
@@ -79,19 +79,11 @@ class VLMWorker:
     async def Generate(  # noqa: N802 - the gRPC method name, as Serve's proxy calls it
         self, request: pb.GenerateRequest
     ) -> AsyncIterator[pb.GenerateChunk]:
-        messages, images, missing = self._inputs(request)
+        messages, images, missing = chat_inputs(request.messages, self._image_bytes)
         if missing:
             yield pb.GenerateChunk(need_images=pb.NeedImages(digests=missing))
             return
-        s = request.sampling
-        params = SamplingParams(
-            max_tokens=s.max_tokens if s.HasField("max_tokens") else 256,
-            temperature=s.temperature if s.HasField("temperature") else 0.0,
-            top_p=s.top_p if s.HasField("top_p") else 1.0,
-            top_k=s.top_k if s.HasField("top_k") else 0,
-            seed=s.seed if s.HasField("seed") else None,
-            stop=tuple(s.stop),
-        )
+        params = sampling_params(request.sampling)
         rank = _RANK.get(request.sla.priority, 1) if request.HasField("sla") else 1
         rdigest = self._response_key(request, params)
         if rdigest is not None and self.responses is not None:
@@ -158,24 +150,9 @@ class VLMWorker:
         d["stop"] = list(params.stop)
         return request_digest(self.engine.digest, messages, d)
 
-    def _inputs(self, request: pb.GenerateRequest) -> tuple[list, list[bytes], list[str]]:
-        messages, images, missing = [], [], []
-        for m in request.messages:
-            parts: list[dict[str, Any]] = []
-            for p in m.content:
-                if p.WhichOneof("part") == "image":
-                    data = p.image.data or (self.blobs.get(p.image.digest) if self.blobs else None)
-                    if not data:
-                        missing.append(p.image.digest)
-                        continue
-                    if p.image.digest and hashlib.sha256(data).hexdigest() != p.image.digest:
-                        raise FleetVLError("image digest does not match its bytes")
-                    images.append(data)
-                    parts.append({"type": "image"})
-                else:
-                    parts.append({"type": "text", "text": p.text})
-            messages.append({"role": m.role, "content": parts})
-        return messages, images, missing
+    def _image_bytes(self, image: pb.Image) -> bytes | None:
+        """Bytes sent inline, else the shared image store's copy of the digest."""
+        return image.data or (self.blobs.get(image.digest) if self.blobs else None)
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

@@ -19,8 +19,10 @@ from typing import Any
 
 import grpc
 
+from fleetvl.errors import InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from fleetvl.protocol.convert import chat_inputs, sampling_params
 
 __all__ = ["Uplink", "UplinkConfig", "engine_handler"]
 
@@ -159,32 +161,17 @@ class Uplink:
 def engine_handler(engine: Any, signal: str = "mean_logprob") -> Handler:
     """A handler answering calls with an :class:`EdgeEngine` (in a worker thread)."""
     from edge_agent.engine.types import CancelToken
-    from fleetvl.sampling import SamplingParams
 
     lock = asyncio.Lock()
 
     async def handle(
         req: pb.GenerateRequest, cancel: threading.Event
     ) -> AsyncIterator[pb.GenerateChunk]:
-        messages, images = [], []
-        for m in req.messages:
-            parts = []
-            for p in m.content:
-                if p.WhichOneof("part") == "image":
-                    images.append(p.image.data)
-                    parts.append({"type": "image"})
-                else:
-                    parts.append({"type": "text", "text": p.text})
-            messages.append({"role": m.role, "content": parts})
-        s = req.sampling
-        params = SamplingParams(
-            max_tokens=s.max_tokens if s.HasField("max_tokens") else 256,
-            temperature=s.temperature if s.HasField("temperature") else 0.0,
-            top_p=s.top_p if s.HasField("top_p") else 1.0,
-            top_k=s.top_k if s.HasField("top_k") else 0,
-            seed=s.seed if s.HasField("seed") else None,
-            stop=tuple(s.stop),
-        )
+        # The router sends site-bound calls with their images inline.
+        messages, images, missing = chat_inputs(req.messages, lambda image: image.data)
+        if missing:
+            raise InputError(f"call without the bytes of images {missing}")
+        params = sampling_params(req.sampling)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Any] = asyncio.Queue()
         token = CancelToken()

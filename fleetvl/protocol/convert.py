@@ -1,0 +1,56 @@
+"""``fleetvl.v1`` request fields to what engines take, shared by every tier that serves
+``Generate`` (the cloud worker, a site agent answering over its uplink)."""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Sequence
+from typing import Any
+
+from fleetvl.errors import InputError
+from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.sampling import SamplingParams
+
+__all__ = ["chat_inputs", "sampling_params"]
+
+
+def sampling_params(s: pb.Sampling, default_max_tokens: int = 256) -> SamplingParams:
+    """Unset fields take SamplingParams' defaults (greedy)."""
+    return SamplingParams(
+        max_tokens=s.max_tokens if s.HasField("max_tokens") else default_max_tokens,
+        temperature=s.temperature if s.HasField("temperature") else 0.0,
+        top_p=s.top_p if s.HasField("top_p") else 1.0,
+        top_k=s.top_k if s.HasField("top_k") else 0,
+        seed=s.seed if s.HasField("seed") else None,
+        stop=tuple(s.stop),
+    )
+
+
+def chat_inputs(
+    messages: Sequence[pb.Message], image_bytes: Callable[[pb.Image], bytes | None]
+) -> tuple[list[dict[str, Any]], list[bytes], list[str]]:
+    """Chat-template messages (images as ``{"type": "image"}``), the images' bytes in order,
+    and the digests of images whose bytes ``image_bytes`` could not supply.
+
+    Raises:
+        InputError: an image's bytes do not match the digest sent with them.
+    """
+    out: list[dict[str, Any]] = []
+    images: list[bytes] = []
+    missing: list[str] = []
+    for m in messages:
+        parts: list[dict[str, Any]] = []
+        for p in m.content:
+            if p.WhichOneof("part") != "image":
+                parts.append({"type": "text", "text": p.text})
+                continue
+            data = image_bytes(p.image)
+            if not data:
+                missing.append(p.image.digest)
+                continue
+            if p.image.digest and hashlib.sha256(data).hexdigest() != p.image.digest:
+                raise InputError("image digest does not match its bytes")
+            images.append(data)
+            parts.append({"type": "image"})
+        out.append({"role": m.role, "content": parts})
+    return out, images, missing
