@@ -8,10 +8,10 @@ import hashlib
 import threading
 from collections import OrderedDict
 
-from fleetvl.errors import ImageError, InputError
+from fleetvl.errors import InputError
 from fleetvl.vlm.image import decode_image, smart_resize
 
-__all__ = ["MemoryBlobStore", "check_image", "parse_data_url"]
+__all__ = ["MemoryBlobStore", "PayloadTooLarge", "check_image", "parse_data_url"]
 
 _MERGE = 2  # Qwen-VL merges 2x2 patches into one token
 _PATCH = 14
@@ -81,6 +81,3 @@ class MemoryBlobStore:
             if data is not None:
                 self._blobs.move_to_end(digest)
             return data
-
-
-__all__ += ["ImageError", "PayloadTooLarge"]

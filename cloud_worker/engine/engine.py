@@ -15,7 +15,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,6 +29,7 @@ from fleetvl.errors import PromptError
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
 from fleetvl.vlm.confidence import AnswerConfidence, ConfidenceTracker, TokenConfidence
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
+from fleetvl.vlm.image import ImageInput, prepare_image
 from fleetvl.vlm.processor import Prompt, QwenVLProcessor
 
 __all__ = ["CloudEngine", "CloudResult", "EngineConfig", "StreamEvent"]
@@ -70,9 +71,6 @@ class CloudResult:
     queue_s: float
     decode_steps: int  # batched steps this request took part in
     vision_cache_hits: int = 0  # images whose encoder output came from the shared cache
-
-
-_DONE = object()
 
 
 @dataclass
@@ -138,20 +136,11 @@ class CloudEngine:
 
     # -- API ------------------------------------------------------------------------------
 
-    def encode(self, messages: list[dict[str, Any]], images: list[Any] = ()) -> Prompt:
-        from fleetvl.vlm.image import decode_image, preprocess
-
+    def encode(
+        self, messages: Sequence[dict[str, Any]], images: Sequence[ImageInput] = ()
+    ) -> Prompt:
         cfg = self.processor.image_config
-        pre = [
-            preprocess(
-                decode_image(bytes(i), cfg.max_input_pixels)
-                if isinstance(i, bytes | bytearray)
-                else i,
-                cfg,
-            )
-            for i in images
-        ]
-        return self.processor.encode(messages, pre)
+        return self.processor.encode(messages, [prepare_image(i, cfg) for i in images])
 
     def submit(
         self,

@@ -20,7 +20,6 @@ from typing import Any
 
 import numpy as np
 import onnxruntime as ort
-from PIL import Image
 
 from edge_agent.engine.bundle import EdgeBundle, SessionConfig
 from edge_agent.engine.kv_arena import KVArena, KVPrefix
@@ -29,13 +28,11 @@ from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import Sampler, SamplingParams
 from fleetvl.vlm.confidence import ConfidenceTracker, token_confidence
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
-from fleetvl.vlm.image import PreprocessedImage, decode_image, preprocess
+from fleetvl.vlm.image import ImageInput, PreprocessedImage, prepare_image
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
 
 __all__ = ["EdgeEngine", "Generation"]
-
-ImageInput = bytes | Image.Image | np.ndarray | PreprocessedImage
 
 
 class Generation:
@@ -90,16 +87,7 @@ class EdgeEngine:
 
     def prepare_images(self, images: Sequence[ImageInput]) -> list[PreprocessedImage]:
         """Decode and preprocess images (bytes are untrusted: see :func:`decode_image`)."""
-        cfg = self.processor.image_config
-        out = []
-        for img in images:
-            if isinstance(img, PreprocessedImage):
-                out.append(img)
-            elif isinstance(img, bytes | bytearray):
-                out.append(preprocess(decode_image(bytes(img), cfg.max_input_pixels), cfg))
-            else:
-                out.append(preprocess(img, cfg))
-        return out
+        return [prepare_image(img, self.processor.image_config) for img in images]
 
     def encode(
         self, messages: Sequence[dict[str, Any]], images: Sequence[ImageInput] = ()

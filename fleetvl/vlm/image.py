@@ -25,8 +25,10 @@ from fleetvl.errors import ImageError, ImageTooLarge, UnsupportedImageFormat
 
 __all__ = [
     "ImageConfig",
+    "ImageInput",
     "PreprocessedImage",
     "decode_image",
+    "prepare_image",
     "preprocess",
     "smart_resize",
 ]
@@ -207,3 +209,16 @@ def preprocess(
     )
     flat = np.ascontiguousarray(patches.reshape(gh * gw, 3 * t * p * p), dtype=np.float32)
     return PreprocessedImage(pixel_values=flat, grid_thw=(1, gh, gw), digest=image_digest(rgb, cfg))
+
+
+ImageInput = bytes | bytearray | Image.Image | np.ndarray | PreprocessedImage
+
+
+def prepare_image(image: ImageInput, cfg: ImageConfig) -> PreprocessedImage:
+    """Any image an engine accepts, preprocessed; bytes are untrusted (see
+    :func:`decode_image`), and an already preprocessed image is passed through."""
+    if isinstance(image, PreprocessedImage):
+        return image
+    if isinstance(image, bytes | bytearray):
+        return preprocess(decode_image(bytes(image), cfg.max_input_pixels), cfg)
+    return preprocess(image, cfg)
