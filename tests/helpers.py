@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -21,3 +22,21 @@ def png_bytes(img: Image.Image, fmt: str = "PNG") -> bytes:
     buf = io.BytesIO()
     img.save(buf, format=fmt)
     return buf.getvalue()
+
+
+def hf_inputs(prompt: Any, image_token_id: int) -> dict[str, Any]:
+    """transformers' Qwen-VL forward/generate() keyword arguments for one of our prompts."""
+    import torch
+
+    ids = torch.from_numpy(prompt.input_ids)[None]
+    kw = {
+        "input_ids": ids,
+        "attention_mask": torch.ones_like(ids),
+        "mm_token_type_ids": (ids == image_token_id).int(),
+    }
+    if prompt.images:
+        kw["pixel_values"] = torch.from_numpy(
+            np.concatenate([i.pixel_values for i in prompt.images])
+        )
+        kw["image_grid_thw"] = torch.tensor([i.grid_thw for i in prompt.images])
+    return kw

@@ -9,14 +9,12 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import numpy as np
 import pytest
-import torch
 
 from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, StreamEvent
 from fleetvl.errors import PromptError
 from fleetvl.sampling import CancelToken, SamplingParams
-from tests.helpers import png_bytes, random_image
+from tests.helpers import hf_inputs, png_bytes, random_image
 
 NEW = 10
 
@@ -40,19 +38,9 @@ def _prompts(engine: CloudEngine, n: int) -> list:
 
 
 def _reference(engine: CloudEngine, prompt) -> list[int]:  # noqa: ANN001
-    ids = torch.from_numpy(prompt.input_ids)[None]
-    kw = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "mm_token_type_ids": (ids == engine.lm.image_token_id).int(),
-    }
-    if prompt.images:
-        kw["pixel_values"] = torch.from_numpy(
-            np.concatenate([i.pixel_values for i in prompt.images])
-        )
-        kw["image_grid_thw"] = torch.tensor([i.grid_thw for i in prompt.images])
+    kw = hf_inputs(prompt, engine.lm.image_token_id)
     out = engine.lm.model.generate(**kw, max_new_tokens=NEW, min_new_tokens=NEW, do_sample=False)
-    return out[0, ids.shape[1] :].tolist()
+    return out[0, len(prompt) :].tolist()
 
 
 def test_batched_equals_sequential_generate_with_staggered_joins(engine: CloudEngine) -> None:

@@ -13,7 +13,7 @@ import pytest
 
 from edge_agent.engine.engine import EdgeEngine
 from fleetvl.sampling import SamplingParams
-from tests.helpers import random_image
+from tests.helpers import hf_inputs, random_image
 
 QUESTIONS = [
     "What does the gauge read?",
@@ -47,23 +47,6 @@ def pair(family: str, bundle_factory: Callable, checkpoint_factory: Callable):
     return engine, model
 
 
-def _hf_inputs(engine: EdgeEngine, prompt):
-    import torch
-
-    ids = torch.from_numpy(prompt.input_ids)[None]
-    kw = {
-        "input_ids": ids,
-        "attention_mask": torch.ones_like(ids),
-        "mm_token_type_ids": (ids == engine.processor.image_token_id).int(),
-    }
-    if prompt.images:
-        kw["pixel_values"] = torch.from_numpy(
-            np.concatenate([i.pixel_values for i in prompt.images])
-        )
-        kw["image_grid_thw"] = torch.tensor([i.grid_thw for i in prompt.images])
-    return kw
-
-
 def test_logits_and_greedy_tokens_match_transformers(pair, family: str) -> None:
     import torch
 
@@ -74,7 +57,7 @@ def test_logits_and_greedy_tokens_match_transformers(pair, family: str) -> None:
         content = [{"type": "image"} for _ in images] + [{"type": "text", "text": question}]
         prompt = engine.encode([{"role": "user", "content": content}], images)
         ours = engine.generate(prompt, SamplingParams(max_tokens=NEW_TOKENS, ignore_eos=True))
-        kw = _hf_inputs(engine, prompt)
+        kw = hf_inputs(prompt, engine.processor.image_token_id)
         with torch.no_grad():
             ref_logits = model(**kw).logits[0, -1].numpy()
             out = model.generate(
