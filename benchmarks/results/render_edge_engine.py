@@ -47,7 +47,8 @@ def main() -> int:
         f"| image TTFT s | {t['int4_image_ttft_s_ours']:.2f} | {t['int4_image_ttft_s_genai']:.2f} "
         f"| {t['int4_image_ttft_vs_genai']:.2f}x | (reported) |",
         "| decode share of the bandwidth bound, probe right before each round (median; "
-        "probes " + ", ".join(f"{b:.0f}" for b in t["int4_bandwidth_gb_s_per_round"])
+        "probes "
+        + ", ".join(f"{b:.0f}" for b in t["int4_bandwidth_gb_s_per_round"])
         + f" GB/s) | {100 * t['int4_decode_share_of_bound']:.0f}% | | | >= 60% |",
         f"| decode share of the bound at the highest probe of the phase "
         f"({t['int4_bandwidth_bound_tok_s']:.1f} tok/s) | "
