@@ -42,8 +42,11 @@ QUESTION = (
 )
 
 
+_T0 = time.perf_counter()
+
+
 def say(msg: str) -> None:
-    print(msg, flush=True)
+    print(f"[{time.perf_counter() - _T0:6.0f}s] {msg}", flush=True)
 
 
 def _sync() -> None:
@@ -157,12 +160,20 @@ def per_token_hf(engine: Any, prompt: Any, new: int, static: bool, reps: int) ->
     return {"ms_per_token": (long - one) / (new - 1) * 1e3, "ttft_s": one}
 
 
-def per_token_ours(model_dir: Path, prompt_fn: Any, new: int, reps: int) -> dict:
+def per_token_ours(
+    model_dir: Path, prompt_fn: Any, new: int, reps: int, impl: str = "fused"
+) -> dict:
     from cloud_worker.engine import CloudEngine, EngineConfig
     from fleetvl.sampling import SamplingParams
 
-    eng = CloudEngine(model_dir, EngineConfig(max_slots=1, max_context=2048))
+    # The context just covers prompt + answer: fewer span buckets to compile and capture.
+    eng = CloudEngine(
+        model_dir,
+        EngineConfig(max_slots=1, max_context=512, span_bucket=256, decode_impl=impl),
+    )
     prompt = prompt_fn(eng)
+    if len(prompt) + new > eng.config.max_context:
+        raise SystemExit(f"batch-1 prompt of {len(prompt)} tokens + {new} exceeds 512")
     params = SamplingParams(max_tokens=new, ignore_eos=True)
     runs = []
     for i in range(reps + 1):
@@ -174,7 +185,38 @@ def per_token_ours(model_dir: Path, prompt_fn: Any, new: int, reps: int) -> dict
         "ttft_s": statistics.median(x[1] for x in runs),
     }
     out.update(step_breakdown(eng))
+    out["decode_impl"] = impl
     eng.close()
+    del eng
+    import gc
+
+    import torch
+
+    gc.collect()
+    torch.cuda.empty_cache() if torch.cuda.is_available() else None
+    return out
+
+
+def prefill_ablation(eng: Any, prompts: list, n: int, reps: int = 3) -> dict:
+    """Device seconds for one batched prefill of ``n`` requests: the vision tower's windows
+    batched (ours) vs transformers' one SDPA call per window, same weights and inputs."""
+    from cloud_worker.engine.attention import VISION_ATTENTION
+    from cloud_worker.engine.model import prefill
+
+    vision_cfg = eng.lm.model.config.vision_config
+    out = {"requests": n}
+    for name, impl in (("varlen", VISION_ATTENTION), ("per_window", "sdpa")):
+        vision_cfg._attn_implementation = impl
+        prefill(eng.lm, prompts[:n])  # warm-up
+        times = []
+        for _ in range(reps):
+            _sync()
+            t0 = time.perf_counter()
+            prefill(eng.lm, prompts[:n])
+            _sync()
+            times.append(time.perf_counter() - t0)
+        out[f"{name}_ms_per_request"] = statistics.median(times) / n * 1e3
+    vision_cfg._attn_implementation = VISION_ATTENTION
     return out
 
 
@@ -207,7 +249,7 @@ def probe_capacity(
     from fleetvl.sampling import SamplingParams
 
     t_sub = time.perf_counter()
-    probe = [eng.submit(prompts[i], SamplingParams(max_tokens=96, ignore_eos=True))
+    probe = [eng.submit(prompts[i], SamplingParams(max_tokens=hi, ignore_eos=True))
              for i in range(slots)]  # fmt: skip
     while eng.running < slots:
         time.sleep(0.001)
@@ -236,6 +278,7 @@ def run_trace_ours(eng: Any, prompts: list, arrivals: np.ndarray, lengths: np.nd
     ttft, e2e = [None] * len(prompts), [None] * len(prompts)
     t0 = time.perf_counter()
     steps0 = eng.decode_steps
+    timings0 = dict(eng.timings)
 
     def one(i: int) -> None:
         wait = t0 + arrivals[i] - time.perf_counter()
@@ -250,7 +293,9 @@ def run_trace_ours(eng: Any, prompts: list, arrivals: np.ndarray, lengths: np.nd
     for t in threads:
         t.join()
     makespan = time.perf_counter() - t0
-    return _trace_stats(ttft, e2e, lengths, makespan, {"decode_steps": eng.decode_steps - steps0})
+    timing = {k: v - timings0[k] for k, v in eng.timings.items()}
+    extra = {"decode_steps": eng.decode_steps - steps0, "engine_thread_s": timing}
+    return _trace_stats(ttft, e2e, lengths, makespan, extra)
 
 
 def run_trace_fixed(eng: Any, prompts: list, arrivals: np.ndarray, lengths: np.ndarray,
@@ -307,6 +352,12 @@ def main() -> int:
     ap.add_argument("--in-flight", type=int, default=32)
     ap.add_argument("--no-batch1", action="store_true", help="skip the batch-1 measurements")
     ap.add_argument("--rate", type=float, default=None, help="arrivals/s (default: measured)")
+    ap.add_argument(
+        "--no-ablation",
+        dest="ablation",
+        action="store_false",
+        help="skip our engine with transformers' decoder layers / per-window vision",
+    )
     args = ap.parse_args()
     parts = set(args.parts.split(","))
     import torch
@@ -347,15 +398,35 @@ def main() -> int:
         report["batch1_ours"] = per_token_ours(model_dir, one_prompt, new_b1, reps=3)
         say(f"  ours {report['batch1_ours']['ms_per_token']:.2f} ms/token")
         save()
+        if args.ablation:
+            report["batch1_ours_transformers_layers"] = per_token_ours(
+                model_dir, one_prompt, new_b1, reps=3, impl="transformers"
+            )
+            ms = report["batch1_ours_transformers_layers"]["ms_per_token"]
+            say(f"  ours with transformers' decoder layers {ms:.2f} ms/token")
+            save()
     # One engine for the trace and for transformers' generate() (same weights, one load).
     # Without our part, the engine only holds the weights and the processor for generate().
     serving = "ours" in parts
+    # Slot context just past prompt + longest answer: fewer span buckets to capture.
+    from fleetvl.vlm.image import prepare_image
+    from fleetvl.vlm.processor import QwenVLProcessor
+
+    proc = QwenVLProcessor(model_dir)
+    plen = len(proc.encode(messages(), [prepare_image(imgs[0], proc.image_config)]))
+    trace_context = -(-(plen + hi) // 128) * 128
     eng = CloudEngine(
         model_dir,
-        EngineConfig(max_slots=slots, max_context=2048, cuda_graphs=serving,
-                     compile_step=serving),
+        EngineConfig(max_slots=slots, max_context=trace_context, span_bucket=128,
+                     cuda_graphs=serving, compile_step=serving),
     )  # fmt: skip
     prompts = [one_prompt(eng, i) for i in range(n_req)]
+    if serving and args.ablation:
+        report["prefill_ablation"] = prefill_ablation(eng, prompts, min(8, n_req))
+        pa = report["prefill_ablation"]
+        say(f"  prefill of {pa['requests']}: {pa['varlen_ms_per_request']:.1f} ms/request "
+            f"(per-window vision: {pa['per_window_ms_per_request']:.1f})")  # fmt: skip
+        save()
     report["config"]["prompt_tokens"] = len(prompts[0])
     dbytes = decoder_bytes(eng.lm.model)
     report["decoder_weight_bytes"] = dbytes
@@ -413,7 +484,9 @@ def _summarize(r: dict) -> None:
         print(f"copy rate {r['copy_rate_gb_s']:.0f} GB/s; decoder {gb:.2f} GB -> bound "
               f"{bound:.2f} ms/token")  # fmt: skip
     print(f"{'batch-1 decode':<28}{'ms/token':>10}{'tok/s':>9}{'% bound':>9}")
-    rows = (("batch1_ours", "ours (CUDA graph)"), ("batch1_hf_static", "transformers static"),
+    rows = (("batch1_ours", "ours (fused, CUDA graph)"),
+            ("batch1_ours_transformers_layers", "ours, transformers' layers"),
+            ("batch1_hf_static", "transformers static"),
             ("batch1_hf_eager", "transformers eager"))  # fmt: skip
     for key, label in rows:
         if key in r:
@@ -427,6 +500,15 @@ def _summarize(r: dict) -> None:
             t = r[key]
             print(f"{label:<28}{t['throughput_tok_s']:>9.0f}{t['ttft_p50_s']:>10.2f}"
                   f"{t['ttft_p95_s']:>10.2f}{t['e2e_p95_s']:>10.2f}")  # fmt: skip
+    if "prefill_ablation" in r:
+        pa = r["prefill_ablation"]
+        print(
+            f"\nprefill, batch of {pa['requests']}: {pa['varlen_ms_per_request']:.1f} ms/request "
+            f"(vision windows batched) vs {pa['per_window_ms_per_request']:.1f} (per window)"
+        )
+    if "trace_ours" in r:
+        t = r["trace_ours"]["engine_thread_s"]
+        print("engine thread in our trace: " + ", ".join(f"{k} {v:.2f}" for k, v in t.items()))
     targets = {}
     if bound and "batch1_ours" in r:
         targets["batch1_share_of_bound"] = bound / r["batch1_ours"]["ms_per_token"]

@@ -22,7 +22,8 @@ def main() -> int:
     import torch
     from torch.profiler import ProfilerActivity, profile
 
-    from cloud_worker.engine.model import DecodeStep, load_model
+    from cloud_worker.engine.decode_step import DecodeStep
+    from cloud_worker.engine.model import load_model
     from cloud_worker.engine.slot_cache import SlotCache
 
     lm = load_model(args.model_dir)

@@ -23,7 +23,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from cloud_worker.engine.model import DecodeStep, LoadedModel, load_model, prefill
+from cloud_worker.engine.decode_step import DecodeStep
+from cloud_worker.engine.model import LoadedModel, load_model, prefill
+from cloud_worker.engine.pipeline import DecodePipeline, LaunchedStep, row_stats
 from cloud_worker.engine.slot_cache import SlotCache
 from fleetvl.errors import PromptError
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
@@ -49,6 +51,8 @@ class EngineConfig:
     # New requests admitted (and prefilled together, in one batch) between two decode steps:
     # more raises throughput, fewer keeps the running requests' inter-token gaps short.
     prefills_per_step: int = 8
+    decode_impl: str = "fused"  # fused | transformers (reference): see decode_step.py
+    vision_attention: str = "varlen"  # varlen | transformers (one SDPA call per window)
 
 
 @dataclass(frozen=True)
@@ -94,7 +98,8 @@ class _Request:
     detok: IncrementalDetokenizer | None = None
     started: float = 0.0
     first: float = 0.0
-    steps: int = 0
+    steps: int = 0  # decode steps whose token this request used
+    launched: int = 0  # decode steps launched for it (one more than used, at most)
     vision_hits: int = 0
 
 
@@ -105,14 +110,21 @@ class CloudEngine:
         """``cache``: a :class:`fleetvl.cache.FleetCache` for vision embeddings (optional)."""
         self.config = cfg = config or EngineConfig()
         self.processor = QwenVLProcessor(model_dir, max_prompt_tokens=cfg.max_context - 1)
-        self.lm: LoadedModel = load_model(model_dir, cfg.device, cfg.dtype)
+        self.lm: LoadedModel = load_model(
+            model_dir, cfg.device, cfg.dtype, vision_attention=cfg.vision_attention
+        )
         lm = self.lm
         self.cache = SlotCache(
             lm.num_layers, cfg.max_slots, lm.kv_heads, lm.head_dim, cfg.max_context,
             lm.dtype, lm.device,
         )  # fmt: skip
         self.step = DecodeStep(
-            lm, self.cache, cfg.cuda_graphs, cfg.span_bucket, compile_step=cfg.compile_step
+            lm,
+            self.cache,
+            cfg.cuda_graphs,
+            cfg.span_bucket,
+            compile_step=cfg.compile_step,
+            impl=cfg.decode_impl,
         )
         self.eos = set(self.processor.eos_token_ids)
         self.digest = model_digest(model_dir)
@@ -129,7 +141,14 @@ class CloudEngine:
         self._ids = itertools.count()
         self._lock = threading.Condition()
         self._stop = False
+        self.pipeline = DecodePipeline(self.step)
+        self._pending: LaunchedStep | None = None
         self.decode_steps = 0
+        # Where the engine thread's time goes (seconds, cumulative): prefill, launching
+        # steps, waiting for the device, and the host's per-token work.
+        self.timings = dict.fromkeys(
+            ("prefill_s", "prefill_requests", "launch_s", "wait_s", "host_s"), 0.0
+        )
         self.step.warmup()
         self._thread = threading.Thread(target=self._loop, name="cloud-engine", daemon=True)
         self._thread.start()
@@ -214,17 +233,21 @@ class CloudEngine:
                 while self._waiting and free and len(admit) < self.config.prefills_per_step:
                     _, _, _, req = heapq.heappop(self._waiting)
                     admit.append((free.pop(0), req))
-            if admit:
-                self._admit(admit)
-            if self.running:
-                try:
-                    self._decode()
-                except Exception as exc:  # fail the running requests, keep the engine
-                    log.exception("decode step failed")
-                    for i, r in enumerate(self._slots):
-                        if r is not None:
-                            r.out.put(exc)
-                            self._slots[i] = None
+            try:
+                if admit:
+                    self._drain()  # host state current before slots change hands
+                    t0 = time.perf_counter()
+                    self._admit(admit)
+                    self.timings["prefill_s"] += time.perf_counter() - t0
+                    self.timings["prefill_requests"] += len(admit)
+                self._decode()
+            except Exception as exc:  # fail the running requests, keep the engine
+                log.exception("decode step failed")
+                self._pending = None
+                for i, r in enumerate(self._slots):
+                    if r is not None:
+                        r.out.put(exc)
+                        self._slots[i] = None
 
     def _admit(self, batch: list[tuple[int, _Request]]) -> None:
         now = time.monotonic()
@@ -274,54 +297,84 @@ class CloudEngine:
         return {keys[j]: torch.from_numpy(f) for j, f in got.items()}
 
     def _decode(self) -> None:
-        cache, step = self.cache, self.step
-        tokens = [0] * cache.slots
-        positions = [0] * cache.slots
-        write = [0] * cache.slots
-        longest = 1
-        active = []
-        for i, r in enumerate(self._slots):
-            if r is not None:
-                tokens[i] = r.tokens[-1]
-                positions[i] = r.next_pos + (r.kv_len - len(r.prompt))
-                write[i] = r.kv_len
-                longest = max(longest, r.kv_len + 1)
-                active.append(i)
-        step.tokens.copy_(torch.tensor(tokens), non_blocking=True)
-        step.positions.copy_(torch.tensor(positions), non_blocking=True)
-        cache.write_pos.copy_(torch.tensor(write), non_blocking=True)
-        logits = step(step.span_for(longest))
+        """Launch one step for every running request that still needs one, then process the
+        previous step's results while this one runs (see :mod:`.pipeline`)."""
+        rows = [(i, r) for i, r in enumerate(self._slots)
+                if r is not None and r.launched < r.params.max_tokens - 1]  # fmt: skip
+        if not rows:
+            self._drain()
+            return
+        sampled = [i for i, r in rows if r.params.temperature > 0]
+        if sampled:
+            self._drain()  # the host's choices are the next inputs
+            rows = [(i, r) for i, r in rows if self._slots[i] is r]
+            if not rows:
+                return
+            for i, r in rows:
+                self.pipeline.set_slot(i, r.tokens[-1], r.next_pos + r.kv_len - len(r.prompt),
+                                       r.kv_len)  # fmt: skip
+        active = [False] * self.cache.slots
+        for i, _ in rows:
+            active[i] = True
+        self.pipeline.set_active(active)
+        longest = max(r.kv_len for _, r in rows) + 1
+        t0 = time.perf_counter()
+        launched = self.pipeline.launch(self.step.span_for(longest), rows, sampled)
+        self.timings["launch_s"] += time.perf_counter() - t0
         self.decode_steps += 1
-        reqs = [self._slots[i] for i in active]
-        for r in reqs:
+        for _, r in rows:
             r.kv_len += 1
+            r.launched += 1
+        previous, self._pending = self._pending, launched
+        if previous is not None:
+            self._process(previous)
+        if sampled:
+            self._drain()
+
+    def _drain(self) -> None:
+        """Process the step in flight, if any: afterwards host state is current."""
+        pending, self._pending = self._pending, None
+        if pending is not None:
+            self._process(pending)
+
+    def _process(self, launched: LaunchedStep) -> None:
+        t0 = time.perf_counter()
+        stats = self.pipeline.results(launched)
+        t1 = time.perf_counter()
+        for slot, r in launched.rows:
+            if self._slots[slot] is not r:
+                continue  # finished at an earlier step: this row was wasted work
             r.steps += 1
-        self._emit(reqs, logits[active] if len(active) < cache.slots else logits)
+            if slot in launched.sampled:
+                token, lp = self._sample(r, launched.sampled[slot])
+            else:
+                token, lp = int(stats[slot, 0]), float(stats[slot, 1])
+            self._advance(r, token, _confidence(token, lp, stats[slot]))
+        self.timings["wait_s"] += t1 - t0
+        self.timings["host_s"] += time.perf_counter() - t1
+
+    @staticmethod
+    def _sample(r: _Request, row: np.ndarray) -> tuple[int, float]:
+        assert r.sampler is not None
+        token = r.sampler(row)
+        row64 = row.astype(np.float64)
+        return token, float(row64[token] - np.logaddexp.reduce(row64))
 
     def _emit(self, reqs: list, logits: torch.Tensor) -> None:
-        """Choose, score and stream the next token of each request from its logits row.
+        """Choose, score and stream the first token of newly prefilled requests.
 
         Greedy choices and every row's confidence come back in one small transfer: a
-        per-request ``.item()`` would stall the device once per running request per step.
+        per-request ``.item()`` would stall the device once per request.
         """
-        sampled = [j for j, r in enumerate(reqs) if r.params.temperature > 0]
-        stats = _row_stats(logits).cpu().numpy()  # [rows, 4]: argmax, top1, top2, entropy
-        cpu_rows = {j: logits[j].float().cpu().numpy() for j in sampled}
+        stats = row_stats(logits)[0].cpu().numpy()  # [rows, 4]: argmax, top1, top2, entropy
         for j, r in enumerate(reqs):
-            if j in cpu_rows:
-                token = r.sampler(cpu_rows[j])
-                row = cpu_rows[j].astype(np.float64)
-                lse = float(np.logaddexp.reduce(row))
-                lp = float(row[token] - lse)
+            if r.params.temperature > 0:
+                token, lp = self._sample(r, logits[j].float().cpu().numpy())
             else:
-                token = int(stats[j, 0])
-                lp = float(stats[j, 1])
-            p1, p2 = float(np.exp(stats[j, 1])), float(np.exp(stats[j, 2]))
-            conf = TokenConfidence(
-                token_id=token, prob=float(np.exp(lp)), logprob=lp, top1_prob=p1,
-                margin=p1 - p2, entropy=max(float(stats[j, 3]), 0.0),
-            )  # fmt: skip
-            self._advance(r, token, conf)
+                token, lp = int(stats[j, 0]), float(stats[j, 1])
+            self._advance(r, token, _confidence(token, lp, stats[j]))
+            if self._slots[r.slot] is r:  # still running: its inputs for the next step
+                self.pipeline.set_slot(r.slot, token, r.next_pos, r.kv_len)
 
     def _advance(self, r: _Request, token: int, conf: TokenConfidence) -> None:
         p = r.params
@@ -395,12 +448,9 @@ def model_digest(model_dir: str | Path) -> str:
     return h.hexdigest()
 
 
-def _row_stats(logits: torch.Tensor) -> torch.Tensor:
-    """Per row: argmax, top-1 and top-2 log-probabilities, entropy (nats); ``[rows, 4]``."""
-    logp = torch.log_softmax(logits.float(), dim=-1)
-    top = torch.topk(logp, 2, dim=-1)
-    entropy = -(logp.exp() * logp).nansum(dim=-1)
-    return torch.stack(
-        [top.indices[:, 0].double(), top.values[:, 0].double(), top.values[:, 1].double(),
-         entropy.double()], dim=-1,
+def _confidence(token: int, logprob: float, stats: np.ndarray) -> TokenConfidence:
+    p1, p2 = float(np.exp(stats[1])), float(np.exp(stats[2]))
+    return TokenConfidence(
+        token_id=token, prob=float(np.exp(logprob)), logprob=logprob, top1_prob=p1,
+        margin=p1 - p2, entropy=max(float(stats[3]), 0.0),
     )  # fmt: skip

@@ -1,10 +1,8 @@
 """The full Qwen-VL in transformers: loading, per-request prefill, the batched decode step.
 
-Prefill runs transformers' own vision tower and language model on one request (images merged
-at the placeholder tokens, MRoPE positions from ``fleetvl.vlm.mrope``). The decode step runs
-transformers' decoder layers over every slot at once with a :class:`SlotCache`; on CUDA it is
-captured as a CUDA graph per attended-span bucket, so a step is one graph launch instead of
-~30 kernel launches per layer from Python.
+Prefill runs transformers' own vision tower and language model over a batch of requests
+(images merged at the placeholder tokens, MRoPE positions from ``fleetvl.vlm.mrope``); the
+batched decode step is in :mod:`cloud_worker.engine.decode_step`.
 """
 
 from __future__ import annotations
@@ -16,11 +14,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from cloud_worker.engine.slot_cache import SlotCache
+from cloud_worker.engine.attention import use_varlen_vision_attention
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
 
-__all__ = ["DecodeStep", "LoadedModel", "PrefillResult", "load_model"]
+__all__ = ["LoadedModel", "PrefillResult", "load_model", "prefill"]
 
 log = logging.getLogger("fleetvl.cloud")
 
@@ -43,9 +41,19 @@ class LoadedModel:
 
 
 def load_model(
-    model_dir: str | Path, device: str = "auto", dtype: str | None = None
+    model_dir: str | Path,
+    device: str = "auto",
+    dtype: str | None = None,
+    vision_attention: str = "varlen",
 ) -> LoadedModel:
-    """Load a Qwen2.5-VL or Qwen2-VL directory: bf16 on CUDA, fp32 on CPU by default."""
+    """Load a Qwen2.5-VL or Qwen2-VL directory: bf16 on CUDA, fp32 on CPU by default.
+
+    ``vision_attention``: ``"varlen"`` batches the vision tower's window attention
+    (:mod:`cloud_worker.engine.attention`); ``"transformers"`` keeps its per-window calls.
+    """
+    if vision_attention not in ("varlen", "transformers"):
+        raise ValueError(f"vision_attention must be 'varlen' or 'transformers', "
+                         f"got {vision_attention!r}")  # fmt: skip
     from transformers import AutoConfig, AutoModelForImageTextToText
 
     dev = torch.device("cuda" if device == "auto" and torch.cuda.is_available() else
@@ -60,6 +68,8 @@ def load_model(
         model_dir, dtype=dt, attn_implementation="sdpa"
     ).to(dev)
     model.eval()
+    if vision_attention == "varlen" and not use_varlen_vision_attention(model):
+        log.warning("transformers has no attention registry: per-window vision attention")
     text = cfg.get_text_config()
     heads = text.num_attention_heads
     return LoadedModel(
@@ -162,103 +172,3 @@ def prefill(
             )
         )
     return results
-
-
-class DecodeStep:
-    """One decode step for every slot: ``logits[s]`` for ``tokens[s]`` at ``positions[s]``.
-
-    Inputs are written into static buffers (``tokens``, ``positions``, ``cache.write_pos``);
-    the attended span is rounded up to ``bucket`` tokens so few graphs cover all lengths.
-    """
-
-    def __init__(
-        self,
-        lm: LoadedModel,
-        cache: SlotCache,
-        cuda_graphs: bool = True,
-        bucket: int = 128,
-        compile_step: bool | str = True,
-    ) -> None:
-        self.lm = lm
-        self.cache = cache
-        self.bucket = bucket
-        s = cache.slots
-        dev = lm.device
-        self.tokens = torch.zeros(s, dtype=torch.long, device=dev)
-        self.positions = torch.zeros(s, dtype=torch.long, device=dev)
-        self.logits = torch.zeros(s, lm.vocab_size, dtype=torch.float32, device=dev)
-        self._arange = torch.arange(cache.capacity, device=dev)
-        self.use_graphs = cuda_graphs and dev.type == "cuda"
-        self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
-        self._pool = None
-        # Profiled on an H100 (7B, batch 1): the matrix products ran near the bandwidth
-        # bound but ~25 tiny element-wise kernels per layer (norms, rotary, residuals, the
-        # cache write, activation) added ~2 ms a token. Inductor fuses them; the products
-        # stay cuBLAS calls. Compiled once per span bucket, then captured as a CUDA graph.
-        self._run = self._forward
-        if compile_step and (dev.type == "cuda" or compile_step == "force"):
-            # The span is dynamic after its first change: one recompile covers every bucket.
-            self._run = torch.compile(self._forward)
-
-    def span_for(self, max_len: int) -> int:
-        b = self.bucket
-        return min(self.cache.capacity, -(-max_len // b) * b)
-
-    # no_grad, not inference_mode: Inductor cannot trace the static buffers as inference
-    # tensors ("weakref to UntypedStorage" failures).
-    @torch.no_grad()
-    def _forward(self, span: int) -> None:
-        lm = self.lm
-        text = lm.language_model
-        self.cache.span = span
-        h = text.embed_tokens(self.tokens[:, None])
-        pos = self.positions[None, :, None].expand(3, -1, 1)
-        cos_sin = text.rotary_emb(h, pos)
-        # Slot s attends to its own positions 0..write_pos[s] (the new token included).
-        mask = (self._arange[None, :span] <= self.cache.write_pos[:, None])[:, None, None, :]
-        for layer in text.layers:
-            h = layer(
-                h,
-                attention_mask=mask,
-                position_ids=pos,
-                past_key_values=self.cache,
-                position_embeddings=cos_sin,
-            )
-        h = text.norm(h)
-        self.logits.copy_(lm.model.lm_head(h[:, 0]).float())
-
-    def __call__(self, span: int) -> torch.Tensor:
-        if not self.use_graphs:
-            self._run(span)
-            return self.logits
-        graph = self._graphs.get(span)
-        if graph is None:
-            graph = self._capture(span)
-        graph.replay()
-        return self.logits
-
-    def warmup(self) -> None:
-        """Compile and capture every span bucket now, not in the middle of serving."""
-        if not self.use_graphs:
-            return
-        saved = self.cache.write_pos.clone()
-        self.cache.write_pos.zero_()  # harmless writes at position 0 of each slot
-        for span in range(self.bucket, self.cache.capacity + 1, self.bucket):
-            if span not in self._graphs:
-                self._capture(span)
-        self.cache.write_pos.copy_(saved)
-
-    def _capture(self, span: int) -> torch.cuda.CUDAGraph:
-        log.info("capturing the decode step for span %d", span)
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side):
-            for _ in range(3):  # warm-up: compilation, allocator and kernel choices settle
-                self._run(span)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self._pool):
-            self._run(span)
-        self._pool = graph.pool()
-        self._graphs[span] = graph
-        return graph

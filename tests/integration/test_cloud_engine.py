@@ -139,3 +139,29 @@ def test_vision_embeddings_come_from_the_shared_cache(tiny_checkpoint: Path) -> 
     finally:
         eng.close()
         cache.close()
+
+
+def test_sampled_and_greedy_requests_share_a_batch(engine: CloudEngine) -> None:
+    """A sampled request makes its steps synchronous (the host picks its token); greedy
+    requests beside it keep their exact outputs, and the seeded sample is reproducible."""
+    prompts = _prompts(engine, 4)
+    refs = [_reference(engine, p) for p in prompts[:3]]
+    sampled = SamplingParams(max_tokens=NEW, temperature=0.9, top_p=0.95, seed=11,
+                             ignore_eos=True)  # fmt: skip
+    alone = engine.generate(prompts[3], sampled)
+    results: list[CloudResult | None] = [None] * 4
+
+    def run(i: int) -> None:
+        time.sleep(0.003 * i)
+        params = sampled if i == 3 else SamplingParams(max_tokens=NEW, ignore_eos=True)
+        results[i] = engine.generate(prompts[i], params)
+
+    threads = [threading.Thread(target=run, args=(i,)) for i in (3, 0, 1, 2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for i in range(3):
+        assert results[i] is not None and results[i].token_ids == refs[i], f"request {i}"
+    assert results[3] is not None and results[3].token_ids == alone.token_ids
+    assert len(set(alone.token_ids)) > 1  # really sampled across the vocabulary
