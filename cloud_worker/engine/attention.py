@@ -55,26 +55,41 @@ def _varlen_attention(
     segments bounded by ``cu_seq_lens_q``; returns ``[1, N, H, D]`` (flash layout)."""
     if cu_seq_lens_q is None:
         raise ValueError("varlen vision attention needs cu_seq_lens_q")
-    bounds = cu_seq_lens_q.tolist()
-    n = query.shape[2]
-    out = torch.empty(1, n, query.shape[1], query.shape[3], dtype=query.dtype,
-                      device=query.device)  # fmt: skip
-    by_len: dict[int, list[int]] = {}
-    for start, end in zip(bounds[:-1], bounds[1:], strict=True):
-        if end > start:
-            by_len.setdefault(end - start, []).append(start)
-    for length, starts in by_len.items():
-        # Gather every segment of this length into one batch: [segments, H, length, D].
-        idx = (torch.tensor(starts, device=query.device)[:, None]
-               + torch.arange(length, device=query.device)[None, :]).reshape(-1)  # fmt: skip
-        segs = len(starts)
+    n, heads, d = query.shape[2], query.shape[1], query.shape[3]
+    out = torch.empty(1, n, heads, d, dtype=query.dtype, device=query.device)
+    for length, idx in _segments(cu_seq_lens_q):
+        segs = idx.numel() // length
 
         def take(t: torch.Tensor, idx: torch.Tensor = idx, segs: int = segs, n: int = length):
             return t[0, :, idx].reshape(t.shape[1], segs, n, t.shape[3]).transpose(0, 1)
 
         o = F.scaled_dot_product_attention(take(query), take(key), take(value), scale=scaling)
-        out[0, idx] = o.permute(0, 2, 1, 3).reshape(segs * length, query.shape[1], query.shape[3])
+        out[0, idx] = o.permute(0, 2, 1, 3).reshape(segs * length, heads, d)
     return out, None
+
+
+def _segments(cu_seqlens: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+    """``(length, token indices of every segment of that length)`` for each length.
+
+    One vision forward passes the same boundary tensor to every windowed layer (and another
+    to the full-attention ones): the grouping is kept on that tensor object, so it is done
+    once per forward, not per layer (reading the boundaries is a device-to-host sync).
+    """
+    groups = getattr(cu_seqlens, "_fleetvl_segments", None)
+    if groups is None:
+        bounds = cu_seqlens.tolist()
+        by_len: dict[int, list[int]] = {}
+        for start, end in zip(bounds[:-1], bounds[1:], strict=True):
+            if end > start:
+                by_len.setdefault(end - start, []).append(start)
+        dev = cu_seqlens.device
+        groups = [
+            (length, (torch.tensor(starts, device=dev)[:, None]
+                      + torch.arange(length, device=dev)[None, :]).reshape(-1))
+            for length, starts in by_len.items()
+        ]  # fmt: skip
+        cu_seqlens._fleetvl_segments = groups  # type: ignore[attr-defined]
+    return groups
 
 
 def use_varlen_vision_attention(model: torch.nn.Module) -> bool:

@@ -147,7 +147,8 @@ class CloudEngine:
         # Where the engine thread's time goes (seconds, cumulative): prefill, launching
         # steps, waiting for the device, and the host's per-token work.
         self.timings = dict.fromkeys(
-            ("prefill_s", "prefill_requests", "launch_s", "wait_s", "host_s"), 0.0
+            ("prefill_s", "prefill_requests", "interleaved_steps", "launch_s", "wait_s", "host_s"),
+            0.0,
         )
         self.step.warmup()
         self._thread = threading.Thread(target=self._loop, name="cloud-engine", daemon=True)
@@ -262,7 +263,8 @@ class CloudEngine:
             return
         given = self._cached_features([req for _, req in live])
         try:
-            results = prefill(self.lm, [req.prompt for _, req in live], given)
+            results = prefill(self.lm, [req.prompt for _, req in live], given,
+                              between_layers=self._decode_between_layers)  # fmt: skip
         except Exception as exc:
             log.exception("prefill failed")
             for _, req in live:
@@ -330,6 +332,19 @@ class CloudEngine:
             self._process(previous)
         if sampled:
             self._drain()
+
+    def _decode_between_layers(self) -> None:
+        """During a prefill: launch the running requests' next step once the device has
+        finished the previous one (so a device busy with the prefill is never handed more),
+        and stream that previous step's tokens. Sampled requests would need a host round trip
+        per step; they wait for the prefill to end."""
+        pending = self._pending
+        if pending is not None and pending.event is not None and not pending.event.query():
+            return
+        if any(r is not None and r.params.temperature > 0 for r in self._slots):
+            return
+        self.timings["interleaved_steps"] += 1
+        self._decode()
 
     def _drain(self) -> None:
         """Process the step in flight, if any: afterwards host state is current."""

@@ -8,6 +8,7 @@ batched decode step is in :mod:`cloud_worker.engine.decode_step`.
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -99,6 +100,7 @@ def prefill(
     lm: LoadedModel,
     prompts: list[Prompt],
     given: dict[tuple[int, int], torch.Tensor] | None = None,
+    between_layers: Callable[[], None] | None = None,
 ) -> list[PrefillResult]:
     """Vision + prompt of several requests in one pass through transformers' modules.
 
@@ -108,7 +110,28 @@ def prefill(
     Batching amortizes the per-kernel and Python costs that dominate a single prefill.
     ``given[(request, image)]`` are vision features from the cache; those images are not
     encoded, and ``image_features`` of the result holds only the ones computed here.
+
+    ``between_layers`` is called before every vision block and decoder layer: an eager
+    prefill is bound by the host launching its kernels, so the engine slips decode steps
+    of the running requests in there, keeping the device busy.
     """
+    if between_layers is None:
+        return _prefill(lm, prompts, given)
+    hook = lambda *_: between_layers()  # noqa: E731
+    layers = [*lm.model.model.visual.blocks, *lm.language_model.layers]
+    handles = [layer.register_forward_pre_hook(hook) for layer in layers]
+    try:
+        return _prefill(lm, prompts, given)
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _prefill(
+    lm: LoadedModel,
+    prompts: list[Prompt],
+    given: dict[tuple[int, int], torch.Tensor] | None,
+) -> list[PrefillResult]:
     m = lm.model
     dev = lm.device
     lengths = [len(p) for p in prompts]
