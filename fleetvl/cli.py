@@ -125,6 +125,34 @@ def _cmd_router_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_controller_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from controller.config import ControllerConfig
+    from controller.main import serve
+
+    # One JSON line per request/session event on stdout; the rest on stderr.
+    ctl_log = logging.getLogger("fleetvl.controller")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ctl_log.addHandler(handler)
+    ctl_log.setLevel(logging.INFO)
+    ctl_log.propagate = False
+    try:
+        config = ControllerConfig.load(args.config)
+    except ValidationError as exc:
+        print(f"error: invalid controller config {args.config}:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleetvl", description="FleetVL: vision-language serving for fleets"
@@ -171,6 +199,12 @@ def _parser() -> argparse.ArgumentParser:
     rrun.add_argument("--http-port", type=int, default=None, help="override http_port")
     rrun.add_argument("--grpc-port", type=int, default=None, help="override grpc_port (0: off)")
     rrun.set_defaults(func=_cmd_router_run)
+
+    ctl = sub.add_parser("controller", help="the fleet control plane (agents, policies, rollouts)")
+    csub = ctl.add_subparsers(dest="controller_command", required=True)
+    crun = csub.add_parser("run", help="serve agent sessions, the admin API and the status page")
+    crun.add_argument("--config", required=True, help="controller YAML (examples/controller.yaml)")
+    crun.set_defaults(func=_cmd_controller_run)
     return p
 
 
