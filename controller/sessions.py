@@ -79,7 +79,7 @@ class AgentSession:
             "bundles_held": self.bundles_held,
             "policy_version": self.policy_version,
             "bundle_error": self.bundle_error,
-            "requests_per_min": round(agg["requests"] * 60.0 / 60.0, 1),
+            "requests_per_min": round(agg["requests"], 1),  # the window is one minute
             "escalation_rate": agg["escalation_rate"],
             "sla_attainment": agg["sla_attainment"],
             "error_rate": agg["error_rate"],
