@@ -41,6 +41,10 @@ class Controller:
             self.desired, self.registry, self.pusher, self.store, self.id, config.heartbeat_s
         )
         self._ticker: asyncio.Task[None] | None = None
+        self.base_spec = self.desired.spec
+        self.kube: Any = None
+        self.kube_problems: list[str] = []
+        self._kube_lock = asyncio.Lock()
 
     async def start(self) -> None:
         """Rebuild hard state from Redis, start declared rollouts, begin evaluating them."""
@@ -54,6 +58,29 @@ class Controller:
                 except RolloutError as exc:
                     log.warning("spec rollout not started: %s", exc)
         self._ticker = asyncio.create_task(self._tick_loop())
+        if self.config.kube.enabled:
+            from controller.kube import CustomResourceWatch
+
+            loop = asyncio.get_running_loop()
+
+            def on_update(objects: dict[str, dict[str, Any]]) -> None:
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._apply_kube(objects)))
+
+            self.kube = CustomResourceWatch(self.config.kube, on_update)
+            self.kube.start()
+
+    async def _apply_kube(self, objects: dict[str, dict[str, Any]]) -> None:
+        from controller.kube import merge_resources
+
+        async with self._kube_lock:
+            spec, problems = merge_resources(self.base_spec, objects)
+            for p in problems:
+                if p not in self.kube_problems:
+                    log.warning("custom resource skipped: %s", p)
+            self.kube_problems = problems
+            if spec != self.desired.spec:
+                n = sum(len(v) for v in objects.values())
+                await self.desired.set_spec(spec, "kube", f"{n} custom resources")
 
     async def _tick_loop(self) -> None:
         while True:
@@ -64,6 +91,8 @@ class Controller:
             await asyncio.sleep(self.config.rollout_tick_s)
 
     async def close(self) -> None:
+        if self.kube is not None:
+            await asyncio.to_thread(self.kube.stop)
         if self._ticker is not None:
             self._ticker.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -26,10 +26,14 @@ def test_kill9_loses_no_desired_state_and_agents_resync(tmp_path: Path) -> None:
     }
     (tmp_path / "fleet.yaml").write_text(yaml.safe_dump(spec))
     cp = ControllerProcess(
-        {"namespace": ns, "spec_file": "fleet.yaml", "bundle_dir": str(tmp_path / "store"),
-         "heartbeat_s": 0.2},
+        {
+            "namespace": ns,
+            "spec_file": "fleet.yaml",
+            "bundle_dir": str(tmp_path / "store"),
+            "heartbeat_s": 0.2,
+        },
         tmp_path,
-    )  # fmt: skip
+    )
     agents = None
     try:
         cp.start()
@@ -39,8 +43,10 @@ def test_kill9_loses_no_desired_state_and_agents_resync(tmp_path: Path) -> None:
         agents = Agents(cp.target, SITES, tmp_path / "agents")
         wait_for(agents.connected, what="agents to register")
         with cp.api() as api:
-            r = api.put("/api/policies/site/sub-002", json={"policy": {"deadline_ms": 1500},
-                                                            "why": "tight site"})  # fmt: skip
+            r = api.put(
+                "/api/policies/site/sub-002",
+                json={"policy": {"deadline_ms": 1500}, "why": "tight site"},
+            )
             assert r.status_code == 200
             r = api.put("/api/sites/store-001/bundle", json={"bundle": "v2", "why": "pilot"})
             assert r.status_code == 200
@@ -55,8 +61,11 @@ def test_kill9_loses_no_desired_state_and_agents_resync(tmp_path: Path) -> None:
         cp.start()
 
         # Agents come back on their own (reconnect with backoff) and re-register.
-        wait_for(lambda: all(c.sessions >= 2 for c in agents.clients.values()), 30,
-                 "agents to reconnect to the restarted controller")  # fmt: skip
+        wait_for(
+            lambda: all(c.sessions >= 2 for c in agents.clients.values()),
+            30,
+            "agents to reconnect to the restarted controller",
+        )
         with cp.api() as api:
             pol = api.get("/api/sites/sub-002/policy").json()
             assert pol["resolved"]["deadline_ms"] == 1500

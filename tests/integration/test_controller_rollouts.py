@@ -20,8 +20,13 @@ from controller.store import ControllerStore
 from tests.controller_harness import Agents, RunningController, new_namespace, wait_for
 
 SITES = [f"sub-{i:03d}" for i in range(10)]
-BAD = {"requests": 50.0, "errors": 6.0, "escalation_rate": 0.4, "sla_attainment": 0.80,
-       "p95_ms": 900.0}  # fmt: skip
+BAD = {
+    "requests": 50.0,
+    "errors": 6.0,
+    "escalation_rate": 0.4,
+    "sla_attainment": 0.80,
+    "p95_ms": 900.0,
+}
 
 
 def make_bundle(tmp: Path, name: str) -> bytes:
@@ -45,8 +50,14 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
         "bundles": {"v1": {"digest": digest_of(v1)}, "v2": {"digest": digest_of(v2)}},
         "sites": [{"id": s, "tenant": "grid", "kind": "substation"} for s in SITES],
     }
-    rc = RunningController({"namespace": ns, "spec": spec, "rollout_tick_s": 0.1,
-                            "bundle_dir": str(tmp_path / "store")})  # fmt: skip
+    rc = RunningController(
+        {
+            "namespace": ns,
+            "spec": spec,
+            "rollout_tick_s": 0.1,
+            "bundle_dir": str(tmp_path / "store"),
+        }
+    )
     with rc.api() as api:
         for data in (v1, v2):
             assert api.post("/api/bundles", content=data).status_code == 200
@@ -75,8 +86,13 @@ def _rollout(rc: RunningController, rid: str) -> dict[str, Any]:
 
 
 def _plan(rid: str, **gate: Any) -> dict[str, Any]:
-    return {"id": rid, "bundle": "v2", "waves": [20, 50, 100], "why": "new model",
-            "gate": {"bake_s": 0.6, "min_requests": 50, **gate}}  # fmt: skip
+    return {
+        "id": rid,
+        "bundle": "v2",
+        "waves": [20, 50, 100],
+        "why": "new model",
+        "gate": {"bake_s": 0.6, "min_requests": 50, **gate},
+    }
 
 
 def test_agents_download_verify_and_install_the_assigned_bundle(fleet: dict[str, Any]) -> None:

@@ -37,9 +37,18 @@ def chromium() -> str:
 
 def _chromium(binary: str, tmp: Path, url: str, *args: str) -> subprocess.CompletedProcess[str]:
     profile = tmp / f"profile-{len(list(tmp.glob('profile-*')))}"
-    flags = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-             "--disable-background-networking", "--disable-component-update", "--disable-sync",
-             "--hide-scrollbars", f"--user-data-dir={profile}"]  # fmt: skip
+    flags = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--hide-scrollbars",
+        f"--user-data-dir={profile}",
+    ]
     return subprocess.run(
         [binary, *flags, *args, url], capture_output=True, text=True, timeout=120, check=True
     )
@@ -51,14 +60,29 @@ def fleet(tmp_path: Path) -> Iterator[dict[str, Any]]:
     v1, v2 = make_bundle(tmp_path, "v1"), make_bundle(tmp_path, "v2")
     spec = {
         "tenants": {"grid": {"bundle": "edge-int4-v1"}, "shop": {"bundle": "edge-int4-v1"}},
-        "bundles": {"edge-int4-v1": {"digest": digest_of(v1)},
-                    "edge-int4-v2": {"digest": digest_of(v2)}},
-        "sites": [{"id": s, "tenant": "grid" if s.startswith("sub") else "shop",
-                   "kind": "substation" if s.startswith("sub") else "retail_store",
-                   "location": {"name": f"Leeds {s[-1]}"}} for s in [*SITES, "sub-004"]],
-    }  # fmt: skip
-    rc = RunningController({"namespace": ns, "spec": spec, "status_page_public": True,
-                            "rollout_tick_s": 0.1, "bundle_dir": str(tmp_path / "store")})  # fmt: skip
+        "bundles": {
+            "edge-int4-v1": {"digest": digest_of(v1)},
+            "edge-int4-v2": {"digest": digest_of(v2)},
+        },
+        "sites": [
+            {
+                "id": s,
+                "tenant": "grid" if s.startswith("sub") else "shop",
+                "kind": "substation" if s.startswith("sub") else "retail_store",
+                "location": {"name": f"Leeds {s[-1]}"},
+            }
+            for s in [*SITES, "sub-004"]
+        ],
+    }
+    rc = RunningController(
+        {
+            "namespace": ns,
+            "spec": spec,
+            "status_page_public": True,
+            "rollout_tick_s": 0.1,
+            "bundle_dir": str(tmp_path / "store"),
+        }
+    )
     with rc.api() as api:
         for data in (v1, v2):
             api.post("/api/bundles", content=data).raise_for_status()
@@ -81,17 +105,28 @@ def test_status_page_in_headless_chromium(
     fleet: dict[str, Any], chromium: str, tmp_path: Path
 ) -> None:
     rc, agents = fleet["rc"], fleet["agents"]
-    agents.handlers["store-002"].healthy = {**agents.handlers["store-002"].healthy,
-                                            "escalation_rate": 0.35}  # fmt: skip
+    agents.handlers["store-002"].healthy = {
+        **agents.handlers["store-002"].healthy,
+        "escalation_rate": 0.35,
+    }
     wait_for(lambda: rc.status()["totals"]["healthy"] == 5, what="five healthy sites")
     with rc.api() as api:
-        plan = {"id": "int4-v2", "bundle": "edge-int4-v2", "waves": [34, 100],
-                "selector": {"tenant": "grid"}, "gate": {"bake_s": 3600}}  # fmt: skip
+        plan = {
+            "id": "int4-v2",
+            "bundle": "edge-int4-v2",
+            "waves": [34, 100],
+            "selector": {"tenant": "grid"},
+            "gate": {"bake_s": 3600},
+        }
         assert api.post("/api/rollouts", json=plan).status_code == 201
-    wait_for(lambda: any(s["active_bundle"] == fleet["v2"] for s in rc.status()["sites"]),
-             what="a canary on v2")  # fmt: skip
-    wait_for(lambda: all(s["requests_per_min"] > 0 for s in rc.status()["sites"][:5]),
-             what="a minute's worth of heartbeats")  # fmt: skip
+    wait_for(
+        lambda: any(s["active_bundle"] == fleet["v2"] for s in rc.status()["sites"]),
+        what="a canary on v2",
+    )
+    wait_for(
+        lambda: all(s["requests_per_min"] > 0 for s in rc.status()["sites"][:5]),
+        what="a minute's worth of heartbeats",
+    )
 
     shot = tmp_path / "controller_status.png"
     _chromium(chromium, tmp_path, rc.url + "/", f"--screenshot={shot}", "--window-size=1400,700")
