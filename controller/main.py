@@ -32,15 +32,17 @@ def _grpc_server(ctl: Controller, config: ControllerConfig) -> tuple[grpc.aio.Se
     )
     cpb_grpc.add_ControlServicer_to_server(ctl.servicer, server)
     addr = f"{config.grpc_host}:{config.grpc_port}"
-    if config.tls:
-        key = Path(config.tls.key_file).read_bytes()
-        cert = Path(config.tls.cert_file).read_bytes()
-        ca = Path(config.tls.client_ca_file).read_bytes() if config.tls.client_ca_file else None
-        port = server.add_secure_port(
-            addr, grpc.ssl_server_credentials([(key, cert)], ca, ca is not None)
-        )
-    else:
-        port = server.add_insecure_port(addr)
+    try:
+        if config.tls:
+            key = Path(config.tls.key_file).read_bytes()
+            cert = Path(config.tls.cert_file).read_bytes()
+            ca = Path(config.tls.client_ca_file).read_bytes() if config.tls.client_ca_file else None
+            creds = grpc.ssl_server_credentials([(key, cert)], ca, ca is not None)
+            port = server.add_secure_port(addr, creds)
+        else:
+            port = server.add_insecure_port(addr)
+    except RuntimeError:  # grpc reports a taken port this way in some versions
+        port = 0
     if port == 0:
         raise OSError(f"gRPC port {addr} is not available: set another grpc_port")
     return server, port
@@ -63,7 +65,11 @@ async def serve(
     public = config.public_url or f"http://{config.http_host}:{config.http_port}"
     ctl = Controller(config, public)
     await ctl.start()
-    grpc_server, grpc_port = _grpc_server(ctl, config)
+    try:
+        grpc_server, grpc_port = _grpc_server(ctl, config)
+    except OSError:
+        await ctl.close()
+        raise
     await grpc_server.start()
     server = uvicorn.Server(
         uvicorn.Config(

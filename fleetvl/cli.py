@@ -146,11 +146,52 @@ def _cmd_controller_run(args: argparse.Namespace) -> int:
         print(f"error: invalid controller config {args.config}:\n{exc}", file=sys.stderr)
         return 2
     try:
+        config.fleet_spec()  # fail before listening, with the spec's own message
+    except ValidationError as exc:
+        print(f"error: invalid fleet spec:\n{exc}", file=sys.stderr)
+        return 2
+    import redis
+
+    try:
         asyncio.run(serve(config))
+    except redis.ConnectionError as exc:
+        print(f"error: cannot reach Redis at {config.redis_url}: {exc}", file=sys.stderr)
+        return 2
     except OSError as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
     return 0
+
+
+def _cmd_controller_check(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from controller.spec import load_spec
+    from fleetvl.policy import resolve_policy
+
+    try:
+        spec = load_spec(args.spec)
+    except ValidationError as exc:
+        print(f"error: invalid fleet spec {args.spec}:\n{exc}", file=sys.stderr)
+        return 2
+    problems = 0
+    for site in spec.sites:
+        tenant = spec.tenants[site.tenant]
+        r = resolve_policy(spec.global_policy, tenant=tenant.policy, site=site.policy)
+        bundle = site.bundle or tenant.bundle or "-"
+        p = r.policy
+        print(
+            f"{site.id:<24} {site.tenant:<14} {site.kind:<14} bundle={bundle:<16} "
+            f"deadline={p.deadline_ms}ms residency={p.residency.value}"
+        )
+        for c in r.clamps:
+            problems += 1
+            print(f"  clamp: {c.level.value} sets {c.field}={c.requested!r}, kept {c.kept!r}")
+    print(
+        f"{len(spec.sites)} sites, {len(spec.tenants)} tenants, {len(spec.bundles)} bundles, "
+        f"{len(spec.rollouts)} rollouts; {problems} policy clamps"
+    )
+    return 1 if problems else 0
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -205,6 +246,9 @@ def _parser() -> argparse.ArgumentParser:
     crun = csub.add_parser("run", help="serve agent sessions, the admin API and the status page")
     crun.add_argument("--config", required=True, help="controller YAML (examples/controller.yaml)")
     crun.set_defaults(func=_cmd_controller_run)
+    cchk = csub.add_parser("check", help="validate a fleet spec and print each site's policy")
+    cchk.add_argument("spec", help="fleet spec YAML (examples/fleet.yaml)")
+    cchk.set_defaults(func=_cmd_controller_check)
     return p
 
 

@@ -86,6 +86,8 @@ class ControlClient:
         self.policy_version = 0
         self.connected = asyncio.Event()
         self.sessions = 0  # successful registrations (reconnects counted)
+        self.attempts = 0  # dials, successful or not
+        self.last_error = ""  # why the last session ended or failed, for the agent's status
         self._stop = asyncio.Event()
         self._out: asyncio.Queue[cpb.AgentMessage | None] = asyncio.Queue()
         self._install_lock = asyncio.Lock()
@@ -113,11 +115,14 @@ class ControlClient:
         delay = self.config.reconnect_min_s
         while not self._stop.is_set():
             registered_before = self.sessions
+            self.attempts += 1
             try:
                 await self._session()
             except grpc.aio.AioRpcError as exc:
-                log.warning("control session ended: %s %s", exc.code().name, exc.details())
-            except Exception:  # a handler bug must not end the agent's control plane
+                self.last_error = f"{exc.code().name}: {exc.details()}"
+                log.warning("control session ended: %s", self.last_error)
+            except Exception as exc:  # a handler bug must not end the agent's control plane
+                self.last_error = repr(exc)
                 log.exception("control session failed")
             self.connected.clear()
             if self.sessions > registered_before:
