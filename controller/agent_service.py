@@ -168,6 +168,8 @@ class ControlServicer(cpb_grpc.ControlServicer):
                     await self._ack(s, msg.ack)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
             pass
+        except Exception:  # e.g. Redis down while auditing: end this session, not the server
+            log.exception("agent session %s failed", s.site)
         finally:
             with contextlib.suppress(Exception):
                 s.queue.put_nowait(None)

@@ -7,6 +7,7 @@ Every write names who made it (``X-FleetVL-Actor``, default ``admin``) and may s
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import json
@@ -14,6 +15,7 @@ import logging
 import time
 from typing import Annotated, Any
 
+import redis
 from fastapi import Depends, FastAPI, Header, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, HTMLResponse, JSONResponse, Response
@@ -112,6 +114,11 @@ def create_app(ctl: Controller) -> FastAPI:
     async def _unknown(_r: Request, e: UnknownObject) -> JSONResponse:
         return _err(404, str(e))
 
+    @app.exception_handler(redis.RedisError)
+    async def _store_down(_r: Request, e: redis.RedisError) -> JSONResponse:
+        log.warning("hard-state store error: %s", e)
+        return _err(503, f"the controller's Redis is unavailable ({e}); retry when it is back")
+
     @app.exception_handler(RolloutError)
     async def _conflict(_r: Request, e: RolloutError) -> JSONResponse:
         return _err(409, str(e))
@@ -166,13 +173,19 @@ def create_app(ctl: Controller) -> FastAPI:
 
     @app.post("/api/bundles")
     async def upload_bundle(request: Request, who: Admin, name: str = "") -> dict[str, Any]:
-        data = await request.body()
+        upload = ctl.bundles.ingest()
         try:
-            digest = ctl.bundles.put(data, request.headers.get("x-bundle-digest"))
+            async for chunk in request.stream():
+                upload.write(chunk)
+        except BaseException:
+            upload.abort()
+            raise
+        try:
+            digest = await asyncio.to_thread(upload.commit, request.headers.get("x-bundle-digest"))
         except ValueError as exc:
             return _err(422, str(exc))
-        await ctl.desired.register_bundle(digest, {"name": name or None, "size": len(data)}, who)
-        return {"digest": digest, "size": len(data)}
+        await ctl.desired.register_bundle(digest, {"name": name or None, "size": upload.size}, who)
+        return {"digest": digest, "size": upload.size}
 
     @app.get("/bundles/{digest}")
     async def download(digest: str, authorization: Annotated[str | None, Header()] = None) -> Any:

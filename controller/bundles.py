@@ -46,27 +46,55 @@ class BundleStore:
         return self.root / digest.removeprefix("sha256:")
 
     def put(self, data: bytes, expect: str | None = None) -> str:
-        """Store an archive; returns its digest.
+        """Store an archive held in memory; see :meth:`ingest` for streams."""
+        w = self.ingest()
+        w.write(data)
+        return w.commit(expect)
 
-        Raises:
-            ValueError: ``expect`` is given and differs from the content's digest, or the
-                bytes are not a tar archive.
-        """
-        digest = "sha256:" + hashlib.sha256(data).hexdigest()
-        if expect is not None and expect != digest:
-            raise ValueError(f"upload digest mismatch: declared {expect}, content is {digest}")
-        try:
-            with tarfile.open(fileobj=io.BytesIO(data)) as tar:
-                tar.getmembers()
-        except tarfile.TarError as exc:
-            raise ValueError(f"a bundle must be a tar archive: {exc}") from None
-        dest = self.path(digest)
-        if not dest.exists():
-            fd, tmp = tempfile.mkstemp(dir=self.root)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, dest)
-        return digest
+    def ingest(self) -> BundleUpload:
+        """An upload written to disk as it arrives (bundles are hundreds of MB)."""
+        return BundleUpload(self)
 
     def has(self, digest: str) -> bool:
         return self.path(digest).exists()
+
+
+class BundleUpload:
+    """Hashes while writing to a temp file; :meth:`commit` checks and files it by digest."""
+
+    def __init__(self, store: BundleStore) -> None:
+        self.store = store
+        self.hash = hashlib.sha256()
+        self.size = 0
+        fd, self.tmp = tempfile.mkstemp(dir=store.root, suffix=".upload")
+        self.file = os.fdopen(fd, "wb")
+
+    def write(self, chunk: bytes) -> None:
+        self.hash.update(chunk)
+        self.size += len(chunk)
+        self.file.write(chunk)
+
+    def abort(self) -> None:
+        self.file.close()
+        Path(self.tmp).unlink(missing_ok=True)
+
+    def commit(self, expect: str | None = None) -> str:
+        """File the upload; returns its digest.
+
+        Raises:
+            ValueError: ``expect`` differs from the content's digest, or it is not a tar.
+        """
+        self.file.close()
+        digest = "sha256:" + self.hash.hexdigest()
+        try:
+            if expect is not None and expect != digest:
+                raise ValueError(f"upload digest mismatch: declared {expect}, content is {digest}")
+            try:
+                with tarfile.open(self.tmp) as tar:
+                    tar.getmembers()
+            except tarfile.TarError as exc:
+                raise ValueError(f"a bundle must be a tar archive: {exc}") from None
+            os.replace(self.tmp, self.store.path(digest))
+        finally:
+            Path(self.tmp).unlink(missing_ok=True)
+        return digest

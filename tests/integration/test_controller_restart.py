@@ -101,3 +101,71 @@ def test_kill9_loses_no_desired_state_and_agents_resync(tmp_path: Path) -> None:
             await store.close()
 
         asyncio.run(drop())
+
+
+def test_rollout_in_progress_survives_kill9_and_completes(tmp_path: Path) -> None:
+    ns = new_namespace()
+    v1, v2 = make_bundle(tmp_path, "v1"), make_bundle(tmp_path, "v2")
+    sites = [f"sub-{i:03d}" for i in range(4)]
+    spec = {
+        "tenants": {"grid": {"bundle": "v1"}},
+        "bundles": {"v1": {"digest": digest_of(v1)}, "v2": {"digest": digest_of(v2)}},
+        "sites": [{"id": s, "tenant": "grid"} for s in sites],
+    }
+    cp = ControllerProcess(
+        {
+            "namespace": ns,
+            "spec": spec,
+            "rollout_tick_s": 0.2,
+            "bundle_dir": str(tmp_path / "store"),
+        },
+        tmp_path,
+    )
+    agents = None
+    try:
+        cp.start()
+        with cp.api() as api:
+            for data in (v1, v2):
+                assert api.post("/api/bundles", content=data).status_code == 200
+        agents = Agents(cp.target, sites, tmp_path / "agents")
+        on_v2 = lambda: {s for s, h in agents.handlers.items() if h.active == digest_of(v2)}  # noqa: E731
+        wait_for(lambda: all(h.active == digest_of(v1) for h in agents.handlers.values()))
+        plan = {
+            "id": "crash",
+            "bundle": "v2",
+            "waves": [50, 100],
+            "gate": {"bake_s": 3, "min_requests": 50},
+        }
+        with cp.api() as api:
+            assert api.post("/api/rollouts", json=plan).status_code == 201
+        wait_for(lambda: len(on_v2()) == 2, what="first wave on v2")
+        canaries = on_v2()
+
+        cp.kill9()
+        cp.start()
+
+        with cp.api() as api:
+            r = api.get("/api/rollouts/crash").json()
+            assert r["status"] == "running"
+            assert set(r["wave_sites"]) == canaries
+            wait_for(
+                lambda: api.get("/api/rollouts/crash").json()["status"] == "completed",
+                40,
+                "the resumed rollout to complete",
+            )
+            r = api.get("/api/rollouts/crash").json()
+        assert on_v2() == set(sites)
+        whats = [e["what"] for e in r["history"]]
+        assert whats.count("rollout.start") == 1
+        assert whats[-1] == "rollout.completed"
+    finally:
+        if agents is not None:
+            agents.close()
+        cp.stop()
+
+        async def drop() -> None:
+            store = ControllerStore("redis://127.0.0.1:6379/0", ns)
+            await store.drop_all()
+            await store.close()
+
+        asyncio.run(drop())

@@ -187,3 +187,23 @@ def test_bundle_with_a_wrong_digest_is_refused_and_reported(
     with rc.api() as api:
         audit = api.get("/api/audit").json()
     assert any(e["what"] == "bundle.refused" and e["site"] == "sub-003" for e in audit)
+
+
+def test_bad_uploads_are_refused(fleet: dict[str, Any]) -> None:
+    with fleet["rc"].api() as api:
+        r = api.post("/api/bundles", content=b"not a tar archive" * 100)
+        assert r.status_code == 422
+        assert "tar archive" in r.json()["error"]
+        r = api.post(
+            "/api/bundles",
+            content=make_bundle(Path(fleet["rc"].config.bundle_dir).parent, "v9"),
+            headers={"x-bundle-digest": "sha256:" + "0" * 64},
+        )
+        assert r.status_code == 422
+        assert "digest mismatch" in r.json()["error"]
+        r = api.put("/api/sites/sub-001/bundle", json={"bundle": "nope"})
+        assert r.status_code == 404
+        assert "unknown bundle 'nope'" in r.json()["error"]
+        r = api.post("/api/rollouts", json={"id": "x", "bundle": "v2", "waves": [50]})
+        assert r.status_code == 422
+    assert not list(Path(fleet["rc"].config.bundle_dir).glob("*.upload"))

@@ -195,3 +195,69 @@ def test_reconnecting_agent_resyncs(
         )
     finally:
         again.close()
+
+
+def test_commands_reach_the_agent_and_offline_sites_get_409(
+    controller: RunningController, agents: Agents
+) -> None:
+    wait_for(agents.connected, what="agents to register")
+    with controller.api() as api:
+        r = api.post(
+            "/api/sites/sub-002/commands",
+            json={"name": "recalibrate", "args": {"target_escalation": "0.1"}},
+        )
+        assert r.status_code == 200, r.text
+        h = agents.handlers["sub-002"]
+        wait_for(lambda: h.commands, what="the command")
+        assert h.commands == [("recalibrate", {"target_escalation": "0.1"})]
+        r = api.post("/api/sites/sub-002/commands", json={"name": "format-disk"})
+        assert r.status_code == 422
+        assert r.json()["details"][0]["field"] == "body.name"
+        agents.close()
+        wait_for(lambda: controller.status()["totals"]["connected"] == 0, what="disconnect")
+        r = api.post("/api/sites/sub-002/commands", json={"name": "reload"})
+        assert r.status_code == 409
+        assert "no connected agent" in r.json()["error"]
+
+
+def test_metrics_and_request_log(controller: RunningController, agents: Agents) -> None:
+    wait_for(agents.connected, what="agents to register")
+    with controller.api() as api:
+        api.put("/api/policies/global", json={"policy": {"deadline_ms": 9000}})
+        wait_for(
+            lambda: all(s["policy_version"] > 0 for s in controller.status()["sites"]), what="acks"
+        )
+        text = api.get("/metrics").text
+    assert "fleetvl_controller_agents_connected 4.0" in text
+    assert 'fleetvl_controller_pushes_total{kind="policies"}' in text
+    assert 'fleetvl_controller_push_ack_seconds_count{kind="policies"}' in text
+    assert "fleetvl_controller_heartbeats_total" in text
+
+
+def test_redis_outage_refuses_writes_and_keeps_sessions(tmp_path: Path) -> None:
+    from tests.redis_servers import RedisServer
+
+    server = RedisServer().start()
+    rc = RunningController(
+        {
+            "namespace": "test-outage",
+            "spec": fleet_spec(),
+            "redis_url": server.url,
+            "bundle_dir": str(tmp_path / "store"),
+        }
+    )
+    agents = Agents(rc.target, ["sub-001"], tmp_path / "agents")
+    try:
+        wait_for(agents.connected, what="agent to register")
+        server.stop()
+        with rc.api() as api:
+            r = api.put("/api/policies/global", json={"policy": {"deadline_ms": 3000}})
+            assert r.status_code == 503
+            assert "Redis is unavailable" in r.json()["error"]
+            # Nothing half-applied: the agent still has the old policy; status still works.
+            assert api.get("/api/status").json()["totals"]["connected"] == 1
+        assert agents.handlers["sub-001"].last_policy()["global"]["deadline_ms"] == 8000
+    finally:
+        agents.close()
+        rc.close()
+        server.stop()
