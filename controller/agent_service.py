@@ -70,7 +70,11 @@ class Pusher:
         if ref is not None and ref.digest != s.sent_bundle:
             s.sent_bundle = ref.digest
             if ref.digest != s.active_bundle:
-                b = cpb.BundleAssignment(digest=ref.digest, url=ref.url or "", size=ref.size or 0)
+                url = ref.url or ""
+                own = url.startswith(self.desired.bundle_base_url + "/bundles/")
+                b = cpb.BundleAssignment(
+                    digest=ref.digest, url=url, size=ref.size or 0, send_credential=own
+                )
                 self._send(
                     s,
                     cpb.ControllerMessage(bundle=b),

@@ -41,6 +41,11 @@ class ControlClientConfig(BaseModel):
     reconnect_min_s: float = Field(0.2, gt=0, description="First reconnect delay.")
     reconnect_max_s: float = Field(10.0, gt=0, description="Reconnect delay cap (backoff).")
     download_timeout_s: float = Field(120.0, gt=0, description="Bundle download socket timeout.")
+    active_bundle: str | None = Field(
+        None,
+        description="Digest of the bundle the agent serves at start (e.g. from site.yaml), so "
+        "the controller does not send it again.",
+    )
 
 
 @runtime_checkable
@@ -82,7 +87,7 @@ class ControlClient:
     def __init__(self, config: ControlClientConfig, handler: ControlHandler) -> None:
         self.config = config
         self.handler = handler
-        self.active_bundle = ""
+        self.active_bundle = config.active_bundle or ""
         self.policy_version = 0
         self.connected = asyncio.Event()
         self.sessions = 0  # successful registrations (reconnects counted)
@@ -246,7 +251,7 @@ class ControlClient:
                     b.url,
                     b.digest,
                     self.config.bundle_dir,
-                    self.config.token,
+                    self.config.token if b.send_credential else None,
                     self.config.download_timeout_s,
                 )
             except BundleRefused as exc:

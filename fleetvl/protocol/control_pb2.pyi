@@ -97,16 +97,18 @@ class PolicyPush(_message.Message):
     def __init__(self, version: _Optional[int] = ..., layers_json: _Optional[str] = ...) -> None: ...
 
 class BundleAssignment(_message.Message):
-    __slots__ = ("digest", "url", "size", "rollout")
+    __slots__ = ("digest", "url", "size", "rollout", "send_credential")
     DIGEST_FIELD_NUMBER: _ClassVar[int]
     URL_FIELD_NUMBER: _ClassVar[int]
     SIZE_FIELD_NUMBER: _ClassVar[int]
     ROLLOUT_FIELD_NUMBER: _ClassVar[int]
+    SEND_CREDENTIAL_FIELD_NUMBER: _ClassVar[int]
     digest: str
     url: str
     size: int
     rollout: str
-    def __init__(self, digest: _Optional[str] = ..., url: _Optional[str] = ..., size: _Optional[int] = ..., rollout: _Optional[str] = ...) -> None: ...
+    send_credential: bool
+    def __init__(self, digest: _Optional[str] = ..., url: _Optional[str] = ..., size: _Optional[int] = ..., rollout: _Optional[str] = ..., send_credential: _Optional[bool] = ...) -> None: ...
 
 class Command(_message.Message):
     __slots__ = ("name", "args")
