@@ -103,7 +103,6 @@ class ControlServicer(cpb_grpc.ControlServicer):
         self.store = store
         self.controller_id = controller_id
         self.heartbeat_s = heartbeat_s
-        self._tasks: set[asyncio.Task[Any]] = set()
 
     async def Connect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[cpb.AgentMessage], context: grpc.aio.ServicerContext
@@ -190,6 +189,7 @@ class ControlServicer(cpb_grpc.ControlServicer):
                 s.active_bundle, s.bundle_error = p.digest, None
             else:
                 s.bundle_error = {"digest": p.digest, "error": ack.error, "ts": time.time()}
+                s.sent_bundle = ""  # the next change (e.g. a re-assignment) tries again
                 await self.store.audit(
                     f"agent:{s.site}", "bundle.refused", ack.error, site=s.site, digest=p.digest
                 )

@@ -253,8 +253,22 @@ class ControlClient:
                     self.config.bundle_dir,
                     self.config.token if b.send_credential else None,
                     self.config.download_timeout_s,
+                    _Progress(b.digest),
                 )
             except BundleRefused as exc:
                 raise RuntimeError(f"bundle refused: {exc}") from None
             await asyncio.to_thread(self.handler.install_bundle, path, b.digest)
             self.active_bundle = b.digest
+
+
+class _Progress:
+    """Logs a bundle download every 10% (bundles are hundreds of MB on thin site uplinks)."""
+
+    def __init__(self, digest: str) -> None:
+        self.digest = digest[:19]
+        self.next = 0.1
+
+    def __call__(self, done: int, total: int) -> None:
+        if total and done / total >= self.next:
+            log.info("bundle %s: %d%% of %d MB", self.digest, 100 * done // total, total >> 20)
+            self.next = (done / total // 0.1 + 1) * 0.1

@@ -8,6 +8,7 @@ import shutil
 import tarfile
 import tempfile
 import urllib.request
+from collections.abc import Callable
 from pathlib import Path
 
 __all__ = ["BundleRefused", "fetch_bundle"]
@@ -20,12 +21,18 @@ class BundleRefused(Exception):
 
 
 def fetch_bundle(
-    url: str, digest: str, bundle_dir: Path, token: str | None = None, timeout_s: float = 60.0
+    url: str,
+    digest: str,
+    bundle_dir: Path,
+    token: str | None = None,
+    timeout_s: float = 60.0,
+    progress: Callable[[int, int], None] | None = None,
 ) -> Path:
     """Download ``url`` to ``bundle_dir/<hex>``; returns that directory.
 
-    Already unpacked bundles are reused. The archive is hashed while it streams to a temp
-    file and unpacked only if the hash equals ``digest``.
+    Already unpacked bundles are reused. The archive is hashed while it streams to a temp file
+    and unpacked only if the hash equals ``digest``. ``progress(bytes_done, bytes_total)`` is
+    called as the download advances (total 0 when the server sends no length).
 
     Raises:
         BundleRefused: with the reason (expected vs actual digest, HTTP error, bad archive).
@@ -43,9 +50,13 @@ def fetch_bundle(
     fd, tmp = tempfile.mkstemp(dir=bundle_dir, suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f, urllib.request.urlopen(req, timeout=timeout_s) as resp:  # noqa: S310
+            total, done = int(resp.headers.get("Content-Length") or 0), 0
             while chunk := resp.read(CHUNK):
                 h.update(chunk)
                 f.write(chunk)
+                done += len(chunk)
+                if progress is not None:
+                    progress(done, total)
         actual = "sha256:" + h.hexdigest()
         if actual != digest:
             raise BundleRefused(f"digest mismatch: expected {digest}, downloaded {actual}")
