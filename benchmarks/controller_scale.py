@@ -318,7 +318,7 @@ def main() -> None:
     if args.agent_worker:
         asyncio.run(_worker(args.target, args.sites.split(","), args.heartbeat_s, args.out))
         return
-    idle_s, changes, gap_s = (15.0, 5, 1.0) if args.quick else (60.0, 20, 2.0)
+    idle_s, changes, gap_s = (15.0, 5, 1.0) if args.quick else (60.0, 50, 1.0)
     results = []
     for n in (int(x) for x in args.variants.split(",")):
         print(f"variant: {n} agents, heartbeat every {args.heartbeat_s} s", flush=True)

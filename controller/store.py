@@ -22,7 +22,10 @@ class ControllerStore:
     """Async access to the controller's Redis keys (one instance per controller process)."""
 
     def __init__(self, url: str, namespace: str) -> None:
-        self.redis = aioredis.from_url(url, decode_responses=True)
+        # Bounded waits: a hung Redis must turn into a 503, not an admin call that never ends.
+        self.redis = aioredis.from_url(
+            url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=2.0
+        )
         self.prefix = f"fleetvl:ctl:{namespace}:"
 
     def _k(self, name: str) -> str:
