@@ -135,7 +135,11 @@ def create_app(ctl: Controller) -> FastAPI:
     async def status_page(authorization: Annotated[str | None, Header()] = None) -> Response:
         if not ctl.config.status_page_public and not _ok_token(authorization):
             return _err(401, "the status page needs the admin token (or status_page_public)")
-        return HTMLResponse(render_status(ctl.status()))
+        try:
+            audit = await ctl.store.audit_log(10)
+        except redis.RedisError:  # the page still shows the fleet while Redis is away
+            audit = []
+        return HTMLResponse(render_status(ctl.status(), audit=audit))
 
     @app.get("/api/status")
     async def status(_who: Admin) -> dict[str, Any]:

@@ -60,7 +60,11 @@ border-radius:5px;overflow:hidden;display:inline-block;vertical-align:middle}
  <span class="badge warn">→ {{ x.desired_bundle_name }}</span>{% endif %}</td>
 <td class="num">{{ x.rpm }}</td><td class="num">{{ x.esc }}</td>
 <td class="num">{{ x.sla }}</td><td class="num">{{ x.p95 }}</td></tr>{% endfor %}
-</table></body></html>"""
+</table>
+<h2>Recent changes</h2>
+<table id="audit"><tr><th>When</th><th>Who</th><th>What</th><th>Why</th></tr>
+{% for e in events %}<tr><td>{{ e.when }}</td><td>{{ e.who }}</td><td>{{ e.what }}</td>
+<td>{{ e.why }}</td></tr>{% endfor %}</table></body></html>"""
 
 _env = Environment(autoescape=True)
 _tmpl = _env.from_string(_TEMPLATE)
@@ -100,8 +104,12 @@ def _site_row(x: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def render_status(status: dict[str, Any], names: dict[str, str] | None = None) -> str:
-    """HTML for ``Controller.status()``."""
+def render_status(
+    status: dict[str, Any],
+    names: dict[str, str] | None = None,
+    audit: list[dict[str, Any]] | None = None,
+) -> str:
+    """HTML for ``Controller.status()`` and the newest audit entries (newest first)."""
     rollouts = []
     for r in status["rollouts"]:
         p = r["progress"]
@@ -117,4 +125,8 @@ def render_status(status: dict[str, Any], names: dict[str, str] | None = None) -
         )
     s = {**status, "rollouts": rollouts, "sites": [_site_row(x) for x in status["sites"]]}
     now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(status["ts"]))
-    return _tmpl.render(s=s, now=now)
+    events = [
+        {**e, "when": time.strftime("%H:%M:%S", time.gmtime(e["ts"])), "why": str(e["why"])[:100]}
+        for e in reversed(audit or [])
+    ]
+    return _tmpl.render(s=s, now=now, events=events)

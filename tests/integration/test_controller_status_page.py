@@ -129,7 +129,7 @@ def test_status_page_in_headless_chromium(
     )
 
     shot = tmp_path / "controller_status.png"
-    _chromium(chromium, tmp_path, rc.url + "/", f"--screenshot={shot}", "--window-size=1400,700")
+    _chromium(chromium, tmp_path, rc.url + "/", f"--screenshot={shot}", "--window-size=1400,960")
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert shot.stat().st_size > 20_000  # a rendered table, not a blank page
     if os.environ.get("FLEETVL_KEEP_SCREENSHOT"):
@@ -169,6 +169,8 @@ def test_status_page_in_headless_chromium(
     assert "99.0%" in p.rows["store-001"]  # SLA attainment
     assert "running" in p.rows["int4-v2"]
     assert "1 / 2 (34%)" in p.rows["int4-v2"]
+    assert "rollout.start" in dom  # the recent-changes table names what happened
+    assert "admin:admin" in dom
     assert "2 / 4 sites" in p.rows["int4-v2"]  # 34% of grid's 4 substations, rounded up
     # Canaries run the new bundle, or (offline sub-004) show it as pending with an arrow.
     canaries = [s for s, row in p.rows.items() if any("edge-int4-v2" in x for x in row)]
