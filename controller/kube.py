@@ -3,7 +3,8 @@
 The official ``kubernetes`` client lists each kind, then watches from the list's
 ``resourceVersion`` (re-listing on ``410 Gone``). The resources are layered over the file
 spec (the Helm ConfigMap): an ``EdgeSite`` named like a file site replaces it; an
-``SlaPolicy`` sets the global, a tenant's or a site's policy. Objects that do not validate are
+``SlaPolicy`` sets fields of the global, a tenant's or a site's policy (fields it does not
+name keep the file's values). Objects that do not validate are
 skipped with a log line naming the object and the reason; the rest of the fleet still applies.
 
 ``EdgeSite`` spec: ``{tenant, kind, tags, location, bundle, tokenSha256}`` (name = site id).
@@ -57,9 +58,10 @@ def merge_resources(
         if level == "global":
             data["global_policy"] = {**data["global_policy"], **policy}
         elif level == "tenant" and target in data["tenants"]:
-            data["tenants"][target]["policy"] = policy
+            t = data["tenants"][target]
+            t["policy"] = {**(t.get("policy") or {}), **policy}
         elif level == "site" and target in sites:
-            sites[target]["policy"] = policy
+            sites[target]["policy"] = {**(sites[target].get("policy") or {}), **policy}
         else:
             problems.append(f"SlaPolicy {name}: level {level!r} target {target!r} is unknown")
     try:

@@ -152,3 +152,32 @@ def test_status_page_escapes_what_operators_typed() -> None:
     )
     assert "<script>alert" not in html
     assert "&lt;script&gt;" in html
+
+
+def test_example_custom_resources_match_the_models() -> None:
+    import yaml
+
+    from controller.kube import merge_resources
+
+    crds = {
+        d["spec"]["names"]["plural"]: d
+        for d in yaml.safe_load_all((ROOT / "examples" / "kube" / "crds.yaml").read_text())
+    }
+    props = crds["edgesites"]["spec"]["versions"][0]["schema"]["openAPIV3Schema"]["properties"]
+    crd_fields = set(props["spec"]["properties"]) | {"id"}
+    model_fields = {"tokenSha256" if f == "token_sha256" else f for f in SiteSpec.model_fields}
+    assert crd_fields == model_fields
+    objs = list(yaml.safe_load_all((ROOT / "examples" / "kube" / "objects.yaml").read_text()))
+    by_plural: dict[str, dict[str, Any]] = {"edgesites": {}, "slapolicies": {}}
+    for o in objs:
+        plural = "edgesites" if o["kind"] == "EdgeSite" else "slapolicies"
+        by_plural[plural][o["metadata"]["name"]] = o
+    spec, problems = merge_resources(load_spec(ROOT / "examples" / "fleet.yaml"), by_plural)
+    assert problems == []
+    hull = spec.site("sub-hull-07")
+    assert hull is not None
+    assert hull.policy is not None
+    assert hull.policy.deadline_ms == 3000
+    assert spec.tenants["northgrid"].policy is not None
+    assert spec.tenants["northgrid"].policy.residency == "edge_only"
+    assert spec.tenants["northgrid"].policy.min_confidence == 0.7  # the file's field stays
