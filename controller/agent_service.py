@@ -96,6 +96,7 @@ class ControlServicer(cpb_grpc.ControlServicer):
         store: ControllerStore,
         controller_id: str,
         heartbeat_s: float,
+        site_identity: bool = False,
     ) -> None:
         self.desired = desired
         self.registry = registry
@@ -103,6 +104,7 @@ class ControlServicer(cpb_grpc.ControlServicer):
         self.store = store
         self.controller_id = controller_id
         self.heartbeat_s = heartbeat_s
+        self.site_identity = site_identity
 
     async def Connect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[cpb.AgentMessage], context: grpc.aio.ServicerContext
@@ -150,6 +152,20 @@ class ControlServicer(cpb_grpc.ControlServicer):
         except UnknownObject as exc:
             m.SESSIONS.labels("unknown_site").inc()
             await context.abort(grpc.StatusCode.NOT_FOUND, str(exc))
+        if self.site_identity:
+            auth = context.auth_context() or {}
+            names = {
+                v.decode()
+                for k in ("x509_common_name", "x509_subject_alternative_name")
+                for v in auth.get(k, [])
+            }
+            if site_id not in names:
+                m.SESSIONS.labels("wrong_identity").inc()
+                await context.abort(
+                    grpc.StatusCode.PERMISSION_DENIED,
+                    f"the client certificate ({sorted(names) or 'none'}) is not for site "
+                    f"{site_id!r}",
+                )
         if site.token_sha256 is None:
             return
         md = dict(context.invocation_metadata() or ())

@@ -29,6 +29,11 @@ class TlsConfig(_Strict):
     client_ca_file: str | None = Field(
         None, description="Set: agents must present a certificate signed by this CA (mTLS)."
     )
+    site_identity: bool = Field(
+        False,
+        description="With mTLS: the client certificate's common name or a DNS SAN must equal "
+        "the site id the agent registers as (one site's certificate cannot speak for another).",
+    )
 
 
 class KubeConfig(_Strict):

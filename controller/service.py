@@ -38,7 +38,13 @@ class Controller:
         self.rollouts = RolloutManager(self.desired, self.registry, self.store)
         self.bundles = BundleStore(config.bundle_dir)
         self.servicer = ControlServicer(
-            self.desired, self.registry, self.pusher, self.store, self.id, config.heartbeat_s
+            self.desired,
+            self.registry,
+            self.pusher,
+            self.store,
+            self.id,
+            config.heartbeat_s,
+            site_identity=bool(config.tls and config.tls.site_identity),
         )
         self._ticker: asyncio.Task[None] | None = None
         self.base_spec = self.desired.spec

@@ -81,11 +81,15 @@ def test_agents_need_a_client_certificate_under_mtls(tmp_path: Path) -> None:
         {
             "namespace": ns,
             "bundle_dir": str(tmp_path / "store"),
-            "spec": {"tenants": {"t": {}}, "sites": [{"id": "sub-001", "tenant": "t"}]},
+            "spec": {
+                "tenants": {"t": {}},
+                "sites": [{"id": "sub-001", "tenant": "t"}, {"id": "sub-002", "tenant": "t"}],
+            },
             "tls": {
                 "cert_file": str(pki["srv.pem"]),
                 "key_file": str(pki["srv.key"]),
                 "client_ca_file": str(pki["ca.pem"]),
+                "site_identity": True,
             },
         }
     )
@@ -100,8 +104,22 @@ def test_agents_need_a_client_certificate_under_mtls(tmp_path: Path) -> None:
         )
         plain = Agents(rc.target, ["sub-001"], tmp_path / "plain")
         no_cert = Agents(rc.target, ["sub-001"], tmp_path / "nocert", tls_ca_file=pki["ca.pem"])
+        # sub-001's certificate used to register as sub-002.
+        other = Agents(
+            rc.target,
+            ["sub-002"],
+            tmp_path / "other",
+            tls_ca_file=pki["ca.pem"],
+            tls_cert_file=pki["cli.pem"],
+            tls_key_file=pki["cli.key"],
+        )
         try:
             wait_for(good.connected, what="the agent with a client certificate")
+            c2 = other.clients["sub-002"]
+            wait_for(lambda: c2.attempts >= 2, what="impersonation attempts")
+            assert c2.sessions == 0
+            assert c2.last_error.startswith("PERMISSION_DENIED")
+            assert "not for site 'sub-002'" in c2.last_error
             wait_for(lambda: good.handlers["sub-001"].last_policy(), what="policies over mTLS")
             for a in (plain, no_cert):
                 c = a.clients["sub-001"]
@@ -109,7 +127,7 @@ def test_agents_need_a_client_certificate_under_mtls(tmp_path: Path) -> None:
                 assert c.sessions == 0
                 assert "UNAVAILABLE" in c.last_error
         finally:
-            for a in (good, plain, no_cert):
+            for a in (good, plain, no_cert, other):
                 a.close()
     finally:
         rc.close()
