@@ -158,34 +158,48 @@ class DesiredState:
         await self._changed(affected)
         return self.policy_version
 
+    def _clamps(self, sites: set[str]) -> dict[tuple[str, str, str], Any]:
+        out = {}
+        for sid in sites:
+            site = self.site(sid)
+            r = resolve_policy(
+                self.global_policy(),
+                tenant=self.tenant_policy(site.tenant),
+                site=self.site_policy(site),
+            )
+            out.update({(sid, c.field, c.level.value): c for c in r.clamps})
+        return out
+
     def _check_clamps(
         self, key: str, value: dict[str, Any] | None, affected: set[str] | None
     ) -> None:
-        before = self.policies.get(key)
+        """Refuse a write that would make the router clamp some site's residency.
+
+        Only clamps this write introduces count (a spec that already clamps a site must not
+        block unrelated writes). The write is tried on the live dict and restored; nothing
+        awaits in between, so no other task sees it.
+        """
         if value is None:
             return
+        sites = affected if affected is not None else set(self.sites())
+        old = self._clamps(sites)
+        before = self.policies.get(key)
         self.policies[key] = value
         try:
-            for sid in affected if affected is not None else set(self.sites()):
-                site = self.site(sid)
-                r = resolve_policy(
-                    self.global_policy(),
-                    tenant=self.tenant_policy(site.tenant),
-                    site=self.site_policy(site),
-                )
-                if r.clamps:
-                    c = r.clamps[0]
-                    raise PolicyError(
-                        c.field,
-                        f"{c.level.value} policy for site {sid!r} sets {c.requested!r}, looser "
-                        f"than {c.kept!r} from the {c.kept_from.value} policy; residency can "
-                        "only be tightened",
-                    )
+            new = self._clamps(sites)
         finally:
             if before is None:
                 self.policies.pop(key, None)
             else:
                 self.policies[key] = before
+        for k, c in new.items():
+            if k not in old:
+                raise PolicyError(
+                    c.field,
+                    f"{c.level.value} policy for site {k[0]!r} sets {c.requested!r}, looser "
+                    f"than {c.kept!r} from the {c.kept_from.value} policy; residency can only "
+                    "be tightened",
+                )
 
     # -- bundles -----------------------------------------------------------------------
     def bundle_ref(self, name_or_digest: str) -> BundleRef:

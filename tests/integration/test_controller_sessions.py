@@ -261,3 +261,25 @@ def test_redis_outage_refuses_writes_and_keeps_sessions(tmp_path: Path) -> None:
         agents.close()
         rc.close()
         server.stop()
+
+
+def test_a_clamp_already_in_the_spec_does_not_block_other_writes(
+    namespace: str, tmp_path: Path
+) -> None:
+    spec = fleet_spec(**{"sub-001": {"policy": {"residency": "cloud_ok"}}})
+    spec["tenants"]["grid"]["policy"] = {"residency": "edge_only"}  # sub-001 is clamped
+    rc = RunningController(
+        {"namespace": namespace, "spec": spec, "bundle_dir": str(tmp_path / "store")}
+    )
+    try:
+        with rc.api() as api:
+            assert api.get("/api/sites/sub-001/policy").json()["resolved"]["residency"] == (
+                "edge_only"
+            )
+            r = api.put("/api/policies/global", json={"policy": {"deadline_ms": 5000}})
+            assert r.status_code == 200, r.text
+            r = api.put("/api/policies/site/sub-002", json={"policy": {"residency": "cloud_ok"}})
+            assert r.status_code == 422
+            assert "sub-002" in r.json()["error"]
+    finally:
+        rc.close()
