@@ -272,9 +272,7 @@ class RolloutManager:
             s = self.registry.sessions.get(site)
             if s is None:
                 continue
-            for x in s.samples:
-                if x.ts < since:
-                    continue
+            for x in s.since(since):
                 if site in wave and x.bundle == r.digest:
                     canary.append(x)
                 elif site not in wave and x.bundle != r.digest:

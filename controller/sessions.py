@@ -58,8 +58,19 @@ class AgentSession:
     queue: asyncio.Queue[cpb.ControllerMessage | None] = field(default_factory=asyncio.Queue)
     generation: int = 0  # distinguishes a reconnect's session from the one it replaced
 
+    def since(self, t: float) -> list[MetricSample]:
+        """Samples received at or after ``t``, oldest first (scans only those: the window
+        holds an hour and the status page and rollout gate ask every second)."""
+        out = []
+        for x in reversed(self.samples):
+            if x.ts < t:
+                break
+            out.append(x)
+        out.reverse()
+        return out
+
     def recent(self, seconds: float, now: float) -> list[MetricSample]:
-        return [s for s in self.samples if s.ts >= now - seconds]
+        return self.since(now - seconds)
 
     def public(self, now: float, stale_after_s: float) -> dict[str, Any]:
         """The status view of this site's agent."""

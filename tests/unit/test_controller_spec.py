@@ -181,3 +181,14 @@ def test_example_custom_resources_match_the_models() -> None:
     assert spec.tenants["northgrid"].policy is not None
     assert spec.tenants["northgrid"].policy.residency == "edge_only"
     assert spec.tenants["northgrid"].policy.min_confidence == 0.7  # the file's field stays
+
+
+def test_session_window_since() -> None:
+    from controller.sessions import AgentSession
+
+    s = AgentSession(site="s1")
+    for t in range(10):
+        s.samples.append(MetricSample(float(t), "b", 1, 0, 0, 1, 1))
+    assert [x.ts for x in s.since(7.0)] == [7.0, 8.0, 9.0]
+    assert s.since(100.0) == []
+    assert len(s.recent(60.0, now=9.0)) == 10
