@@ -196,7 +196,10 @@ class RolloutManager:
     async def _revert(self, r: RolloutState, status: Status, who: str, why: str) -> None:
         r.status = status
         await self._save(r, who, status, why, sites=r.wave_sites)
-        await self.desired.assign({s: r.previous.get(s) for s in r.wave_sites}, who, why)
+        known = self.desired.sites()  # a site removed from the spec meanwhile has nothing to revert
+        await self.desired.assign(
+            {s: r.previous.get(s) for s in r.wave_sites if s in known}, who, why
+        )
 
     async def tick(self) -> None:
         """Advance every running rollout by what the agents report now."""
