@@ -125,6 +125,75 @@ def _cmd_router_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_controller_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from controller.config import ControllerConfig
+    from controller.main import serve
+
+    # One JSON line per request/session event on stdout; the rest on stderr.
+    ctl_log = logging.getLogger("fleetvl.controller")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    ctl_log.addHandler(handler)
+    ctl_log.setLevel(logging.INFO)
+    ctl_log.propagate = False
+    try:
+        config = ControllerConfig.load(args.config)
+    except ValidationError as exc:
+        print(f"error: invalid controller config {args.config}:\n{exc}", file=sys.stderr)
+        return 2
+    try:
+        config.fleet_spec()  # fail before listening, with the spec's own message
+    except ValidationError as exc:
+        print(f"error: invalid fleet spec:\n{exc}", file=sys.stderr)
+        return 2
+    import redis
+
+    try:
+        asyncio.run(serve(config))
+    except redis.ConnectionError as exc:
+        print(f"error: cannot reach Redis at {config.redis_url}: {exc}", file=sys.stderr)
+        return 2
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_controller_check(args: argparse.Namespace) -> int:
+    from pydantic import ValidationError
+
+    from controller.spec import load_spec
+    from fleetvl.policy import resolve_policy
+
+    try:
+        spec = load_spec(args.spec)
+    except ValidationError as exc:
+        print(f"error: invalid fleet spec {args.spec}:\n{exc}", file=sys.stderr)
+        return 2
+    problems = 0
+    for site in spec.sites:
+        tenant = spec.tenants[site.tenant]
+        r = resolve_policy(spec.global_policy, tenant=tenant.policy, site=site.policy)
+        bundle = site.bundle or tenant.bundle or "-"
+        p = r.policy
+        print(
+            f"{site.id:<24} {site.tenant:<14} {site.kind:<14} bundle={bundle:<16} "
+            f"deadline={p.deadline_ms}ms residency={p.residency.value}"
+        )
+        for c in r.clamps:
+            problems += 1
+            print(f"  clamp: {c.level.value} sets {c.field}={c.requested!r}, kept {c.kept!r}")
+    print(
+        f"{len(spec.sites)} sites, {len(spec.tenants)} tenants, {len(spec.bundles)} bundles, "
+        f"{len(spec.rollouts)} rollouts; {problems} policy clamps"
+    )
+    return 1 if problems else 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleetvl", description="FleetVL: vision-language serving for fleets"
@@ -171,6 +240,15 @@ def _parser() -> argparse.ArgumentParser:
     rrun.add_argument("--http-port", type=int, default=None, help="override http_port")
     rrun.add_argument("--grpc-port", type=int, default=None, help="override grpc_port (0: off)")
     rrun.set_defaults(func=_cmd_router_run)
+
+    ctl = sub.add_parser("controller", help="the fleet control plane (agents, policies, rollouts)")
+    csub = ctl.add_subparsers(dest="controller_command", required=True)
+    crun = csub.add_parser("run", help="serve agent sessions, the admin API and the status page")
+    crun.add_argument("--config", required=True, help="controller YAML (examples/controller.yaml)")
+    crun.set_defaults(func=_cmd_controller_run)
+    cchk = csub.add_parser("check", help="validate a fleet spec and print each site's policy")
+    cchk.add_argument("spec", help="fleet spec YAML (examples/fleet.yaml)")
+    cchk.set_defaults(func=_cmd_controller_check)
     return p
 
 

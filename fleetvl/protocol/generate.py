@@ -11,6 +11,8 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
 PROTO = "fleetvl/protocol/fleetvl.proto"
+# The control plane (agents <-> controller) has its own package, fleetvl.control.v1.
+PROTOS = (PROTO, "fleetvl/protocol/control.proto")
 
 
 def generate(out_root: Path = ROOT) -> list[Path]:
@@ -24,13 +26,13 @@ def generate(out_root: Path = ROOT) -> list[Path]:
             f"--python_out={out_root}",
             f"--pyi_out={out_root}",
             f"--grpc_python_out={out_root}",
-            str(ROOT / PROTO),
+            *(str(ROOT / p) for p in PROTOS),
         ]
     )
     if rc != 0:
         raise RuntimeError(f"protoc failed with exit code {rc}")
     base = out_root / "fleetvl" / "protocol"
-    return sorted(base.glob("fleetvl_pb2*"))
+    return sorted([*base.glob("fleetvl_pb2*"), *base.glob("control_pb2*")])
 
 
 if __name__ == "__main__":

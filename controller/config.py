@@ -1,0 +1,94 @@
+"""Controller configuration: YAML file, with secrets and the Redis URL from the environment.
+
+``FLEETVL_REDIS_URL`` and ``FLEETVL_CONTROLLER_ADMIN_TOKEN`` override the file (so the Helm
+chart can keep the token in a Secret). The admin token is required: none is ever generated.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, SecretStr
+
+from controller.spec import FleetSpec, load_spec
+
+__all__ = ["ControllerConfig", "KubeConfig", "TlsConfig"]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class TlsConfig(_Strict):
+    cert_file: str = Field(description="Server certificate (PEM) for the agents' gRPC port.")
+    key_file: str = Field(description="Its private key (PEM).")
+    client_ca_file: str | None = Field(
+        None, description="Set: agents must present a certificate signed by this CA (mTLS)."
+    )
+    site_identity: bool = Field(
+        False,
+        description="With mTLS: the client certificate's common name or a DNS SAN must equal "
+        "the site id the agent registers as (one site's certificate cannot speak for another).",
+    )
+
+
+class KubeConfig(_Strict):
+    enabled: bool = Field(False, description="Watch EdgeSite/SlaPolicy custom resources.")
+    namespace: str = Field("default", description="Namespace of the custom resources.")
+    host: str | None = Field(
+        None, description="API server URL; None: in-cluster service account, then kubeconfig."
+    )
+    token: SecretStr | None = Field(None, description="Bearer token for `host`.")
+    group: str = Field("fleetvl.io", description="API group of the custom resources.")
+    version: str = Field("v1alpha1", description="API version of the custom resources.")
+
+
+class ControllerConfig(_Strict):
+    http_host: str = Field("127.0.0.1", description="Admin API / status page listen address.")
+    http_port: int = Field(8090, ge=0, le=65535, description="Admin API port.")
+    grpc_host: str = Field("127.0.0.1", description="Agent sessions listen address.")
+    grpc_port: int = Field(50061, ge=0, le=65535, description="Agent sessions (gRPC) port.")
+    redis_url: str = Field("redis://127.0.0.1:6379/0", description="Hard state store.")
+    namespace: str = Field(
+        "default", pattern=r"^[\w.-]+$", description="Redis key namespace of this fleet."
+    )
+    admin_token: SecretStr = Field(description="Bearer token for the admin API (required).")
+    status_page_public: bool = Field(
+        False, description="Serve the status page (read-only) without the admin token."
+    )
+    spec_file: str | None = Field(None, description="Fleet spec YAML (the ConfigMap's file).")
+    spec: FleetSpec | None = Field(None, description="Inline fleet spec (instead of spec_file).")
+    bundle_dir: str = Field(".cache/controller/bundles", description="Bundle store folder.")
+    public_url: str | None = Field(
+        None, description="Base URL agents download bundles from; default: the admin listener."
+    )
+    heartbeat_s: float = Field(5.0, gt=0, description="Heartbeat interval agents are told.")
+    stale_after_s: float = Field(
+        20.0, gt=0, description="A site without a heartbeat for this long is shown unhealthy."
+    )
+    rollout_tick_s: float = Field(1.0, gt=0, description="How often rollouts are evaluated.")
+    tls: TlsConfig | None = Field(None, description="TLS/mTLS for the agents' gRPC port.")
+    kube: KubeConfig = Field(default_factory=KubeConfig, description="Custom-resource watch.")
+
+    @classmethod
+    def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> ControllerConfig:
+        env = os.environ if env is None else env
+        data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
+        if v := env.get("FLEETVL_REDIS_URL"):
+            data["redis_url"] = v
+        if v := env.get("FLEETVL_CONTROLLER_ADMIN_TOKEN"):
+            data["admin_token"] = v
+        if isinstance(data.get("spec_file"), str) and not Path(data["spec_file"]).is_absolute():
+            data["spec_file"] = str(Path(path).parent / data["spec_file"])
+        return cls.model_validate(data)
+
+    def fleet_spec(self) -> FleetSpec:
+        if self.spec is not None:
+            return self.spec
+        if self.spec_file:
+            return load_spec(self.spec_file)
+        return FleetSpec()

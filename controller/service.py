@@ -1,0 +1,157 @@
+"""The controller's parts wired together (one per process): desired state, sessions, rollouts.
+
+Hard state (Redis): run-time policies, assignments, bundles, sites, rollouts, audit log.
+Soft state (memory): agent sessions and their metrics, rebuilt as agents re-register.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from typing import Any
+
+from controller.agent_service import ControlServicer, Pusher
+from controller.bundles import BundleStore
+from controller.config import ControllerConfig
+from controller.desired import DesiredState
+from controller.rollout import RolloutError, RolloutManager
+from controller.sessions import SessionRegistry
+from controller.store import ControllerStore
+
+__all__ = ["Controller"]
+
+log = logging.getLogger("fleetvl.controller")
+
+
+class Controller:
+    def __init__(self, config: ControllerConfig, bundle_base_url: str) -> None:
+        self.config = config
+        self.id = f"ctl-{uuid.uuid4().hex[:8]}"
+        self.store = ControllerStore(config.redis_url, config.namespace)
+        self.desired = DesiredState(config.fleet_spec(), self.store, bundle_base_url)
+        self.registry = SessionRegistry()
+        self.pusher = Pusher(self.desired, self.registry)
+        self.desired.on_change = self.pusher.on_change
+        self.rollouts = RolloutManager(self.desired, self.registry, self.store)
+        self.bundles = BundleStore(config.bundle_dir)
+        self.servicer = ControlServicer(
+            self.desired,
+            self.registry,
+            self.pusher,
+            self.store,
+            self.id,
+            config.heartbeat_s,
+            site_identity=bool(config.tls and config.tls.site_identity),
+        )
+        self._ticker: asyncio.Task[None] | None = None
+        self.base_spec = self.desired.spec
+        self.kube: Any = None
+        self.kube_problems: list[str] = []
+        self._kube_lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        """Rebuild hard state from Redis, start declared rollouts, begin evaluating them."""
+        await self.store.ping()
+        await self.desired.load()
+        await self.rollouts.load()
+        for plan in self.desired.spec.rollouts:
+            if plan.id not in self.rollouts.rollouts:
+                try:
+                    await self.rollouts.start(plan, "spec", "declared in the fleet spec")
+                except RolloutError as exc:
+                    log.warning("spec rollout not started: %s", exc)
+        self._ticker = asyncio.create_task(self._tick_loop())
+        if self.config.kube.enabled:
+            from controller.kube import CustomResourceWatch
+
+            loop = asyncio.get_running_loop()
+
+            def on_update(objects: dict[str, dict[str, Any]]) -> None:
+                loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._apply_kube(objects)))
+
+            self.kube = CustomResourceWatch(self.config.kube, on_update)
+            self.kube.start()
+
+    async def _apply_kube(self, objects: dict[str, dict[str, Any]]) -> None:
+        from controller.kube import merge_resources
+
+        async with self._kube_lock:
+            spec, problems = merge_resources(self.base_spec, objects)
+            for p in problems:
+                if p not in self.kube_problems:
+                    log.warning("custom resource skipped: %s", p)
+            self.kube_problems = problems
+            if spec != self.desired.spec:
+                n = sum(len(v) for v in objects.values())
+                await self.desired.set_spec(spec, "kube", f"{n} custom resources")
+
+    async def _tick_loop(self) -> None:
+        while True:
+            try:
+                await self.rollouts.tick()
+            except Exception:  # a bad tick must not stop future ones
+                log.exception("rollout tick failed")
+            await asyncio.sleep(self.config.rollout_tick_s)
+
+    async def close(self) -> None:
+        if self.kube is not None:
+            await asyncio.to_thread(self.kube.stop)
+        if self._ticker is not None:
+            self._ticker.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._ticker
+        for s in self.registry.connected():
+            s.queue.put_nowait(None)
+        await self.store.close()
+
+    def status(self) -> dict[str, Any]:
+        """Fleet status: every declared site with its agent's soft state, and rollouts."""
+        now = time.time()
+        sites = []
+        for sid, spec in sorted(self.desired.sites().items()):
+            sess = self.registry.sessions.get(sid)
+            ref = self.desired.assigned_bundle(sid)
+            row: dict[str, Any] = {
+                "id": sid,
+                "tenant": spec.tenant,
+                "kind": spec.kind,
+                "tags": spec.tags,
+                "location": spec.location.name,
+                "desired_bundle": ref.digest if ref else None,
+                "desired_bundle_name": self.desired.bundle_name(ref.digest) if ref else None,
+            }
+            if sess is None:
+                row.update(
+                    connected=False,
+                    healthy=False,
+                    last_heartbeat=None,
+                    active_bundle="",
+                    requests_per_min=0.0,
+                )
+            else:
+                row.update(sess.public(now, self.config.stale_after_s))
+            row["active_bundle_name"] = (
+                self.desired.bundle_name(row["active_bundle"]) if row["active_bundle"] else ""
+            )
+            row["in_sync"] = bool(ref is None or row["active_bundle"] == ref.digest)
+            sites.append(row)
+        rollouts = [
+            r.public(len(self.rollouts.matching(r.plan))) for r in self.rollouts.rollouts.values()
+        ]
+        return {
+            "controller_id": self.id,
+            "ts": now,
+            "policy_version": self.desired.policy_version,
+            "sites": sites,
+            "totals": {
+                "sites": len(sites),
+                "connected": sum(1 for s in sites if s["connected"]),
+                "healthy": sum(1 for s in sites if s["healthy"]),
+            },
+            "rollouts": sorted(
+                rollouts, key=lambda r: r["history"][0]["ts"] if r["history"] else 0
+            ),
+        }
