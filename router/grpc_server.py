@@ -22,8 +22,10 @@ from fleetvl.errors import InputError
 from fleetvl.policy import PolicyError, PolicyOverride
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from router import metrics
 from router.agents import agent_backends, serve_agent_stream
 from router.backends import BackendError, Delta, Final, ImageInput
+from router.idempotency import IdempotencyRecord
 from router.images import check_image
 from router.service import Expired, ModelNotFound, Rejected, RoutedRequest, RouterService, log_line
 
@@ -43,6 +45,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         self.blobs = blobs
         self.keys = service.config.keys()
         self.agents = agent_backends(list(service.backends.values()))
+        self.idempotency = IdempotencyRecord()
 
     async def AgentConnect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.AgentUp], context: grpc.aio.ServicerContext
@@ -70,15 +73,47 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
-        t0 = time.monotonic()
         tenant = self._tenant(context, request.tenant)
         if tenant is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key")
         rid = request.request_id or f"grpc-{uuid.uuid4().hex[:20]}"
         fields: dict[str, Any] = {"id": rid, "api": "grpc", "tenant": tenant,
                                   "site": request.site, "model": request.model}  # fmt: skip
+        key = request.idempotency_key
+        if not key:
+            async for chunk in self._generate(request, context, rid, str(tenant), fields):
+                yield chunk
+            return
+        run, slot = await self.idempotency.claim(str(tenant), key)
+        if not run:
+            assert slot.final is not None  # claim() returns a recorded answer
+            metrics.IDEMPOTENT_REPLAYS.inc()
+            log_line(**fields, status="OK", outcome="replayed", idempotency_key=key)
+            final = pb.Final()
+            final.CopyFrom(slot.final)
+            final.replayed = True
+            yield pb.GenerateChunk(final=final)
+            return
+        answer: list[pb.Final] = []
         try:
-            req, missing = self._routed(request, rid, str(tenant), context)
+            async for chunk in self._generate(request, context, rid, str(tenant), fields):
+                if chunk.WhichOneof("kind") == "final":
+                    answer.append(chunk.final)
+                yield chunk
+        finally:
+            self.idempotency.finish(str(tenant), key, slot, answer[-1] if answer else None)
+
+    async def _generate(
+        self,
+        request: pb.GenerateRequest,
+        context: grpc.aio.ServicerContext,
+        rid: str,
+        tenant: str,
+        fields: dict[str, Any],
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        t0 = time.monotonic()
+        try:
+            req, missing = self._routed(request, rid, tenant, context)
         except (InputError, ValueError) as exc:
             log_line(**fields, status="INVALID_ARGUMENT", outcome="invalid", error=str(exc))
             await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
