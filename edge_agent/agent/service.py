@@ -144,8 +144,9 @@ class AgentService:
                 return False
             if uplink_ok:
                 return self.affordable(now, deadline)
-            # Link down: spooling needs no budget; any other action wants the local answer.
-            return pol.on_uplink_down is UplinkDownAction.QUEUE
+            # Link down: spooling needs no budget, failing needs no answer; only answer_local
+            # wants the local answer finished.
+            return pol.on_uplink_down is not UplinkDownAction.ANSWER_LOCAL
 
         try:
             attempt = await self._local(req, pol, deadline, gate, can_escalate, early=True)
