@@ -43,9 +43,7 @@ def router(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, int]
     proc.stop()
 
 
-def agent_config(
-    bundle: Path, tmp: Path, link: FakeWanLink | None, **over: Any
-) -> dict[str, Any]:
+def agent_config(bundle: Path, tmp: Path, link: FakeWanLink | None, **over: Any) -> dict[str, Any]:
     cfg: dict[str, Any] = {
         "site": SITE,
         "bundle": str(bundle),
@@ -262,5 +260,3 @@ def test_uplink_down_policies(
     finally:
         proc.stop()
         link.cut()
-
-

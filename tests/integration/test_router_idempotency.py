@@ -1,0 +1,66 @@
+"""Idempotency keys on the router's Generate: a replay is answered, never dispatched again."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+
+import grpc
+import pytest
+
+from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from tests.router_harness import RunningRouter
+
+
+@pytest.fixture(scope="module")
+def router() -> Iterator[RunningRouter]:
+    cfg = {
+        "backends": [
+            {
+                "name": "cloud",
+                "type": "simulated",
+                "slots": 8,
+                "simulated": {"answer": "ok", "output_tokens": 2, "ttft_s": 0.05},
+            }
+        ]
+    }
+    with RunningRouter(cfg) as r:  # fmt: skip
+        yield r
+
+
+def _request(key: str) -> pb.GenerateRequest:
+    return pb.GenerateRequest(
+        request_id=key, tenant="t-idem", model="m", idempotency_key=key,
+        messages=[pb.Message(role="user", content=[pb.ContentPart(text="hello")])],
+        sampling=pb.Sampling(max_tokens=2),
+    )  # fmt: skip
+
+
+async def _finals(target: str, reqs: list[pb.GenerateRequest]) -> list[pb.Final]:
+    async with grpc.aio.insecure_channel(target) as ch:
+        stub = pb_grpc.RouterStub(ch)
+
+        async def one(r: pb.GenerateRequest) -> pb.Final:
+            out = [c.final async for c in stub.Generate(r, timeout=10) if c.HasField("final")]
+            return out[-1]
+
+        return list(await asyncio.gather(*(one(r) for r in reqs)))
+
+
+def test_a_replayed_key_is_answered_without_a_second_dispatch(router: RunningRouter) -> None:
+    served = router.backends["cloud"].served
+    n0 = len(served)
+    first, = asyncio.run(_finals(router.grpc_target, [_request("k-1")]))  # fmt: skip
+    again, = asyncio.run(_finals(router.grpc_target, [_request("k-1")]))  # fmt: skip
+    assert not first.replayed and again.replayed
+    assert again.text == first.text
+    assert len(served) == n0 + 1
+
+
+def test_concurrent_requests_with_one_key_run_once(router: RunningRouter) -> None:
+    served = router.backends["cloud"].served
+    n0 = len(served)
+    finals = asyncio.run(_finals(router.grpc_target, [_request("k-2")] * 3 + [_request("k-3")]))
+    assert sum(f.replayed for f in finals) == 2
+    assert len(served) == n0 + 2  # k-2 once, k-3 once
