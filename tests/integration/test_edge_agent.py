@@ -96,7 +96,8 @@ def test_gate_releases_at_the_threshold_and_escalates_just_above_it(
     url, _ = site
     measured = ask(url, image_url, min_confidence=0.0).json()["fleetvl"]
     c = measured["confidence"]
-    assert measured["served_by"] == "edge" and measured["confidence_signal"] == "mean_prob"
+    assert measured["served_by"] == "edge"
+    assert measured["confidence_signal"] == "mean_prob"
     assert 0 < c < 1
 
     below = ask(url, image_url, min_confidence=c - 1e-6).json()
@@ -145,7 +146,8 @@ def test_edge_only_never_reaches_cloud_dispatch(
     before = cloud_dispatches(router[0])
     for _ in range(5):
         r = ask(url, image_url, min_confidence=0.99, residency="edge_only").json()["fleetvl"]
-        assert r["served_by"] == "edge" and r["low_confidence"] is True
+        assert r["served_by"] == "edge"
+        assert r["low_confidence"] is True
         assert r["local_tokens"] == r["local_max_tokens"]  # nowhere to escalate: finished
     # Flow 4: an edge_only request entering the router goes down the agent's connection.
     client = openai.OpenAI(base_url=router[0] + "/v1", api_key="unused")
@@ -222,7 +224,8 @@ def test_spool_over_quota_refuses_new_waits_and_keeps_accepted_ones(
         refused = ask(url, image_url, max_tokens=4, min_confidence=0.99, on_uplink_down="queue")
         assert refused.status_code == 507
         err = refused.json()["error"]
-        assert err["type"] == "spool_full" and "spool is full" in err["message"]
+        assert err["type"] == "spool_full"
+        assert "spool is full" in err["message"]
         for i in accepted:
             assert httpx.get(f"{url}/v1/requests/{i}").json()["status"] == "pending"
         link.restore()
@@ -253,7 +256,8 @@ def test_uplink_down_policies(
         assert local.status_code == 200
         assert local.json()["fleetvl"]["low_confidence"] is True
         fail = ask(url, image_url, min_confidence=0.99, on_uplink_down="fail")
-        assert fail.status_code == 503 and fail.json()["error"]["type"] == "uplink_down"
+        assert fail.status_code == 503
+        assert fail.json()["error"]["type"] == "uplink_down"
         bad = ask(url, image_url, min_confidence=2.0)
         assert bad.status_code == 422
         assert httpx.get(f"{url}/v1/requests/nope").status_code == 404
