@@ -35,6 +35,9 @@ class AgentRequest:
     arrival: float = field(default_factory=time.monotonic)
     created: int = field(default_factory=lambda: int(time.time()))
     webhook: str | None = None
+    # The images decoded once at the API edge, for the local engine (``images`` keeps the
+    # bytes for escalation); empty: the engine decodes ``images``.
+    decoded: list[Any] = field(default_factory=list)
 
 
 @dataclass

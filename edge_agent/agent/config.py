@@ -116,6 +116,11 @@ class AgentConfig(_Strict):
     http_host: str = Field("127.0.0.1", description="Local API address.")
     http_port: int = Field(8090, ge=0, le=65535, description="Local API port (0: any).")
     max_body_bytes: int = Field(20 << 20, ge=1024, description="Largest request body.")
+    allow_webhooks: bool = Field(
+        False, description="Accept an x-fleetvl-webhook header on queued requests: the agent "
+        "POSTs the answer there when delivered. Off by default: a webhook makes the agent "
+        "call a URL a client chose."
+    )  # fmt: skip
     max_image_bytes: int = Field(10 << 20, ge=1024, description="Largest image.")
     max_input_pixels: int = Field(40_000_000, ge=1, description="Decoded pixel budget.")
     router: RouterLink | None = Field(None, description="The cloud uplink; None: offline box.")
@@ -125,9 +130,24 @@ class AgentConfig(_Strict):
     controller: ControllerSection | None = Field(None, description="Control-plane client.")
 
     @classmethod
-    def load(cls, path: str | Path) -> AgentConfig:
+    def load(cls, path: str | Path, environ: dict[str, str] | None = None) -> AgentConfig:
+        """The YAML file, ``${VAR}`` references expanded, then ``FLEETVL_EDGE_*`` variables
+        applied on top (``FLEETVL_EDGE_HTTP_PORT=9000``; nested keys joined by ``__``:
+        ``FLEETVL_EDGE_ROUTER__API_KEY``)."""
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        return cls.model_validate(_expand_env(raw))
+        raw = _expand_env(raw)
+        for key, value in (os.environ if environ is None else environ).items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            *parents, leaf = key.removeprefix(ENV_PREFIX).lower().split("__")
+            node = raw
+            for p in parents:
+                node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
+            node[leaf] = value
+        return cls.model_validate(raw)
+
+
+ENV_PREFIX = "FLEETVL_EDGE_"
 
 
 def _expand_env(v: Any) -> Any:

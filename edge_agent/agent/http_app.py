@@ -106,6 +106,18 @@ def create_app(service: AgentService) -> FastAPI:
     cfg = service.config
     app = FastAPI(title=f"FleetVL site agent ({cfg.site})", version="1")
 
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next: Any) -> Response:
+        # Declared sizes are refused before the body is read; uvicorn caps the rest.
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > cfg.max_body_bytes:
+            return _error(
+                413,
+                "payload_too_large",
+                f"body of {size} bytes is over the {cfg.max_body_bytes}-byte limit",
+            )
+        return await call_next(request)  # fmt: skip
+
     @app.exception_handler(RequestValidationError)
     async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
         details = [
@@ -152,8 +164,11 @@ def create_app(service: AgentService) -> FastAPI:
         t0 = time.monotonic()
         fields: dict[str, Any] = {"site": cfg.site, "model": body.model}
         try:
-            req = parse_chat(body, cfg, _sla(body, request), request.headers.get(
-                "x-fleetvl-webhook"))  # fmt: skip
+            webhook = request.headers.get("x-fleetvl-webhook")
+            if webhook and not cfg.allow_webhooks:
+                raise InputError("x-fleetvl-webhook is disabled on this agent "
+                                 "(allow_webhooks: false); poll GET /v1/requests/{id}")  # fmt: skip
+            req = parse_chat(body, cfg, _sla(body, request), webhook)
             fields["id"] = req.id
             events = service.handle(req)
             if body.stream:

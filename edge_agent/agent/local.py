@@ -46,7 +46,7 @@ class LocalAttempt:
 def run_local(
     engine: Any,
     messages: Sequence[dict[str, Any]],
-    images: Sequence[bytes],
+    images: Sequence[Any],  # bytes or decoded images (fleetvl.vlm.image.ImageInput)
     params: SamplingParams,
     gate: Gate,
     *,

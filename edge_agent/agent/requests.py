@@ -10,7 +10,7 @@ from edge_agent.agent.answers import AgentRequest
 from fleetvl.errors import InputError
 from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.image_urls import check_image, parse_data_url
+from fleetvl.protocol.image_urls import inspect_image, parse_data_url
 from fleetvl.protocol.openai_api import ChatCompletionRequest, ImageUrlPart
 from fleetvl.sampling import SamplingParams
 
@@ -38,6 +38,7 @@ def parse_chat(
         )
     messages: list[dict[str, Any]] = []
     images: list[bytes] = []
+    decoded: list[Any] = []
     digests: list[str] = []
     image_tokens = text_chars = 0
     for m in body.messages:
@@ -49,10 +50,11 @@ def parse_chat(
             for p in m.content:
                 if isinstance(p, ImageUrlPart):
                     data = parse_data_url(p.image_url.url, config.max_image_bytes)
-                    digest, tokens = check_image(
+                    img, digest, tokens = inspect_image(
                         data, config.max_image_bytes, config.max_input_pixels
                     )
                     images.append(data)
+                    decoded.append(img)
                     digests.append(digest)
                     image_tokens += tokens
                     parts.append({"type": "image"})
@@ -76,6 +78,7 @@ def parse_chat(
         images=images,
         digests=digests,
         params=params,
+        decoded=decoded,
         requested_max_tokens=body.requested_max_tokens,
         sla=sla,
         prompt_tokens_estimate=text_chars // 4 + 8 * len(messages) + image_tokens,

@@ -188,7 +188,8 @@ class AgentService:
         async with self.pool.lease(item) as lease:
             try:
                 attempt = await asyncio.to_thread(
-                    run_local, lease.engine, req.messages, req.images, req.params, gate,
+                    run_local, lease.engine, req.messages, req.decoded or req.images,
+                    req.params, gate,
                     deadline=deadline, can_escalate=can_escalate,
                     early=early and self.config.gate.early_escalation, cancel=cancel,
                     clock=self.clock,

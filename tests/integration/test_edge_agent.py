@@ -264,3 +264,36 @@ def test_uplink_down_policies(
     finally:
         proc.stop()
         link.cut()
+
+
+def test_bad_input_gets_a_status_and_a_reason(
+    site: tuple[str, FakeWanLink], image_url: str
+) -> None:
+    url, _ = site
+    cases = [
+        ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 400, "not served"),
+        ({"model": "edge", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
+         400, "data:image"),
+        ({"model": "edge", "messages": [{"role": "user", "content": [
+            {"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}]}]},
+         400, "image"),
+        ({"model": "edge", "messages": []}, 422, "messages"),
+        ({"model": "edge", "messages": [{"role": "user", "content": "hi"}],
+          "sla": {"residency": "somewhere"}}, 422, "residency"),
+    ]  # fmt: skip
+    for body, status, words in cases:
+        r = httpx.post(url + "/v1/chat/completions", json=body, timeout=30)
+        assert r.status_code == status, (body, r.text)
+        assert words in r.text
+        assert "Traceback" not in r.text
+    big = httpx.post(url + "/v1/chat/completions", content=b"x" * (21 << 20),
+                     headers={"content-type": "application/json"}, timeout=30)  # fmt: skip
+    assert big.status_code == 413
+    hi = {"model": "edge", "messages": [{"role": "user", "content": "hi"}]}
+    hook = httpx.post(
+        url + "/v1/chat/completions", headers={"x-fleetvl-webhook": "http://x"}, json=hi
+    )
+    assert hook.status_code == 400
+    assert "allow_webhooks" in hook.text
+    assert httpx.get(url + "/healthz").status_code == 200  # still serving
