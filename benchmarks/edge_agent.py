@@ -3,20 +3,24 @@ time to escalation with and without early escalation.
 
     python benchmarks/edge_agent.py [--quick] [--json PATH]
 
-On the ``edge-bench`` INT4 bundle (``--quick``: ``tiny``):
+Two measurements, each comparing variants side by side in this run:
 
-* **local answers** — the same image question (min_confidence 0, so the gate always releases
-  it) answered by the bare engine in this process (``encode`` + ``generate``, confidence on)
-  and by ``fleetvl edge run`` in its own process over its HTTP API (an ``httpx`` keep-alive
-  client, the image as a data URL), interleaved request by request so drift hits both alike.
-  The agent's added latency is the difference of the medians (and of the paired
-  differences). It includes HTTP, JSON and base64, the image check, policy resolution, the
-  local queue, the worker-thread hop, the gate and the response.
-* **escalation** — a question whose first tokens fail the gate (min_confidence 0.99 on
-  ``mean_prob``; a random-weight model is never that sure), answered by two agents, one with
-  early escalation and one without, against a real router whose cloud is its ``simulated``
-  backend (a fake answering at once). Time to escalation is the local attempt's duration
-  (arrival to the escalation call); the tokens the edge generated are reported alongside.
+* **local answers** (always on the ``tiny`` INT4 bundle: the agent's cost does not depend on
+  the model, and on ``edge-bench`` a 3-second generation on this shared CPU has far more noise
+  than the few milliseconds measured) — the same image question (min_confidence 0, so the
+  gate always releases it) answered by the bare engine in this process (``encode`` +
+  ``generate``, confidence on) and by ``fleetvl edge run`` in its own process over its HTTP
+  API (an ``httpx`` keep-alive client, body serialised once, the image as a data URL),
+  interleaved request by request so drift hits both alike. The agent's added latency is the
+  difference of the medians (and the median of the paired differences). It includes HTTP,
+  JSON and base64, the image check, policy resolution, the local queue, the worker-thread hop,
+  the gate and the response.
+* **escalation** (``edge-bench`` INT4; ``--quick``: ``tiny``) — a question whose first tokens
+  fail the gate (min_confidence 0.99 on ``mean_prob``; a random-weight model is never that
+  sure), answered by two agents, one with early escalation and one without, against a real
+  router whose cloud is its ``simulated`` backend (a fake answering at once). Time to
+  escalation is the local attempt's duration (arrival to the escalation call); the tokens the
+  edge generated are reported alongside.
 
 Timings on this shared 2-core machine are noisy; compare variants within one run.
 """
@@ -28,6 +32,7 @@ import base64
 import json
 import os
 import platform
+import signal
 import socket
 import statistics
 import subprocess
@@ -110,13 +115,17 @@ def main() -> int:
 
     import httpx
 
+    # SIGTERM (e.g. a CI timeout) unwinds like Ctrl-C, so the child servers are stopped.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+
     from edge_agent.engine import EdgeEngine, SessionConfig
     from fleetvl.sampling import SamplingParams
 
     preset = "tiny" if args.quick else "edge-bench"
-    n_local = 20 if args.quick else 60
-    n_esc = 5 if args.quick else 15
-    local_tokens, esc_tokens = 16, 64
+    n_local = 20 if args.quick else 100
+    n_esc = 5 if args.quick else 8
+    local_tokens, esc_tokens = 16, 32
+    tiny = ensure_artifacts(args.cache, "tiny", ["int4"])["int4"]
     bundle = ensure_artifacts(args.cache, preset, ["int4"])["int4"]
     png = image_bytes(224)
     data_url = "data:image/png;base64," + base64.b64encode(png).decode()
@@ -130,10 +139,14 @@ def main() -> int:
                           "simulated": {"answer": "cloud", "output_tokens": 3}}],
         }, tmp, "router"))  # fmt: skip
         agents = {}
-        for variant, early in (("early_on", True), ("early_off", False)):
+        for variant, early, b in (
+            ("overhead", True, tiny),
+            ("early_on", True, bundle),
+            ("early_off", False, bundle),
+        ):
             port = _free_port()
             procs.append(_spawn(["edge", "run"], {
-                "site": "bench", "bundle": str(bundle), "model": "edge", "http_port": port,
+                "site": "bench", "bundle": str(b), "model": "edge", "http_port": port,
                 "intra_op_threads": args.threads,
                 "gate": {"signal": "mean_prob", "threshold_source": "raw",
                          "early_escalation": early},
@@ -146,11 +159,11 @@ def main() -> int:
         for p, url in zip(procs[1:], agents.values(), strict=True):
             _wait_http(url, p)
 
-        engine = EdgeEngine(bundle, SessionConfig(intra_op_threads=args.threads))
+        engine = EdgeEngine(tiny, SessionConfig(intra_op_threads=args.threads))
         content = [{"type": "image"}, {"type": "text", "text": QUESTION}]
         params = SamplingParams(max_tokens=local_tokens)
         client = httpx.Client(timeout=120)
-        url = agents["early_on"] + "/v1/chat/completions"
+        url = agents.pop("overhead") + "/v1/chat/completions"
 
         def bare() -> tuple[float, int]:
             t0 = time.perf_counter()
@@ -215,7 +228,8 @@ def main() -> int:
     on, off = esc["early_on"], esc["early_off"]
     result = {
         "setup": {
-            "preset": preset, "precision": "int4", "image_px": 224, "question": QUESTION,
+            "local_answer_preset": "tiny", "escalation_preset": preset, "precision": "int4",
+            "image_px": 224, "question": QUESTION,
             "intra_op_threads": args.threads, "machine": platform.machine(),
             "cpus": os.cpu_count(), "python": platform.python_version(),
             "note": "shared 2-core machine: absolute times are noisy; compare within a run",
@@ -239,16 +253,25 @@ def main() -> int:
         },
     }  # fmt: skip
     la = result["local_answer"]
-    print(f"\nedge agent benchmark ({preset} INT4, {n_local} local / {n_esc} escalations)")
-    print(f"{'local answer':34s} {'p50 ms':>10s} {'p90 ms':>10s}")
-    print(f"{'bare engine':34s} {la['bare_engine_ms']['p50']:10.2f} {la['bare_engine_ms']['p90']:10.2f}")  # noqa: E501
-    print(f"{'agent (HTTP, gate, queue)':34s} {la['agent_http_ms']['p50']:10.2f} {la['agent_http_ms']['p90']:10.2f}")  # noqa: E501
-    print(f"{'added by the agent (p50 diff)':34s} {added_p50:10.2f}   target <= 5 ms")
-    print(f"{'added, paired differences':34s} {la['agent_added_ms_paired']['p50']:10.2f} {la['agent_added_ms_paired']['p90']:10.2f}")  # noqa: E501
-    print(f"\n{'escalation (fails the gate)':34s} {'to escalation':>14s} {'total':>10s} {'edge tokens':>12s}")  # noqa: E501
+    print(f"\nedge agent benchmark (INT4; local answers: tiny x {n_local}, "
+          f"escalations: {preset} x {n_esc})")  # fmt: skip
+
+    def row(name: str, *cells: str) -> None:
+        print(f"{name:34s}" + "".join(f"{c:>14s}" for c in cells))
+
+    row("local answer", "p50 ms", "p90 ms")
+    for name, key in (("bare engine", "bare_engine_ms"), ("agent (HTTP, gate, queue)",
+                                                           "agent_http_ms")):  # fmt: skip
+        row(name, f"{la[key]['p50']:.2f}", f"{la[key]['p90']:.2f}")
+    row("added by the agent (p50 diff)", f"{added_p50:.2f}", "target <= 5")
+    pd = la["agent_added_ms_paired"]
+    row("added, paired differences", f"{pd['p50']:.2f}", f"{pd['p90']:.2f}")
+    print()
+    row("escalation (fails the gate)", "to escal. ms", "total ms", "edge tokens")
     for v in ("early_on", "early_off"):
         e = esc[v]
-        print(f"{v:34s} {e['time_to_escalation_ms']['p50']:11.2f} ms {e['total_ms']['p50']:7.2f} ms {e['local_tokens_generated_mean']:12.1f}")  # noqa: E501
+        row(v, f"{e['time_to_escalation_ms']['p50']:.2f}", f"{e['total_ms']['p50']:.2f}",
+            f"{e['local_tokens_generated_mean']:.1f}")  # fmt: skip
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(result, indent=2) + "\n")
     print(f"\nwrote {args.json}")

@@ -17,7 +17,7 @@ from fleetvl.errors import FleetVLError
 from fleetvl.policy import PolicyOverride
 from fleetvl.sampling import SamplingParams
 
-__all__ = ["AgentError", "AgentRequest", "Answer", "Queued", "completion_body"]
+__all__ = ["AgentError", "AgentRequest", "Answer", "Queued", "completion_body", "gate_dict"]
 
 
 @dataclass
@@ -61,6 +61,9 @@ class Answer:
     policy: dict[str, Any] = field(default_factory=dict)
     backend: str | None = None
     replayed: bool = False
+    # The edge gate's verdict on the local attempt (local and escalated answers alike):
+    # {"signal", "value", "threshold", "passed"}; None when no local attempt ran.
+    gate: dict[str, Any] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
 
@@ -81,6 +84,12 @@ class AgentError(FleetVLError):
         self.status = status
         self.reason = reason
         self.extra = extra
+
+
+def gate_dict(v: Any) -> dict[str, Any]:
+    """A :class:`fleetvl.vlm.gate.GateVerdict` as JSON (an unreachable threshold as None)."""
+    return {"signal": v.signal, "value": _num(v.value), "threshold": _num(v.threshold),
+            "passed": v.passed}  # fmt: skip
 
 
 def _num(v: float | None) -> float | None:
@@ -128,6 +137,7 @@ def fleetvl_section(a: Answer) -> dict[str, Any]:
         "local_tokens": a.local_tokens,
         "local_max_tokens": a.local_max_tokens,
         "replayed": a.replayed,
+        "gate": a.gate,
         "timings": a.timings_ms,
         "policy": a.policy,
     }

@@ -141,6 +141,7 @@ def _answer(e: SpoolEntry, req: pb.GenerateRequest, f: pb.Final) -> Answer:
         policy=e.meta.get("policy", {}),
         backend=f.backend or None,
         replayed=f.replayed,
+        gate=e.meta.get("gate"),
     )
 
 

@@ -29,7 +29,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from edge_agent.agent import metrics
-from edge_agent.agent.answers import AgentError, AgentRequest, Answer, Queued
+from edge_agent.agent.answers import AgentError, AgentRequest, Answer, Queued, gate_dict
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.engines import EnginePool, LocalRejected
 from edge_agent.agent.escalation import CloudClient, EscalationError
@@ -224,6 +224,7 @@ class AgentService:
             timings_ms=self._timings(req, local_s=a.total_s),
             policy=resolved.explain(),
             backend=f"edge:{self.config.site}",
+            gate=gate_dict(v),
         )
 
     def _timings(self, req: AgentRequest, **parts: float) -> dict[str, float]:
@@ -315,6 +316,7 @@ class AgentService:
             policy=resolved.explain(),
             backend=f.backend or None,
             replayed=f.replayed,
+            gate=gate_dict(attempt.verdict) if attempt else None,
         )
 
     async def _uplink_down(
@@ -336,6 +338,7 @@ class AgentService:
                                {"model": req.model, "reason": reason, "webhook": req.webhook,
                                 "local_tokens": attempt.tokens if attempt else 0,
                                 "local_max_tokens": attempt.max_tokens if attempt else 0,
+                                "gate": gate_dict(attempt.verdict) if attempt else None,
                                 "policy": resolved.explain()})  # fmt: skip
             except SpoolFull as exc:
                 metrics.SPOOL_REFUSED.inc()

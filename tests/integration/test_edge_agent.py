@@ -109,6 +109,10 @@ def test_gate_releases_at_the_threshold_and_escalates_just_above_it(
     above = ask(url, image_url, min_confidence=c + 1e-6).json()
     assert above["fleetvl"]["served_by"] == "cloud"
     assert above["fleetvl"]["escalation_reason"] == "low_confidence"
+    gate = above["fleetvl"]["gate"]  # the edge's verdict travels with the cloud answer
+    assert gate["signal"] == "mean_prob"
+    assert gate["passed"] is False
+    assert gate["threshold"] == pytest.approx(c + 1e-6)
     assert above["choices"][0]["message"]["content"].startswith("cloud")
     assert cloud_dispatches(router[0]) == before + 1
 
