@@ -137,7 +137,6 @@ def _answer(e: SpoolEntry, req: pb.GenerateRequest, f: pb.Final) -> Answer:
         local_max_tokens=int(e.meta.get("local_max_tokens", 0)),
         prompt_tokens=f.usage.prompt_tokens,
         completion_tokens=f.usage.completion_tokens,
-        timings_ms={"queued_attempts": float(e.attempts + 1)},
         policy=e.meta.get("policy", {}),
         backend=f.backend or None,
         replayed=f.replayed,

@@ -32,6 +32,7 @@ from edge_agent.agent.answers import (
     completion_body,
     fleetvl_section,
 )
+from edge_agent.agent.engines import LocalRejected
 from edge_agent.agent.requests import parse_chat
 from edge_agent.agent.service import AgentService
 from fleetvl.errors import InputError, UnsupportedImageFormat
@@ -66,6 +67,9 @@ def _error(status: int, type_: str, message: str, **extra: Any) -> JSONResponse:
 def _map_error(exc: BaseException) -> JSONResponse:
     if isinstance(exc, AgentError):
         return _error(exc.status, exc.reason, str(exc), **exc.extra)
+    if isinstance(exc, LocalRejected):
+        d = exc.decision
+        return _error(503, exc.reason, str(exc), retry_after_s=d.retry_after_s if d else None)
     if isinstance(exc, PolicyError):
         return _error(422, "invalid_request_error", str(exc), details=error_details(exc, "sla."))
     if isinstance(exc, PayloadTooLarge):

@@ -34,7 +34,7 @@ class LocalAttempt:
     verdict: GateVerdict
     stopped: str | None  # why decoding stopped early: low_confidence | deadline | None
     prompt_tokens: int
-    ttft_s: float
+    ttft_s: float  # attempt start (image decode included) to the first token
     total_s: float
 
     @property
@@ -60,6 +60,7 @@ def run_local(
     ``clock``. Raises what the engine raises for bad input (InputError, PromptError)."""
     t0 = clock()
     prompt = engine.encode(messages, images)
+    encode_s = clock() - t0
     hopeless = gate.watch(params.max_tokens)
     stopped: list[str] = []
     first: list[float] = []
@@ -94,6 +95,7 @@ def run_local(
         verdict=verdict,
         stopped=stopped[0] if stopped else None,
         prompt_tokens=len(prompt),
-        ttft_s=r.timings.ttft_s,
+        # From the attempt's start (image decode included) to the first token.
+        ttft_s=first[0] - t0 if first else encode_s + r.timings.ttft_s,
         total_s=clock() - t0,
     )

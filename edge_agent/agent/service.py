@@ -22,6 +22,7 @@ Per request (flows 1-3 of the architecture):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import math
 import time
@@ -186,16 +187,21 @@ class AgentService:
         metrics.LOCAL_QUEUE.set(self.pool.queued())
         cancel = CancelToken()
         async with self.pool.lease(item) as lease:
+            work = asyncio.ensure_future(asyncio.to_thread(
+                run_local, lease.engine, req.messages, req.decoded or req.images,
+                req.params, gate,
+                deadline=deadline, can_escalate=can_escalate,
+                early=early and self.config.gate.early_escalation, cancel=cancel,
+                clock=self.clock,
+            ))  # fmt: skip
             try:
-                attempt = await asyncio.to_thread(
-                    run_local, lease.engine, req.messages, req.decoded or req.images,
-                    req.params, gate,
-                    deadline=deadline, can_escalate=can_escalate,
-                    early=early and self.config.gate.early_escalation, cancel=cancel,
-                    clock=self.clock,
-                )  # fmt: skip
+                attempt = await asyncio.shield(work)
             except asyncio.CancelledError:
-                cancel.cancel()  # the client went away: free the engine at the next token
+                # The client went away: stop at the next token, and hand the engine back only
+                # once its thread is done with it.
+                cancel.cancel()
+                with contextlib.suppress(Exception):
+                    await work
                 raise
             self.pool.observe(lease, attempt.ttft_s, attempt.total_s, attempt.tokens)
         metrics.LOCAL_TOKENS.inc(attempt.tokens)
@@ -221,7 +227,7 @@ class AgentService:
             local_max_tokens=a.max_tokens,
             prompt_tokens=a.prompt_tokens,
             completion_tokens=a.tokens,
-            timings_ms=self._timings(req, local_s=a.total_s),
+            timings_ms=self._timings(req, local_s=a.total_s, local_ttft_s=a.ttft_s),
             policy=resolved.explain(),
             backend=f"edge:{self.config.site}",
             gate=gate_dict(v),
@@ -311,7 +317,10 @@ class AgentService:
             prompt_tokens=f.usage.prompt_tokens,
             completion_tokens=f.usage.completion_tokens,
             timings_ms=self._timings(
-                req, local_s=attempt.total_s if attempt else 0.0, escalation_s=took
+                req,
+                local_s=attempt.total_s if attempt else 0.0,
+                local_ttft_s=attempt.ttft_s if attempt else 0.0,
+                escalation_s=took,
             ),
             policy=resolved.explain(),
             backend=f.backend or None,
