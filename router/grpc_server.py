@@ -9,6 +9,7 @@ refuses at once (``DEADLINE_EXCEEDED`` when no backend is fast enough,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -46,6 +47,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         self.keys = service.config.keys()
         self.agents = agent_backends(list(service.backends.values()))
         self.idempotency = IdempotencyRecord()
+        self._detached: set[asyncio.Task[None]] = set()
 
     async def AgentConnect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.AgentUp], context: grpc.aio.ServicerContext
@@ -81,8 +83,11 @@ class RouterServicer(pb_grpc.RouterServicer):
                                   "site": request.site, "model": request.model}  # fmt: skip
         key = request.idempotency_key
         if not key:
-            async for chunk in self._generate(request, context, rid, str(tenant), fields):
-                yield chunk
+            try:
+                async for chunk in self._generate(request, context, rid, str(tenant), fields):
+                    yield chunk
+            except _Abort as exc:
+                await context.abort(exc.code, exc.message)
             return
         run, slot = await self.idempotency.claim(str(tenant), key)
         if not run:
@@ -94,14 +99,31 @@ class RouterServicer(pb_grpc.RouterServicer):
             final.replayed = True
             yield pb.GenerateChunk(final=final)
             return
-        answer: list[pb.Final] = []
-        try:
-            async for chunk in self._generate(request, context, rid, str(tenant), fields):
-                if chunk.WhichOneof("kind") == "final":
-                    answer.append(chunk.final)
-                yield chunk
-        finally:
-            self.idempotency.finish(str(tenant), key, slot, answer[-1] if answer else None)
+        # The run is detached from this call: a caller that goes away mid-answer (an agent
+        # killed while delivering its spool) does not cancel it, so the answer is recorded and
+        # its replay is served from the record instead of running the request again.
+        chunks: asyncio.Queue[pb.GenerateChunk | _Abort | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            final = None
+            try:
+                async for chunk in self._generate(request, context, rid, str(tenant), fields):
+                    if chunk.WhichOneof("kind") == "final":
+                        final = chunk.final
+                    chunks.put_nowait(chunk)
+            except _Abort as exc:
+                chunks.put_nowait(exc)
+            finally:
+                self.idempotency.finish(str(tenant), key, slot, final)
+                chunks.put_nowait(None)
+
+        task = asyncio.create_task(produce())
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+        while (item := await chunks.get()) is not None:
+            if isinstance(item, _Abort):
+                await context.abort(item.code, item.message)
+            yield item
 
     async def _generate(
         self,
@@ -116,8 +138,7 @@ class RouterServicer(pb_grpc.RouterServicer):
             req, missing = self._routed(request, rid, tenant, context)
         except (InputError, ValueError) as exc:
             log_line(**fields, status="INVALID_ARGUMENT", outcome="invalid", error=str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            return
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if missing:
             log_line(**fields, status="OK", outcome="need_images", missing=len(missing))
             yield pb.GenerateChunk(need_images=pb.NeedImages(digests=missing))
@@ -157,7 +178,7 @@ class RouterServicer(pb_grpc.RouterServicer):
             completion_tokens=final.completion_tokens if final else None, error=message or None,
         )  # fmt: skip
         if code is not grpc.StatusCode.OK:
-            await context.abort(code, message)
+            raise _Abort(code, message)
 
     def _routed(
         self,
@@ -236,6 +257,15 @@ class RouterServicer(pb_grpc.RouterServicer):
             deadline_s=remaining,
         )
         return req, missing
+
+
+class _Abort(Exception):  # noqa: N818 - a control-flow signal, not an error type
+    """End the call with this status (raised where the context may not be the caller's)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def _final(t: Any, f: Final) -> pb.Final:

@@ -65,3 +65,21 @@ def test_concurrent_requests_with_one_key_run_once(router: RunningRouter) -> Non
     finals = asyncio.run(_finals(router.grpc_target, [_request("k-2")] * 3 + [_request("k-3")]))
     assert sum(f.replayed for f in finals) == 2
     assert len(served) == n0 + 2  # k-2 once, k-3 once
+
+
+def test_a_caller_gone_mid_answer_does_not_cost_a_second_run(router: RunningRouter) -> None:
+    """An agent killed while delivering: its call is cut; the replay gets the same run."""
+    served = router.backends["cloud"].served
+    n0 = len(served)
+
+    async def cut_then_replay() -> pb.Final:
+        async with grpc.aio.insecure_channel(router.grpc_target) as ch:
+            call = pb_grpc.RouterStub(ch).Generate(_request("k-4"), timeout=10)
+            await asyncio.sleep(0.02)  # dispatched, not answered (the backend takes 50 ms)
+            call.cancel()
+        return (await _finals(router.grpc_target, [_request("k-4")]))[0]
+
+    final = asyncio.run(cut_then_replay())
+    assert final.replayed
+    assert final.text
+    assert len(served) == n0 + 1
