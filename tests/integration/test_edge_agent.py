@@ -301,3 +301,43 @@ def test_bad_input_gets_a_status_and_a_reason(
     assert hook.status_code == 400
     assert "allow_webhooks" in hook.text
     assert httpx.get(url + "/healthz").status_code == 200  # still serving
+
+
+def test_agent_killed_mid_delivery_still_answers_each_request_once(
+    fp32_bundle: Path, tmp_path: Path, image_url: str
+) -> None:
+    """SIGKILL while spooled answers are in flight: the restarted agent replays them with
+    their idempotency keys and the router serves the recorded runs (no second dispatch)."""
+    backends = [{"name": "cloud", "type": "simulated", "slots": 4,
+                 "simulated": {"answer": CLOUD_ANSWER, "ttft_s": 0.3}},
+                {"name": "site-agent", "type": "agent", "site": SITE}]  # fmt: skip
+    rproc, rurl, rgrpc = start_router(tmp_path, backends)
+    link = FakeWanLink(rgrpc)
+    link.start()
+    cfg = agent_config(fp32_bundle, tmp_path, link, spool={"concurrency": 4})
+    proc, url = start_agent(tmp_path, cfg)
+    procs = [proc]
+    try:
+        wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "up", 30, "uplink")
+        link.cut()
+        wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "down", 30, "cut")
+        ids = [_accept(url, image_url) for _ in range(12)]
+        link.restore()
+        wait_for(lambda: cloud_dispatches(rurl) >= 2, 30, "deliveries in flight")
+        proc.kill()
+        proc, url = start_agent(tmp_path, {**cfg, "http_port": None}, "agent2")
+        procs.append(proc)
+
+        def done() -> bool:
+            return all(
+                httpx.get(f"{url}/v1/requests/{i}").json()["status"] == "completed" for i in ids
+            )
+
+        wait_for(done, 60, "every spooled answer")
+        assert cloud_dispatches(rurl) == len(ids)
+        assert metric(rurl, "fleetvl_router_idempotent_replays_total") >= 1
+    finally:
+        for p in procs:
+            p.stop()
+        link.cut()
+        rproc.stop()
