@@ -129,6 +129,18 @@ def test_early_escalation_stops_local_decoding(
     assert metric(url, "fleetvl_edge_early_escalations_total", reason="low_confidence") >= 1
 
 
+def test_a_deadline_the_local_answer_cannot_make_escalates_early(
+    site: tuple[str, FakeWanLink], image_url: str
+) -> None:
+    url, _ = site
+    # 256 tokens take the tiny model well over 100 ms; the gate itself would pass (0).
+    r = ask(url, image_url, max_tokens=256, min_confidence=0.0, deadline_ms=100).json()
+    f = r["fleetvl"]
+    assert f["served_by"] == "cloud", f
+    assert f["escalation_reason"] == "deadline"
+    assert f["local_tokens"] < 256
+
+
 def test_openai_client_streams_the_cloud_answer(
     site: tuple[str, FakeWanLink], image_url: str
 ) -> None:
