@@ -42,6 +42,7 @@ class Agent:
         self.service = AgentService(config, self.pool, self.spool, self.cloud, self.link_up)
         self.control: AgentControl | None = None
         self.forwarder: Forwarder | None = None
+        self.control_client: Any = None
 
     def link_up(self) -> bool:
         if self.config.router is None:
@@ -59,6 +60,7 @@ class Agent:
             self.uplink = Uplink(
                 UplinkConfig(
                     router=r.target, site=self.config.site, models=(self.config.model,),
+                    agent_version=_version(),
                     slots=self.config.engines, api_key=r.api_key, tls_ca_file=r.tls_ca_file,
                     tls_cert_file=r.tls_cert_file, tls_key_file=r.tls_key_file,
                     backoff_s=r.backoff_s, max_backoff_s=r.max_backoff_s,
@@ -67,10 +69,36 @@ class Agent:
             )  # fmt: skip
             self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
             self._tasks.append(asyncio.create_task(self._watch_link(), name="link-watch"))
+        self.control_client = self._control_client()
+        if self.control_client is not None:
+            self._tasks.append(asyncio.create_task(self.control_client.run(), name="control"))
         if self.cloud is not None:
             self.forwarder = Forwarder(self.spool, self.cloud, self.config.spool, self.link_up,
                                        self.service.spool_wakeup)  # fmt: skip
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
+
+    def _control_client(self) -> Any:
+        """The control-plane client for the ``controller:`` section, if the
+        ``edge_agent.control`` package (its own issue) is installed."""
+        c = self.config.controller
+        if c is None or self.control is None:
+            return None
+        try:
+            from edge_agent.control import ControlClient, ControlClientConfig
+        except ImportError:
+            log.warning("controller %s configured, but edge_agent.control is not available; "
+                        "running without the control plane", c.target)  # fmt: skip
+            return None
+        values = {
+            "target": c.target, "site": self.config.site, "agent_version": _version(),
+            "token": c.token, "heartbeat_s": c.heartbeat_s, "bundle_dir": c.bundle_dir,
+            "tls_ca_file": c.tls_ca_file, "tls_cert_file": c.tls_cert_file,
+            "tls_key_file": c.tls_key_file,
+        }  # fmt: skip
+        known = ControlClientConfig.model_fields
+        return ControlClient(
+            ControlClientConfig(**{k: v for k, v in values.items() if k in known}), self.control
+        )
 
     async def _watch_link(self) -> None:
         """Mirror the uplink state in metrics and wake the forwarder when it comes back."""
@@ -85,6 +113,9 @@ class Agent:
             await asyncio.sleep(0.05)
 
     async def stop(self) -> None:
+        if self.control_client is not None:
+            with contextlib.suppress(Exception):
+                await self.control_client.stop()
         for t in self._tasks:
             t.cancel()
         for t in self._tasks:
@@ -93,6 +124,15 @@ class Agent:
         if self.cloud is not None:
             await self.cloud.close()
         self.spool.close()
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("fleetvl")
+    except PackageNotFoundError:
+        return "0.0.0"
 
 
 async def serve(

@@ -38,7 +38,10 @@ def test_control_handler_on_the_daemon(
 ) -> None:
     int4 = bundle_factory("qwen2_5_vl", "int4")
     int4_digest = json.loads((int4 / "manifest.json").read_text())["bundle_digest"]
-    cfg = AgentConfig(site="s", bundle=fp32_bundle, spool={"path": tmp_path / "s.db"})
+    # The controller section is handed to edge_agent.control when that package is present;
+    # without it the agent runs on (and says so in its log).
+    cfg = AgentConfig(site="s", bundle=fp32_bundle, spool={"path": tmp_path / "s.db"},
+                      controller={"target": "127.0.0.1:9", "token": "t"})  # fmt: skip
 
     async def main() -> None:
         agent = Agent(cfg)
