@@ -7,6 +7,8 @@ is nowhere to escalate them), and report the gate's signal and value with the an
 
 from __future__ import annotations
 
+import json
+import logging
 import threading
 import uuid
 from collections.abc import AsyncIterator
@@ -19,6 +21,8 @@ from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol.convert import chat_inputs, sampling_params
 
 __all__ = ["site_call_handler"]
+
+log = logging.getLogger("fleetvl.edge.requests")
 
 
 def site_call_handler(service: AgentService):  # noqa: ANN201 - edge_agent.uplink.Handler
@@ -48,6 +52,10 @@ def site_call_handler(service: AgentService):  # noqa: ANN201 - edge_agent.uplin
         deadline = areq.arrival + pol.deadline_ms / 1000.0
         attempt = await service.run_local(areq, pol, deadline, early=False)
         v = attempt.verdict
+        log.info(json.dumps({"site": service.config.site, "id": areq.id, "api": "uplink",
+                             "status": 200, "outcome": "edge", "confidence": v.value,
+                             "signal": v.signal, "local_tokens": attempt.tokens,
+                             "total_ms": round(attempt.total_s * 1000, 2)}))  # fmt: skip
         yield pb.GenerateChunk(delta=pb.Delta(text=attempt.text, index=0))
         yield pb.GenerateChunk(final=pb.Final(
             text=attempt.text, finish_reason=attempt.finish_reason, served_by="edge",
