@@ -88,7 +88,9 @@ class SitePolicies(_Strict):
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
-    global_: SlaPolicy = Field(default_factory=SlaPolicy, alias="global")
+    global_: SlaPolicy = Field(
+        default_factory=SlaPolicy, alias="global", description="The complete base policy."
+    )
     tenant: PolicyOverride | None = Field(None, description="This site's tenant's layer.")
     site: PolicyOverride | None = Field(None, description="This site's own layer.")
 
@@ -98,9 +100,9 @@ class ControllerSection(_Strict):
 
     target: str = Field(description="host:port of the controller's gRPC listener.")
     token: str | None = Field(None, description="Per-agent credential.")
-    tls_ca_file: str | None = None
-    tls_cert_file: str | None = None
-    tls_key_file: str | None = None
+    tls_ca_file: str | None = Field(None, description="CA that signed the controller's cert.")
+    tls_cert_file: str | None = Field(None, description="This agent's certificate (mTLS).")
+    tls_key_file: str | None = Field(None, description="This agent's private key (mTLS).")
     heartbeat_s: float = Field(5.0, gt=0, description="Heartbeat period.")
     bundle_dir: Path = Field(Path("bundles"), description="Where verified bundles unpack.")
 
@@ -124,9 +126,9 @@ class AgentConfig(_Strict):
     max_image_bytes: int = Field(10 << 20, ge=1024, description="Largest image.")
     max_input_pixels: int = Field(40_000_000, ge=1, description="Decoded pixel budget.")
     router: RouterLink | None = Field(None, description="The cloud uplink; None: offline box.")
-    gate: GateConfig = Field(default_factory=GateConfig)
-    spool: SpoolConfig = Field(default_factory=SpoolConfig)
-    policies: SitePolicies = Field(default_factory=SitePolicies)
+    gate: GateConfig = Field(default_factory=GateConfig, description="The confidence gate.")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Store-and-forward.")
+    policies: SitePolicies = Field(default_factory=SitePolicies, description="SLA layers.")
     controller: ControllerSection | None = Field(None, description="Control-plane client.")
 
     @classmethod
