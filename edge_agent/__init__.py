@@ -1,1 +1,2 @@
-"""The site box: ONNX Runtime engine today; gate, local API and spool in later issues."""
+"""The site box: the ONNX Runtime engine (``engine/``), the exporter (``export/``), the agent
+daemon with its gate, local API and store-and-forward spool (``agent/``), and the uplink."""

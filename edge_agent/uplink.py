@@ -44,6 +44,7 @@ class UplinkConfig:
     tls_key_file: str | None = None
     backoff_s: float = 0.2
     max_backoff_s: float = 30.0
+    connect_timeout_s: float = 3.0  # transport + TLS handshake, per attempt
 
 
 class Uplink:
@@ -56,6 +57,8 @@ class Uplink:
 
     def _channel(self) -> grpc.aio.Channel:
         c = self.config
+        # grpc's own reconnect backoff (up to 120 s) would outlast a short outage.
+        opts = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
         if c.tls_ca_file:
 
             def read(p: str | None) -> bytes | None:
@@ -64,8 +67,8 @@ class Uplink:
             creds = grpc.ssl_channel_credentials(
                 read(c.tls_ca_file), read(c.tls_key_file), read(c.tls_cert_file)
             )
-            return grpc.aio.secure_channel(c.router, creds)
-        return grpc.aio.insecure_channel(c.router)
+            return grpc.aio.secure_channel(c.router, creds, options=opts)
+        return grpc.aio.insecure_channel(c.router, options=opts)
 
     async def run(self) -> None:
         """Stay connected until cancelled."""
@@ -74,6 +77,8 @@ class Uplink:
             try:
                 await self._session()
                 backoff = self.config.backoff_s  # a clean end: the router went away
+            except TimeoutError:
+                log.warning("uplink: router %s not reachable", self.config.router)
             except grpc.aio.AioRpcError as exc:
                 if exc.code() in (grpc.StatusCode.UNAUTHENTICATED,
                                   grpc.StatusCode.PERMISSION_DENIED):  # fmt: skip
@@ -106,6 +111,9 @@ class Uplink:
 
         md = (("authorization", f"Bearer {c.api_key}"),) if c.api_key else ()
         async with self._channel() as channel:
+            # Up only once the transport (and TLS handshake) is: the agent's escalation path
+            # reads ``connected`` as the uplink's state, so it must not flap up on a refusal.
+            await asyncio.wait_for(channel.channel_ready(), c.connect_timeout_s)
             stream = pb_grpc.RouterStub(channel).AgentConnect(upstream(), metadata=md)
             self.connects += 1
             self.connected.set()

@@ -125,6 +125,48 @@ def _cmd_router_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_edge_run(args: argparse.Namespace) -> int:
+    import asyncio
+
+    from pydantic import ValidationError
+
+    from edge_agent.agent import AgentConfig, serve
+
+    req_log = logging.getLogger("fleetvl.edge.requests")
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    req_log.addHandler(handler)
+    req_log.setLevel(logging.INFO)
+    req_log.propagate = False
+    try:
+        config = AgentConfig.load(args.config)
+    except ValidationError as exc:
+        print(f"error: invalid site config {args.config}:\n{exc}", file=sys.stderr)
+        return 2
+    if args.http_port is not None:
+        config = config.model_copy(update={"http_port": args.http_port})
+    try:
+        asyncio.run(serve(config))
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_calibrate(args: argparse.Namespace) -> int:
+    from edge_agent.calibrate import calibrate_bundle
+
+    cal = calibrate_bundle(
+        Path(args.bundle), Path(args.labelled), max_tokens=args.max_tokens, match=args.match,
+        probe=not args.no_probe, out=Path(args.out) if args.out else None, progress=print,
+    )  # fmt: skip
+    print(f"base accuracy {cal.base_accuracy:.3f} over {cal.examples} examples")
+    for name, sc in cal.signals.items():
+        auroc = f"{sc.auroc:.3f}" if sc.auroc is not None else "n/a"
+        print(f"  {name:12s} AUROC {auroc}  thresholds by accuracy {sc.by_accuracy}")
+    return 0
+
+
 def _cmd_controller_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -249,6 +291,22 @@ def _parser() -> argparse.ArgumentParser:
     cchk = csub.add_parser("check", help="validate a fleet spec and print each site's policy")
     cchk.add_argument("spec", help="fleet spec YAML (examples/fleet.yaml)")
     cchk.set_defaults(func=_cmd_controller_check)
+
+    edge = sub.add_parser("edge", help="the site box agent")
+    esub = edge.add_subparsers(dest="edge_command", required=True)
+    erun = esub.add_parser("run", help="serve the site agent until SIGINT/SIGTERM")
+    erun.add_argument("--config", required=True, help="site YAML (see examples/site.yaml)")
+    erun.add_argument("--http-port", type=int, default=None, help="override http_port")
+    erun.set_defaults(func=_cmd_edge_run)
+
+    cal = sub.add_parser("calibrate", help="calibrate a bundle's confidence gate")
+    cal.add_argument("bundle", help="edge bundle directory (calibration.json is written there)")
+    cal.add_argument("labelled", help="JSONL: image/images, question, answer per line")
+    cal.add_argument("--max-tokens", type=int, default=32)
+    cal.add_argument("--match", default="exact", choices=["exact", "contains"])
+    cal.add_argument("--no-probe", action="store_true", help="skip the hidden-state probe")
+    cal.add_argument("--out", default=None, help="write elsewhere than BUNDLE/calibration.json")
+    cal.set_defaults(func=_cmd_calibrate)
     return p
 
 

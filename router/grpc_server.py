@@ -9,6 +9,7 @@ refuses at once (``DEADLINE_EXCEEDED`` when no backend is fast enough,
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import hashlib
 import time
@@ -22,8 +23,10 @@ from fleetvl.errors import InputError
 from fleetvl.policy import PolicyError, PolicyOverride
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from router import metrics
 from router.agents import agent_backends, serve_agent_stream
 from router.backends import BackendError, Delta, Final, ImageInput
+from router.idempotency import IdempotencyRecord
 from router.images import check_image
 from router.service import Expired, ModelNotFound, Rejected, RoutedRequest, RouterService, log_line
 
@@ -43,6 +46,8 @@ class RouterServicer(pb_grpc.RouterServicer):
         self.blobs = blobs
         self.keys = service.config.keys()
         self.agents = agent_backends(list(service.backends.values()))
+        self.idempotency = IdempotencyRecord()
+        self._detached: set[asyncio.Task[None]] = set()
 
     async def AgentConnect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[pb.AgentUp], context: grpc.aio.ServicerContext
@@ -70,19 +75,70 @@ class RouterServicer(pb_grpc.RouterServicer):
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
     ) -> AsyncIterator[pb.GenerateChunk]:
-        t0 = time.monotonic()
         tenant = self._tenant(context, request.tenant)
         if tenant is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key")
         rid = request.request_id or f"grpc-{uuid.uuid4().hex[:20]}"
         fields: dict[str, Any] = {"id": rid, "api": "grpc", "tenant": tenant,
                                   "site": request.site, "model": request.model}  # fmt: skip
+        key = request.idempotency_key
+        if not key:
+            try:
+                async for chunk in self._generate(request, context, rid, str(tenant), fields):
+                    yield chunk
+            except _Abort as exc:
+                await context.abort(exc.code, exc.message)
+            return
+        run, slot = await self.idempotency.claim(str(tenant), key)
+        if not run:
+            assert slot.final is not None  # claim() returns a recorded answer
+            metrics.IDEMPOTENT_REPLAYS.inc()
+            log_line(**fields, status="OK", outcome="replayed", idempotency_key=key)
+            final = pb.Final()
+            final.CopyFrom(slot.final)
+            final.replayed = True
+            yield pb.GenerateChunk(final=final)
+            return
+        # The run is detached from this call: a caller that goes away mid-answer (an agent
+        # killed while delivering its spool) does not cancel it, so the answer is recorded and
+        # its replay is served from the record instead of running the request again.
+        chunks: asyncio.Queue[pb.GenerateChunk | _Abort | None] = asyncio.Queue()
+
+        async def produce() -> None:
+            final = None
+            try:
+                async for chunk in self._generate(request, context, rid, str(tenant), fields):
+                    if chunk.WhichOneof("kind") == "final":
+                        final = chunk.final
+                    chunks.put_nowait(chunk)
+            except _Abort as exc:
+                chunks.put_nowait(exc)
+            finally:
+                self.idempotency.finish(str(tenant), key, slot, final)
+                chunks.put_nowait(None)
+
+        task = asyncio.create_task(produce())
+        self._detached.add(task)
+        task.add_done_callback(self._detached.discard)
+        while (item := await chunks.get()) is not None:
+            if isinstance(item, _Abort):
+                await context.abort(item.code, item.message)
+            yield item
+
+    async def _generate(
+        self,
+        request: pb.GenerateRequest,
+        context: grpc.aio.ServicerContext,
+        rid: str,
+        tenant: str,
+        fields: dict[str, Any],
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        t0 = time.monotonic()
         try:
-            req, missing = self._routed(request, rid, str(tenant), context)
+            req, missing = self._routed(request, rid, tenant, context)
         except (InputError, ValueError) as exc:
             log_line(**fields, status="INVALID_ARGUMENT", outcome="invalid", error=str(exc))
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc))
-            return
+            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
         if missing:
             log_line(**fields, status="OK", outcome="need_images", missing=len(missing))
             yield pb.GenerateChunk(need_images=pb.NeedImages(digests=missing))
@@ -122,7 +178,7 @@ class RouterServicer(pb_grpc.RouterServicer):
             completion_tokens=final.completion_tokens if final else None, error=message or None,
         )  # fmt: skip
         if code is not grpc.StatusCode.OK:
-            await context.abort(code, message)
+            raise _Abort(code, message)
 
     def _routed(
         self,
@@ -201,6 +257,15 @@ class RouterServicer(pb_grpc.RouterServicer):
             deadline_s=remaining,
         )
         return req, missing
+
+
+class _Abort(Exception):  # noqa: N818 - a control-flow signal, not an error type
+    """End the call with this status (raised where the context may not be the caller's)."""
+
+    def __init__(self, code: grpc.StatusCode, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
 
 
 def _final(t: Any, f: Final) -> pb.Final:

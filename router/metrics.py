@@ -25,3 +25,7 @@ LATENCY = Histogram(
 )
 TTFT = Histogram("fleetvl_router_ttft_seconds", "Request start to first token", buckets=_LAT)
 QUEUE = Histogram("fleetvl_router_queue_seconds", "Admission to dispatch", buckets=_LAT)
+IDEMPOTENT_REPLAYS = Counter(
+    "fleetvl_router_idempotent_replays_total",
+    "Generate calls answered from the idempotency record (a spool replay already answered)",
+)

@@ -199,6 +199,8 @@ class RouterService:
         if req.deadline_s is not None:
             deadline_s = min(deadline_s, req.deadline_s)
         edge, cloud = self.eligible(req, pol.residency)
+        if req.edge_attempt is not None:
+            edge = set()  # an escalation from a site's agent never goes back to an edge box
         item_id = req.id or f"r{next(self._ids)}"
         # prefer_edge: the site's agent if it can meet the deadline, else the cloud.
         tiers = [edge, cloud] if pol.residency is Residency.PREFER_EDGE else [edge | cloud]

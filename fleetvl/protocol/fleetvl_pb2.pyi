@@ -81,7 +81,7 @@ class EdgeAttempt(_message.Message):
     def __init__(self, text: _Optional[str] = ..., confidence: _Optional[float] = ..., signal: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "site", "model", "messages", "sampling", "sla", "edge_attempt")
+    __slots__ = ("request_id", "tenant", "site", "model", "messages", "sampling", "sla", "edge_attempt", "idempotency_key")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
@@ -90,6 +90,7 @@ class GenerateRequest(_message.Message):
     SAMPLING_FIELD_NUMBER: _ClassVar[int]
     SLA_FIELD_NUMBER: _ClassVar[int]
     EDGE_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
+    IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     site: str
@@ -98,7 +99,8 @@ class GenerateRequest(_message.Message):
     sampling: Sampling
     sla: Sla
     edge_attempt: EdgeAttempt
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., site: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., sla: _Optional[_Union[Sla, _Mapping]] = ..., edge_attempt: _Optional[_Union[EdgeAttempt, _Mapping]] = ...) -> None: ...
+    idempotency_key: str
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., site: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., sla: _Optional[_Union[Sla, _Mapping]] = ..., edge_attempt: _Optional[_Union[EdgeAttempt, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
 
 class Delta(_message.Message):
     __slots__ = ("text", "index", "token_prob")
@@ -129,7 +131,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("text", "finish_reason", "served_by", "backend", "confidence", "confidence_signal", "escalation_reason", "usage", "timings")
+    __slots__ = ("text", "finish_reason", "served_by", "backend", "confidence", "confidence_signal", "escalation_reason", "usage", "timings", "replayed")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     SERVED_BY_FIELD_NUMBER: _ClassVar[int]
@@ -139,6 +141,7 @@ class Final(_message.Message):
     ESCALATION_REASON_FIELD_NUMBER: _ClassVar[int]
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
+    REPLAYED_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: str
     served_by: str
@@ -148,7 +151,8 @@ class Final(_message.Message):
     escalation_reason: str
     usage: Usage
     timings: Timings
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., served_by: _Optional[str] = ..., backend: _Optional[str] = ..., confidence: _Optional[float] = ..., confidence_signal: _Optional[str] = ..., escalation_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ...) -> None: ...
+    replayed: bool
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., served_by: _Optional[str] = ..., backend: _Optional[str] = ..., confidence: _Optional[float] = ..., confidence_signal: _Optional[str] = ..., escalation_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
 
 class NeedImages(_message.Message):
     __slots__ = ("digests",)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 import shutil
 import ssl
-import subprocess
 from pathlib import Path
 
 import grpc
@@ -14,6 +13,7 @@ import pytest
 
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from tests.pki import make_pki
 from tests.router_harness import RunningRouter
 
 pytestmark = pytest.mark.skipif(
@@ -21,48 +21,9 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
-    d = tmp_path_factory.mktemp("pki")
-    p = {n: d / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem", "cli.key",
-                            "cli.csr", "cli.pem", "ext.cnf")}  # fmt: skip
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=fleetvl-test-ca",
-        "-keyout",
-        str(p["ca.key"]),
-        "-out",
-        str(p["ca.pem"]),
-    )
-    p["ext.cnf"].write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for who, cn in (("srv", "localhost"), ("cli", "site-agent")):
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={cn}",
-            "-keyout",
-            str(p[f"{who}.key"]),
-            "-out",
-            str(p[f"{who}.csr"]),
-        )
-        _openssl("x509", "-req", "-in", str(p[f"{who}.csr"]), "-CA", str(p["ca.pem"]),
-                 "-CAkey", str(p["ca.key"]), "-CAcreateserial", "-days", "2",
-                 "-extfile", str(p["ext.cnf"]), "-out", str(p[f"{who}.pem"]))  # fmt: skip
-    return p
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def _config(pki: dict[str, Path], mutual: bool) -> dict:

@@ -1,0 +1,162 @@
+"""The site box's configuration (``site.yaml``): who it is, its model, gate, uplink, spool.
+
+Values may reference the environment (``${FLEETVL_ROUTER_KEY}``); secrets such as the
+router key come from there or from a mounted file, never from a default. See
+``examples/site.yaml`` for a documented example.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+from fleetvl.policy import PolicyOverride, SlaPolicy
+from fleetvl.vlm.gate import SIGNALS
+
+__all__ = [
+    "AgentConfig",
+    "ControllerSection",
+    "GateConfig",
+    "RouterLink",
+    "SitePolicies",
+    "SpoolConfig",
+]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class RouterLink(_Strict):
+    target: str = Field(description="host:port of the router's gRPC listener.")
+    api_key: str | None = Field(None, description="Bearer key the router maps to the tenant.")
+    model: str | None = Field(None, description="Model escalations ask the router for "
+                              "(default: the agent's own model name).")  # fmt: skip
+    tls_ca_file: str | None = Field(None, description="CA that signed the router's cert.")
+    tls_cert_file: str | None = Field(None, description="This agent's certificate (mTLS).")
+    tls_key_file: str | None = Field(None, description="This agent's private key (mTLS).")
+    connect: bool = Field(
+        True, description="Keep the outbound AgentConnect stream open (flow 4) and use it as "
+        "the uplink's liveness signal."
+    )  # fmt: skip
+    backoff_s: float = Field(0.2, gt=0, description="First reconnect delay; doubles per try.")
+    max_backoff_s: float = Field(30.0, gt=0, description="Longest reconnect delay.")
+    cloud_rtt_ms: float = Field(
+        300.0, gt=0, description="Prior for an escalation's round trip until measured; the "
+        "agent stops escalating when the remaining budget is below its current estimate."
+    )  # fmt: skip
+
+
+class GateConfig(_Strict):
+    signal: str = Field("mean_prob", description=f"Confidence signal: one of {SIGNALS}.")
+    threshold_source: Literal["calibration", "raw"] = Field(
+        "calibration",
+        description="calibration: min_confidence is the accuracy released answers must reach "
+        "on the bundle's calibration set, mapped to a threshold on the signal; raw: the "
+        "signal's score is compared with min_confidence directly. Without a calibration file "
+        "the raw comparison is used.",
+    )
+    early_escalation: bool = Field(
+        True, description="Stop decoding as soon as the answer can no longer pass the gate "
+        "(or the deadline cannot be met locally) and escalate at once."
+    )  # fmt: skip
+
+    @model_validator(mode="after")
+    def _known(self) -> GateConfig:
+        if self.signal not in SIGNALS:
+            raise ValueError(f"gate.signal {self.signal!r} is not one of {', '.join(SIGNALS)}")
+        return self
+
+
+class SpoolConfig(_Strict):
+    path: Path = Field(Path("spool.sqlite"), description="SQLite file of the durable spool.")
+    max_bytes: int = Field(256 << 20, ge=1024, description="Quota on waiting payload bytes.")
+    ttl_s: float = Field(24 * 3600.0, gt=0, description="How long an escalation may wait.")
+    keep_s: float = Field(24 * 3600.0, gt=0, description="How long answers stay pollable.")
+    concurrency: int = Field(8, ge=1, le=256, description="Deliveries in flight at once.")
+    retry_backoff_s: float = Field(0.5, gt=0, description="First redelivery delay.")
+    max_retry_backoff_s: float = Field(60.0, gt=0, description="Longest redelivery delay.")
+    attempt_timeout_s: float = Field(30.0, gt=0, description="Deadline of one delivery try.")
+
+
+class SitePolicies(_Strict):
+    """The SLA layers this site applies (the controller may push newer ones)."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    global_: SlaPolicy = Field(
+        default_factory=SlaPolicy, alias="global", description="The complete base policy."
+    )
+    tenant: PolicyOverride | None = Field(None, description="This site's tenant's layer.")
+    site: PolicyOverride | None = Field(None, description="This site's own layer.")
+
+
+class ControllerSection(_Strict):
+    """Handed to the control-plane client (``edge_agent.control``) once it is wired in."""
+
+    target: str = Field(description="host:port of the controller's gRPC listener.")
+    token: str | None = Field(None, description="Per-agent credential.")
+    tls_ca_file: str | None = Field(None, description="CA that signed the controller's cert.")
+    tls_cert_file: str | None = Field(None, description="This agent's certificate (mTLS).")
+    tls_key_file: str | None = Field(None, description="This agent's private key (mTLS).")
+    heartbeat_s: float = Field(5.0, gt=0, description="Heartbeat period.")
+    bundle_dir: Path = Field(Path("bundles"), description="Where verified bundles unpack.")
+
+
+class AgentConfig(_Strict):
+    site: str = Field(min_length=1, pattern=r"^[\w.-]+$", description="This site's name.")
+    tenant: str = Field("default", min_length=1, description="The tenant this site belongs to.")
+    model: str = Field("edge", min_length=1, description="Model name clients ask for.")
+    bundle: Path = Field(description="Edge bundle directory served locally.")
+    engines: int = Field(1, ge=1, le=64, description="Engines = concurrent local requests.")
+    intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per engine.")
+    max_queue: int = Field(64, ge=1, description="Local requests queued beyond the engines.")
+    http_host: str = Field("127.0.0.1", description="Local API address.")
+    http_port: int = Field(8090, ge=0, le=65535, description="Local API port (0: any).")
+    max_body_bytes: int = Field(20 << 20, ge=1024, description="Largest request body.")
+    allow_webhooks: bool = Field(
+        False, description="Accept an x-fleetvl-webhook header on queued requests: the agent "
+        "POSTs the answer there when delivered. Off by default: a webhook makes the agent "
+        "call a URL a client chose."
+    )  # fmt: skip
+    max_image_bytes: int = Field(10 << 20, ge=1024, description="Largest image.")
+    max_input_pixels: int = Field(40_000_000, ge=1, description="Decoded pixel budget.")
+    router: RouterLink | None = Field(None, description="The cloud uplink; None: offline box.")
+    gate: GateConfig = Field(default_factory=GateConfig, description="The confidence gate.")
+    spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Store-and-forward.")
+    policies: SitePolicies = Field(default_factory=SitePolicies, description="SLA layers.")
+    controller: ControllerSection | None = Field(None, description="Control-plane client.")
+
+    @classmethod
+    def load(cls, path: str | Path, environ: dict[str, str] | None = None) -> AgentConfig:
+        """The YAML file, ``${VAR}`` references expanded, then ``FLEETVL_EDGE_*`` variables
+        applied on top (``FLEETVL_EDGE_HTTP_PORT=9000``; nested keys joined by ``__``:
+        ``FLEETVL_EDGE_ROUTER__API_KEY``)."""
+        raw = yaml.safe_load(Path(path).read_text()) or {}
+        raw = _expand_env(raw)
+        for key, value in (os.environ if environ is None else environ).items():
+            if not key.startswith(ENV_PREFIX):
+                continue
+            *parents, leaf = key.removeprefix(ENV_PREFIX).lower().split("__")
+            node = raw
+            for p in parents:
+                node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
+            node[leaf] = value
+        return cls.model_validate(raw)
+
+
+ENV_PREFIX = "FLEETVL_EDGE_"
+
+
+def _expand_env(v: Any) -> Any:
+    if isinstance(v, str):
+        return os.path.expandvars(v)
+    if isinstance(v, dict):
+        return {k: _expand_env(x) for k, x in v.items()}
+    if isinstance(v, list):
+        return [_expand_env(x) for x in v]
+    return v

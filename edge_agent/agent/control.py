@@ -1,0 +1,107 @@
+"""The running agent as the control plane sees it (the ``ControlHandler`` of
+``edge_agent.control``): pushed policies, bundle hot-swap, commands, a metrics summary.
+
+The control-plane client calls these from its own task on the agent's event loop;
+:meth:`install_bundle` and :meth:`run_command` are synchronous by contract, so they schedule
+the work on the loop when called from it and wait for it when called from another thread.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import threading
+from pathlib import Path
+from typing import Any
+
+from edge_agent.agent.service import AgentService
+from fleetvl.policy import PolicyOverride, SlaPolicy
+
+__all__ = ["AgentControl"]
+
+
+class AgentControl:
+    def __init__(self, service: AgentService, loop: asyncio.AbstractEventLoop) -> None:
+        self.service = service
+        self.loop = loop
+        self._lock = threading.Lock()
+        self._samples: list[tuple[float, bool, bool, bool]] = []  # ms, ok, escalated, met SLA
+        self.swaps: list[asyncio.Future[None]] = []
+
+    # -- what the service reports ----------------------------------------------------------
+
+    def record(self, total_ms: float, ok: bool, escalated: bool, met: bool) -> None:
+        with self._lock:
+            self._samples.append((total_ms, ok, escalated, met))
+
+    # -- ControlHandler ---------------------------------------------------------------------
+
+    def apply_policies(self, policies: dict[str, Any]) -> None:
+        """Replace the site's SLA layers (``{"global": {...}, "tenant": {...}, "site": {...}}``
+        in :mod:`fleetvl.policy` field names); a missing layer keeps the current one.
+
+        Raises:
+            pydantic.ValidationError: a layer is invalid; nothing is changed then.
+        """
+        cur = self.service.layers
+        g = SlaPolicy.model_validate(policies["global"]) if "global" in policies else cur.global_
+        t = PolicyOverride.model_validate(policies["tenant"]) if policies.get("tenant") else (
+            None if "tenant" in policies else cur.tenant)  # fmt: skip
+        s = PolicyOverride.model_validate(policies["site"]) if policies.get("site") else (
+            None if "site" in policies else cur.site)  # fmt: skip
+        self.service.set_policies(g, t, s)
+
+    def install_bundle(self, bundle_dir: Path, digest: str) -> None:
+        """Hot-swap the engines to ``bundle_dir`` (in-flight requests finish on the old ones).
+
+        Raises:
+            ValueError: the bundle's digest is not ``digest``.
+            BundleError: the bundle cannot be loaded; the old engines stay in service.
+        """
+        from fleetvl.vlm.bundle_manifest import read_manifest
+
+        got = read_manifest(Path(bundle_dir), verify="size")["bundle_digest"]
+        if got != digest:
+            raise ValueError(f"bundle in {bundle_dir} has digest {got}, expected {digest}")
+        self._on_loop(self.service.pool.swap(Path(bundle_dir)))
+
+    def run_command(self, name: str, args: dict[str, str]) -> None:
+        """``reload`` (re-read the bundle from disk) or ``recalibrate`` (re-read its
+        calibration file after ``fleetvl calibrate`` wrote a new one)."""
+        if name == "reload":
+            self._on_loop(self.service.pool.swap(self.service.pool.bundle))
+        elif name == "recalibrate":
+            self.service.pool.reload_calibration()
+        else:
+            raise ValueError(f"unknown command {name!r}; known: reload, recalibrate")
+
+    def summary(self) -> dict[str, float]:
+        """Since the last call: requests, errors, escalation_rate, sla_attainment, p95_ms."""
+        with self._lock:
+            samples, self._samples = self._samples, []
+        n = len(samples)
+        if n == 0:
+            return {"requests": 0.0, "errors": 0.0, "escalation_rate": 0.0,
+                    "sla_attainment": 1.0, "p95_ms": 0.0}  # fmt: skip
+        lat = sorted(s[0] for s in samples)
+        return {
+            "requests": float(n),
+            "errors": float(sum(not s[1] for s in samples)),
+            "escalation_rate": sum(s[2] for s in samples) / n,
+            "sla_attainment": sum(s[3] for s in samples) / n,
+            "p95_ms": lat[min(n - 1, math.ceil(0.95 * n) - 1)],
+        }
+
+    def bundles_held(self) -> list[str]:
+        return [self.service.pool.digest]
+
+    def _on_loop(self, coro: Any) -> None:
+        try:
+            running = asyncio.get_running_loop()
+        except RuntimeError:
+            running = None
+        if running is self.loop:
+            # Called on the agent's loop: cannot block it; the swap runs as a task.
+            self.swaps.append(asyncio.ensure_future(coro))
+        else:
+            asyncio.run_coroutine_threadsafe(coro, self.loop).result()

@@ -1,0 +1,272 @@
+"""The site box's local HTTP API: the router's OpenAI-compatible surface, plus polling.
+
+``POST /v1/chat/completions`` (JSON or SSE; SLA in ``extra_body={"sla": {...}}`` or
+``x-fleetvl-*`` headers), ``GET /v1/requests/{id}`` (spooled escalations), ``GET /v1/models``,
+``/healthz``, ``/readyz``, ``/metrics``. Status codes: 200 answer, 202 accepted into the spool
+(``Location`` to poll), 400/413/415/422 bad input with the reason, 502 the router refused the
+escalation, 503 uplink down with ``on_uplink_down: fail`` or local engines full, 507 spool
+over quota. Never a stack trace. One JSON log line per request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, Response, StreamingResponse
+from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
+from pydantic import ValidationError
+
+from edge_agent.agent import metrics
+from edge_agent.agent.answers import (
+    AgentError,
+    AgentRequest,
+    Answer,
+    Queued,
+    completion_body,
+    fleetvl_section,
+)
+from edge_agent.agent.engines import LocalRejected
+from edge_agent.agent.requests import parse_chat
+from edge_agent.agent.service import AgentService
+from fleetvl.errors import InputError, UnsupportedImageFormat
+from fleetvl.policy import PolicyError, PolicyOverride, error_details
+from fleetvl.protocol.image_urls import PayloadTooLarge
+from fleetvl.protocol.openai_api import ChatCompletionRequest
+
+__all__ = ["create_app"]
+
+log = logging.getLogger("fleetvl.edge.requests")
+
+_SLA_HEADERS = {
+    "x-fleetvl-deadline-ms": "deadline_ms",
+    "x-fleetvl-ttft-target-ms": "ttft_target_ms",
+    "x-fleetvl-min-confidence": "min_confidence",
+    "x-fleetvl-residency": "residency",
+    "x-fleetvl-priority": "priority",
+    "x-fleetvl-on-uplink-down": "on_uplink_down",
+    "x-fleetvl-max-output-tokens": "max_output_tokens",
+    "x-fleetvl-cache": "cache",
+}
+
+
+def _error(status: int, type_: str, message: str, **extra: Any) -> JSONResponse:
+    headers = {}
+    if extra.get("retry_after_s") is not None:
+        headers["retry-after"] = str(max(1, round(extra["retry_after_s"] + 0.5)))
+    body = {"error": {"type": type_, "message": message, "code": status, **extra}}
+    return JSONResponse(body, status_code=status, headers=headers)
+
+
+def _map_error(exc: BaseException) -> JSONResponse:
+    if isinstance(exc, AgentError):
+        return _error(exc.status, exc.reason, str(exc), **exc.extra)
+    if isinstance(exc, LocalRejected):
+        d = exc.decision
+        return _error(503, exc.reason, str(exc), retry_after_s=d.retry_after_s if d else None)
+    if isinstance(exc, PolicyError):
+        return _error(422, "invalid_request_error", str(exc), details=error_details(exc, "sla."))
+    if isinstance(exc, PayloadTooLarge):
+        return _error(413, "payload_too_large", str(exc))
+    if isinstance(exc, UnsupportedImageFormat):
+        return _error(415, "unsupported_media_type", str(exc))
+    if isinstance(exc, InputError):
+        return _error(400, "invalid_request_error", str(exc))
+    log.error("unhandled error", exc_info=exc)
+    return _error(500, "internal_error", "internal error; see the agent log")
+
+
+def _sla(body: ChatCompletionRequest, request: Request) -> PolicyOverride | None:
+    given = {f: request.headers[h] for h, f in _SLA_HEADERS.items() if h in request.headers}
+    if not given:
+        return body.sla
+    merged = {**given, **(body.sla.model_dump(exclude_none=True) if body.sla else {})}
+    try:
+        return PolicyOverride.model_validate(merged)
+    except ValidationError as exc:
+        raise AgentError(422, "invalid_request_error", "SLA headers are invalid",
+                         details=error_details(exc)) from None  # fmt: skip
+
+
+def _log(fields: dict[str, Any], t0: float, status: int, outcome: str, **more: Any) -> None:
+    metrics.REQUESTS.labels(outcome).inc()
+    metrics.LATENCY.observe(time.monotonic() - t0)
+    line = {**fields, "status": status, "outcome": outcome,
+            "total_ms": round((time.monotonic() - t0) * 1000, 2), **more}  # fmt: skip
+    log.info(json.dumps(line, separators=(",", ":"), default=str))
+
+
+def _outcome(a: Answer) -> str:
+    return "low_confidence_local" if a.low_confidence else a.served_by
+
+
+def create_app(service: AgentService) -> FastAPI:
+    cfg = service.config
+    app = FastAPI(title=f"FleetVL site agent ({cfg.site})", version="1")
+
+    @app.middleware("http")
+    async def _body_limit(request: Request, call_next: Any) -> Response:
+        # Declared sizes are refused before the body is read; uvicorn caps the rest.
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > cfg.max_body_bytes:
+            return _error(
+                413,
+                "payload_too_large",
+                f"body of {size} bytes is over the {cfg.max_body_bytes}-byte limit",
+            )
+        return await call_next(request)  # fmt: skip
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
+        details = [
+            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body",
+             "reason": str(e.get("msg", "invalid"))}
+            for e in exc.errors()
+        ]  # fmt: skip
+        return _error(422, "invalid_request_error", "request body is invalid", details=details)
+
+    @app.exception_handler(Exception)
+    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
+        return _map_error(exc)
+
+    @app.get("/healthz")
+    async def healthz() -> dict[str, Any]:
+        return {"status": "ok", "site": cfg.site, "bundle": service.pool.digest[:16],
+                "uplink": "up" if service.link_up() else "down"}  # fmt: skip
+
+    @app.get("/readyz")
+    async def readyz() -> dict[str, Any]:
+        return {"status": "ready", "engines": service.pool.size}
+
+    @app.get("/metrics")
+    async def prom() -> Response:
+        return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
+
+    @app.get("/v1/models")
+    async def models() -> dict[str, Any]:
+        return {"object": "list", "data": [
+            {"id": cfg.model, "object": "model", "created": 0, "owned_by": "fleetvl"}]}  # fmt: skip
+
+    @app.get("/v1/requests/{rid}")
+    async def poll(rid: str) -> Response:
+        st = service.spool.get(rid)
+        if st is None:
+            return _error(404, "not_found", f"no spooled request {rid!r} on this agent")
+        status = {"done": "completed"}.get(st.state, st.state)
+        return JSONResponse({"id": rid, "status": status, "attempts": st.attempts,
+                             "expires_at": st.expires, "response": st.result,
+                             "error": st.error if st.state != "pending" else None})  # fmt: skip
+
+    @app.post("/v1/chat/completions", response_model=None)
+    async def chat(body: ChatCompletionRequest, request: Request) -> Response:
+        t0 = time.monotonic()
+        fields: dict[str, Any] = {"site": cfg.site, "model": body.model}
+        try:
+            webhook = request.headers.get("x-fleetvl-webhook")
+            if webhook and not cfg.allow_webhooks:
+                raise InputError("x-fleetvl-webhook is disabled on this agent "
+                                 "(allow_webhooks: false); poll GET /v1/requests/{id}")  # fmt: skip
+            req = parse_chat(body, cfg, _sla(body, request), webhook)
+            fields["id"] = req.id
+            events = service.handle(req)
+            if body.stream:
+                first = await anext(events)  # errors before the first byte get a status
+                return StreamingResponse(
+                    _sse(req, first, events, fields, t0),
+                    media_type="text/event-stream",
+                    headers={"x-request-id": req.id, "cache-control": "no-cache"},
+                )
+            result: Answer | Queued | None = None
+            async for ev in events:
+                if not isinstance(ev, str):
+                    result = ev
+        except Exception as exc:
+            resp = _map_error(exc)
+            _log(fields, t0, resp.status_code, "error" if resp.status_code >= 500 else "invalid",
+                 error=str(exc))  # fmt: skip
+            service.report((time.monotonic() - t0) * 1000, resp.status_code < 500, False, False)
+            return resp
+        resp = _respond(req, result, fields, t0)
+        ms = (time.monotonic() - t0) * 1000
+        if isinstance(result, Answer):
+            deadline = result.policy.get("deadline_ms", {}).get("value", math.inf)
+            service.report(ms, True, result.served_by != "edge", ms <= deadline)
+        else:
+            service.report(ms, result is not None, True, False)
+        return resp
+
+    return app
+
+
+def _respond(
+    req: AgentRequest, result: Answer | Queued | None, fields: dict[str, Any], t0: float
+) -> Response:
+    if isinstance(result, Queued):
+        _log(fields, t0, 202, "queued", reason=result.reason)
+        return JSONResponse(
+            {"id": result.id, "object": "fleetvl.queued", "status": "pending",
+             "poll": f"/v1/requests/{result.id}", "expires_at": result.expires_at,
+             "reason": result.reason},
+            status_code=202, headers={"location": f"/v1/requests/{result.id}"},
+        )  # fmt: skip
+    if result is None:
+        _log(fields, t0, 502, "error", error="no answer")
+        return _error(502, "no_answer", "the request ended without an answer")
+    _log(fields, t0, 200, _outcome(result), served_by=result.served_by,
+         confidence=result.confidence, signal=result.signal, threshold=result.threshold,
+         escalation_reason=result.escalation_reason, local_tokens=result.local_tokens)  # fmt: skip
+    return JSONResponse(
+        completion_body(result),
+        headers={"x-request-id": req.id, "x-fleetvl-served-by": result.served_by},
+    )
+
+
+async def _sse(
+    req: AgentRequest,
+    first: str | Answer | Queued,
+    events: AsyncIterator[str | Answer | Queued],
+    fields: dict[str, Any],
+    t0: float,
+) -> AsyncIterator[bytes]:
+    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
+        body = {
+            "id": req.id,
+            "object": "chat.completion.chunk",
+            "created": req.created,
+            "model": req.model,
+            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
+            **extra,
+        }
+        return f"data: {json.dumps(body)}\n\n".encode()  # fmt: skip
+
+    yield chunk({"role": "assistant"})
+    sent = ""
+    ev: str | Answer | Queued | None = first
+    try:
+        while ev is not None:
+            if isinstance(ev, str):
+                sent += ev
+                yield chunk({"content": ev})
+            elif isinstance(ev, Queued):
+                _log(fields, t0, 202, "queued", reason=ev.reason)
+                yield chunk({}, "stop", fleetvl={"queued": True, "poll": f"/v1/requests/{ev.id}"})
+                break
+            else:
+                if ev.text.startswith(sent) and len(ev.text) > len(sent):
+                    yield chunk({"content": ev.text[len(sent) :]})
+                finish = ev.finish_reason if ev.finish_reason in ("stop", "length") else "stop"
+                yield chunk({}, finish, fleetvl=fleetvl_section(ev))
+                _log(fields, t0, 200, _outcome(ev), served_by=ev.served_by)
+                break
+            ev = await anext(events, None)
+    except Exception as exc:  # the status line is out: report in-band
+        resp = _map_error(exc)
+        _log(fields, t0, resp.status_code, "error", error=str(exc))
+        yield f"data: {resp.body.decode()}\n\n".encode()
+    yield b"data: [DONE]\n\n"

@@ -1,0 +1,377 @@
+"""The site agent's core: local answer, gate, early escalation, escalation, store-and-forward.
+
+Per request (flows 1-3 of the architecture):
+
+1. resolve the SLA policy (global < tenant < site < request; the layers may be pushed by the
+   controller);
+2. unless ``cloud_only``: queue for a local engine (refused at once when the engines cannot
+   make the deadline: then escalate) and generate under the gate, stopping early when the
+   answer can no longer pass or cannot finish in time — but only while escalating is allowed
+   and the remaining budget still affords a cloud round trip;
+3. release the local answer if it passes the gate within the deadline (``served_by: edge``);
+   if it fails and escalating is impossible (``edge_only``, no budget), release it flagged
+   ``low_confidence``;
+4. else escalate over gRPC (digests first, the edge attempt attached, deadline propagated,
+   idempotency key = request id) and stream the cloud's answer back;
+5. uplink down (or the cloud unreachable): ``on_uplink_down`` decides — the local answer
+   flagged ``low_confidence``, the durable spool (202 + id) or an error.
+
+``edge_only`` requests never reach :meth:`_escalate` (checked, and counted if it ever failed).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+from edge_agent.agent import metrics
+from edge_agent.agent.answers import AgentError, AgentRequest, Answer, Queued, gate_dict
+from edge_agent.agent.config import AgentConfig
+from edge_agent.agent.engines import EnginePool, LocalRejected
+from edge_agent.agent.escalation import CloudClient, EscalationError
+from edge_agent.agent.local import LocalAttempt, run_local
+from edge_agent.agent.requests import to_generate_request
+from edge_agent.agent.spool import Spool, SpoolFull
+from fleetvl.policy import (
+    PolicyOverride,
+    Residency,
+    ResolvedPolicy,
+    SlaPolicy,
+    UplinkDownAction,
+    resolve_policy,
+)
+from fleetvl.sampling import CancelToken
+from fleetvl.vlm.gate import Gate
+
+__all__ = ["AgentService"]
+
+log = logging.getLogger("fleetvl.edge")
+
+Event = str | Answer | Queued
+
+
+class AgentService:
+    def __init__(
+        self,
+        config: AgentConfig,
+        pool: EnginePool,
+        spool: Spool,
+        cloud: CloudClient | None,
+        link_up: Callable[[], bool] = lambda: True,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.pool = pool
+        self.spool = spool
+        self.cloud = cloud
+        self.link_up = link_up
+        self.clock = clock
+        self.layers = config.policies
+        rtt = config.router.cloud_rtt_ms if config.router else 300.0
+        self.cloud_rtt_s = rtt / 1000.0  # EWMA of measured escalations, seeded by config
+        self.residency_violations = 0  # edge_only requests that reached the escalation path
+        self.cloud_calls = 0
+        self.spool_wakeup = asyncio.Event()
+        # Called with (total_ms, ok, escalated, met_deadline) per finished request.
+        self.observers: list[Callable[[float, bool, bool, bool], None]] = []
+
+    def report(self, total_ms: float, ok: bool, escalated: bool, met: bool) -> None:
+        for observe in self.observers:
+            observe(total_ms, ok, escalated, met)
+
+    async def run_local(
+        self, req: AgentRequest, pol: SlaPolicy, deadline: float, early: bool = False
+    ) -> LocalAttempt:
+        """A local attempt under the policy's gate, never escalated (site-bound calls)."""
+        return await self._local(req, pol, deadline, self.gate(pol.min_confidence),
+                                 lambda _now: False, early=early)  # fmt: skip
+
+    # -- policy and gate --------------------------------------------------------------------
+
+    def set_policies(self, global_: SlaPolicy, tenant: PolicyOverride | None,
+                     site: PolicyOverride | None) -> None:  # fmt: skip
+        self.layers = self.layers.model_copy(
+            update={"global_": global_, "tenant": tenant, "site": site}
+        )
+
+    def resolve(self, sla: PolicyOverride | None) -> ResolvedPolicy:
+        """Raises PolicyError (HTTP 422) when the request loosens residency."""
+        lay = self.layers
+        return resolve_policy(lay.global_, tenant=lay.tenant, site=lay.site, request=sla)
+
+    def gate(self, min_confidence: float) -> Gate:
+        """The gate for a policy's ``min_confidence``: through the bundle's calibration when it
+        has one for the signal (min_confidence = accuracy asked of released answers)."""
+        g = self.config.gate
+        cal = self.pool.calibration
+        threshold = min_confidence
+        if g.threshold_source == "calibration" and cal is not None and g.signal in cal.signals:
+            threshold = cal.signals[g.signal].threshold_for_accuracy(min_confidence)
+        return Gate(g.signal, threshold, cal.probe if cal is not None else None)
+
+    def affordable(self, now: float, deadline: float) -> bool:
+        """Whether the remaining budget still pays for a cloud round trip."""
+        return deadline - now >= self.cloud_rtt_s
+
+    # -- a request --------------------------------------------------------------------------
+
+    async def handle(self, req: AgentRequest) -> AsyncIterator[Event]:
+        """Text deltas (cloud answers stream), then one :class:`Answer` or :class:`Queued`.
+
+        Raises:
+            AgentError: refused with a status and a reason.
+            PolicyError / InputError: bad request (HTTP 4xx).
+        """
+        resolved = self.resolve(req.sla)
+        pol = resolved.policy
+        deadline = req.arrival + pol.deadline_ms / 1000.0
+        max_tokens = min(req.requested_max_tokens or pol.max_output_tokens, pol.max_output_tokens)
+        req.params = _with_max_tokens(req.params, max_tokens)
+        res = pol.residency
+        if res is Residency.CLOUD_ONLY:
+            async for ev in self._escalate(req, resolved, deadline, None, "cloud_only"):
+                yield ev
+            return
+        gate = self.gate(pol.min_confidence)
+        uplink_ok = self.cloud is not None and self.link_up()
+
+        def can_escalate(now: float) -> bool:
+            if not res.allows_cloud or self.cloud is None:
+                return False
+            if uplink_ok:
+                return self.affordable(now, deadline)
+            # Link down: spooling needs no budget, failing needs no answer; only answer_local
+            # wants the local answer finished.
+            return pol.on_uplink_down is not UplinkDownAction.ANSWER_LOCAL
+
+        try:
+            attempt = await self._local(req, pol, deadline, gate, can_escalate, early=True)
+        except LocalRejected as exc:
+            if not can_escalate(self.clock()):
+                raise AgentError(503, exc.reason, str(exc), retry_after_s=_retry(exc)) from None
+            async for ev in self._escalate(req, resolved, deadline, None, "local_busy"):
+                yield ev
+            return
+        now = self.clock()
+        v = attempt.verdict
+        metrics.GATE.labels(v.signal, str(v.passed).lower()).inc()
+        if attempt.stopped:
+            metrics.EARLY_STOPS.labels(attempt.stopped).inc()
+        if v.passed and attempt.complete and now <= deadline:
+            yield self._local_answer(req, resolved, attempt)
+            return
+        reason = attempt.stopped or ("low_confidence" if not v.passed else "deadline")
+        if not can_escalate(now) and attempt.complete:
+            # edge_only, an unaffordable round trip, or the policy says answer locally.
+            yield self._local_answer(req, resolved, attempt, flag=reason)
+            return
+        async for ev in self._escalate(req, resolved, deadline, attempt, reason):
+            yield ev
+
+    async def _local(
+        self,
+        req: AgentRequest,
+        pol: SlaPolicy,
+        deadline: float,
+        gate: Gate,
+        can_escalate: Callable[[float], bool],
+        early: bool,
+    ) -> LocalAttempt:
+        item = self.pool.admit(req.id + (":l" if early else ":f"), pol, deadline,
+                               req.prompt_tokens_estimate)  # fmt: skip
+        metrics.LOCAL_QUEUE.set(self.pool.queued())
+        cancel = CancelToken()
+        async with self.pool.lease(item) as lease:
+            work = asyncio.ensure_future(asyncio.to_thread(
+                run_local, lease.engine, req.messages, req.decoded or req.images,
+                req.params, gate,
+                deadline=deadline, can_escalate=can_escalate,
+                early=early and self.config.gate.early_escalation, cancel=cancel,
+                clock=self.clock,
+            ))  # fmt: skip
+            try:
+                attempt = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                # The client went away: stop at the next token, and hand the engine back only
+                # once its thread is done with it.
+                cancel.cancel()
+                with contextlib.suppress(Exception):
+                    await work
+                raise
+            self.pool.observe(lease, attempt.ttft_s, attempt.total_s, attempt.tokens)
+        metrics.LOCAL_TOKENS.inc(attempt.tokens)
+        return attempt
+
+    def _local_answer(
+        self, req: AgentRequest, resolved: ResolvedPolicy, a: LocalAttempt, flag: str | None = None
+    ) -> Answer:
+        v = a.verdict
+        return Answer(
+            id=req.id,
+            model=req.model,
+            text=a.text,
+            finish_reason=a.finish_reason if flag is None else "low_confidence",
+            served_by="edge",
+            confidence=v.value,
+            signal=v.signal,
+            threshold=v.threshold,
+            meets_min_confidence=v.passed,
+            escalation_reason=None,
+            low_confidence=flag is not None,
+            local_tokens=a.tokens,
+            local_max_tokens=a.max_tokens,
+            prompt_tokens=a.prompt_tokens,
+            completion_tokens=a.tokens,
+            timings_ms=self._timings(req, local_s=a.total_s, local_ttft_s=a.ttft_s),
+            policy=resolved.explain(),
+            backend=f"edge:{self.config.site}",
+            gate=gate_dict(v),
+        )
+
+    def _timings(self, req: AgentRequest, **parts: float) -> dict[str, float]:
+        out = {k.removesuffix("_s") + "_ms": round(v * 1000, 2) for k, v in parts.items()}
+        out["total_ms"] = round((self.clock() - req.arrival) * 1000, 2)
+        return out
+
+    # -- escalation -------------------------------------------------------------------------
+
+    async def _escalate(
+        self,
+        req: AgentRequest,
+        resolved: ResolvedPolicy,
+        deadline: float,
+        attempt: LocalAttempt | None,
+        reason: str,
+    ) -> AsyncIterator[Event]:
+        pol = resolved.policy
+        if not pol.residency.allows_cloud:
+            # Unreachable by construction; refuse loudly rather than trust it.
+            self.residency_violations += 1
+            raise AgentError(500, "residency", "edge_only request reached the escalation path")
+        wire = to_generate_request(req, pol, attempt, reason, self.config)
+        failure: EscalationError | None = None
+        if self.cloud is None:
+            failure = EscalationError("UNAVAILABLE", "this agent has no router configured", True)
+        elif not self.link_up():
+            failure = EscalationError("UNAVAILABLE", "uplink to the router is down", True)
+        else:
+            t0 = self.clock()
+            self.cloud_calls += 1
+            streamed = False
+            try:
+                async for chunk in self.cloud.generate(wire, deadline - self.clock()):
+                    kind = chunk.WhichOneof("kind")
+                    if kind == "delta" and chunk.delta.text:
+                        streamed = True
+                        yield chunk.delta.text
+                    elif kind == "final":
+                        took = self.clock() - t0
+                        self._learn_rtt(took)
+                        metrics.ESCALATIONS.labels("ok").inc()
+                        metrics.ESCALATION_SECONDS.observe(took)
+                        yield self._cloud_answer(req, resolved, attempt, reason, chunk.final, took)
+                        return
+                failure = EscalationError("UNKNOWN", "the router ended without an answer", True)
+            except EscalationError as exc:
+                failure = exc
+            if streamed:  # part of the cloud answer is out: too late to fall back
+                metrics.ESCALATIONS.labels("failed").inc()
+                raise AgentError(502, "escalation_failed", str(failure))
+        metrics.ESCALATIONS.labels("retryable" if failure.retryable else "failed").inc()
+        if not failure.retryable:
+            raise AgentError(502, "escalation_refused", str(failure), code=failure.code)
+        async for ev in self._uplink_down(req, resolved, deadline, attempt, reason, wire, failure):
+            yield ev
+
+    def _learn_rtt(self, took: float) -> None:
+        self.cloud_rtt_s = 0.8 * self.cloud_rtt_s + 0.2 * took
+
+    def _cloud_answer(
+        self,
+        req: AgentRequest,
+        resolved: ResolvedPolicy,
+        attempt: LocalAttempt | None,
+        reason: str,
+        f: Any,
+        took: float,
+    ) -> Answer:
+        conf = None if math.isnan(f.confidence) else f.confidence
+        return Answer(
+            id=req.id,
+            model=req.model,
+            text=f.text,
+            finish_reason=f.finish_reason,
+            served_by=f.served_by or "cloud",
+            confidence=conf,
+            signal=f.confidence_signal,
+            threshold=None,
+            meets_min_confidence=conf is None or conf >= resolved.policy.min_confidence,
+            escalation_reason=reason,
+            local_tokens=attempt.tokens if attempt else 0,
+            local_max_tokens=attempt.max_tokens if attempt else 0,
+            prompt_tokens=f.usage.prompt_tokens,
+            completion_tokens=f.usage.completion_tokens,
+            timings_ms=self._timings(
+                req,
+                local_s=attempt.total_s if attempt else 0.0,
+                local_ttft_s=attempt.ttft_s if attempt else 0.0,
+                escalation_s=took,
+            ),
+            policy=resolved.explain(),
+            backend=f.backend or None,
+            replayed=f.replayed,
+            gate=gate_dict(attempt.verdict) if attempt else None,
+        )
+
+    async def _uplink_down(
+        self,
+        req: AgentRequest,
+        resolved: ResolvedPolicy,
+        deadline: float,
+        attempt: LocalAttempt | None,
+        reason: str,
+        wire: Any,
+        failure: EscalationError,
+    ) -> AsyncIterator[Event]:
+        pol = resolved.policy
+        action = pol.on_uplink_down.value
+        if action == "queue":
+            ttl = self.config.spool.ttl_s
+            try:
+                self.spool.put(req.id, req.tenant, wire.SerializeToString(), ttl,
+                               {"model": req.model, "reason": reason, "webhook": req.webhook,
+                                "local_tokens": attempt.tokens if attempt else 0,
+                                "local_max_tokens": attempt.max_tokens if attempt else 0,
+                                "gate": gate_dict(attempt.verdict) if attempt else None,
+                                "policy": resolved.explain()})  # fmt: skip
+            except SpoolFull as exc:
+                metrics.SPOOL_REFUSED.inc()
+                raise AgentError(507, "spool_full", str(exc)) from None
+            self.spool_wakeup.set()
+            yield Queued(req.id, time.time() + ttl, f"{reason}; {failure.details}")
+            return
+        if action == "answer_local" and pol.residency is not Residency.CLOUD_ONLY:
+            if attempt is None or not attempt.complete:
+                # The attempt was cut short (or never ran): finish an answer to flag.
+                attempt = await self._local(req, pol, deadline, self.gate(pol.min_confidence),
+                                            lambda _now: False, early=False)  # fmt: skip
+            answer = self._local_answer(req, resolved, attempt, flag=reason)
+            answer.escalation_reason = f"{reason}; uplink_down"
+            yield answer
+            return
+        raise AgentError(503, "uplink_down", f"cannot escalate ({reason}): {failure}")
+
+
+def _with_max_tokens(params: Any, max_tokens: int) -> Any:
+    from dataclasses import replace
+
+    return replace(params, max_tokens=max_tokens)
+
+
+def _retry(exc: LocalRejected) -> float | None:
+    return exc.decision.retry_after_s if exc.decision else None

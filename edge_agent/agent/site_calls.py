@@ -1,0 +1,67 @@
+"""Requests the router sends down the agent's outbound connection (flow 4): ``edge_only``
+requests entering the cloud, answered here and never anywhere else.
+
+They run through the same local queue and engines as the box's own clients, to the end (there
+is nowhere to escalate them), and report the gate's signal and value with the answer.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+import uuid
+from collections.abc import AsyncIterator
+
+from edge_agent.agent.answers import AgentRequest
+from edge_agent.agent.service import AgentService
+from fleetvl.errors import InputError
+from fleetvl.policy import PolicyOverride, Residency
+from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.protocol.convert import chat_inputs, sampling_params
+
+__all__ = ["site_call_handler"]
+
+log = logging.getLogger("fleetvl.edge.requests")
+
+
+def site_call_handler(service: AgentService):  # noqa: ANN201 - edge_agent.uplink.Handler
+    async def handle(
+        req: pb.GenerateRequest, cancel: threading.Event
+    ) -> AsyncIterator[pb.GenerateChunk]:
+        # The router sends site-bound calls with their images inline.
+        messages, images, missing = chat_inputs(req.messages, lambda image: image.data)
+        if missing:
+            raise InputError(f"call without the bytes of images {missing}")
+        params = sampling_params(req.sampling)
+        areq = AgentRequest(
+            id=req.request_id or f"call-{uuid.uuid4().hex[:20]}",
+            tenant=req.tenant or service.config.tenant,
+            model=req.model,
+            messages=messages,
+            images=images,
+            digests=[],
+            params=params,
+            requested_max_tokens=params.max_tokens,
+            # Whatever the cloud side resolved, this request stays on the box.
+            sla=PolicyOverride(residency=Residency.EDGE_ONLY),
+            prompt_tokens_estimate=sum(len(str(m["content"])) // 4 + 8 for m in messages),
+        )
+        resolved = service.resolve(areq.sla)
+        pol = resolved.policy
+        deadline = areq.arrival + pol.deadline_ms / 1000.0
+        attempt = await service.run_local(areq, pol, deadline, early=False)
+        v = attempt.verdict
+        log.info(json.dumps({"site": service.config.site, "id": areq.id, "api": "uplink",
+                             "status": 200, "outcome": "edge", "confidence": v.value,
+                             "signal": v.signal, "local_tokens": attempt.tokens,
+                             "total_ms": round(attempt.total_s * 1000, 2)}))  # fmt: skip
+        yield pb.GenerateChunk(delta=pb.Delta(text=attempt.text, index=0))
+        yield pb.GenerateChunk(final=pb.Final(
+            text=attempt.text, finish_reason=attempt.finish_reason, served_by="edge",
+            confidence=v.value, confidence_signal=v.signal,
+            usage=pb.Usage(prompt_tokens=attempt.prompt_tokens, completion_tokens=attempt.tokens),
+            timings=pb.Timings(ttft_ms=attempt.ttft_s * 1000, total_ms=attempt.total_s * 1000),
+        ))  # fmt: skip
+
+    return handle

@@ -1,0 +1,109 @@
+"""OpenAI-compatible request and response bodies, plus FleetVL's additions.
+
+The request accepts what the stock ``openai`` client sends for chat completions; FleetVL's
+fields (``sla``, ``site``, ``top_k``) arrive through ``extra_body``. Fields we do not implement
+are refused with a reason (``n`` > 1, tools, ...) rather than silently ignored, except
+harmless client metadata, which is ignored.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from fleetvl.policy import PolicyOverride
+
+__all__ = [
+    "ChatCompletionRequest",
+    "ChatMessage",
+    "ImageUrl",
+    "ImageUrlPart",
+    "TextPart",
+]
+
+
+class TextPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["text"]
+    text: str
+
+
+class ImageUrl(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    url: str = Field(min_length=1)
+    detail: Literal["auto", "low", "high"] = "auto"
+
+
+class ImageUrlPart(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["image_url"]
+    image_url: ImageUrl
+
+
+ContentPart = Annotated[TextPart | ImageUrlPart, Field(discriminator="type")]
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="ignore")  # e.g. "name"
+    role: Literal["system", "user", "assistant"]
+    content: str | list[ContentPart]
+
+    @field_validator("content")
+    @classmethod
+    def _not_empty(cls, v: str | list[ContentPart]) -> str | list[ContentPart]:
+        if isinstance(v, list) and not v:
+            raise ValueError("content must not be an empty list")
+        return v
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+    include_usage: bool = False
+
+
+class ChatCompletionRequest(BaseModel):
+    # Unknown fields are refused: a typo'd SLA field must not pass silently.
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    messages: list[ChatMessage] = Field(min_length=1, max_length=64)
+    stream: bool = False
+    stream_options: StreamOptions | None = None
+    max_tokens: int | None = Field(default=None, ge=1, le=4096)
+    max_completion_tokens: int | None = Field(default=None, ge=1, le=4096)
+    temperature: float = Field(default=0.0, ge=0.0, le=2.0)
+    top_p: float = Field(default=1.0, gt=0.0, le=1.0)
+    top_k: int = Field(default=0, ge=0, le=1000)
+    seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
+    stop: str | list[str] | None = None
+    n: int = Field(default=1, ge=1, le=1)
+    user: str | None = Field(default=None, max_length=256)
+    # FleetVL (extra_body)
+    sla: PolicyOverride | None = None
+    site: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[\w.-]+$")
+    # Harmless client metadata the openai client may send.
+    metadata: dict[str, Any] | None = None
+    store: bool | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stops(cls, v: str | list[str] | None) -> str | list[str] | None:
+        stops = [v] if isinstance(v, str) else v or []
+        if len(stops) > 4 or any(not s or len(s) > 64 for s in stops):
+            raise ValueError("at most 4 stop sequences of 1-64 characters")
+        return v
+
+    @model_validator(mode="after")
+    def _has_user_turn(self) -> ChatCompletionRequest:
+        if not any(m.role == "user" for m in self.messages):
+            raise ValueError("messages must contain a user message")
+        return self
+
+    @property
+    def stop_list(self) -> list[str]:
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop or [])
+
+    @property
+    def requested_max_tokens(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens

@@ -1,0 +1,187 @@
+"""Calibration of the confidence gate from a labelled set: thresholds per target, per signal.
+
+A bundle carries its own calibration (``calibration.json`` next to its manifest): thresholds
+shift with quantization, so an INT4 bundle cannot reuse the fp32 numbers. For each signal the
+file holds the trade-off curve (threshold -> escalation rate and accuracy of the answers
+released locally), AUROC of the signal as a predictor of a correct answer, and thresholds for
+targets: "released answers at least X accurate" and "escalate at most Y of the traffic".
+
+The pure statistics live here (shared by the edge agent and the cascade work); running the
+model over the labelled set is the tier's job (``fleetvl calibrate``).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from pydantic import BaseModel, ConfigDict, Field
+
+from fleetvl.errors import InputError
+from fleetvl.vlm.gate import Probe
+
+__all__ = [
+    "CALIBRATION_FILE",
+    "Calibration",
+    "CurvePoint",
+    "SignalCalibration",
+    "calibrate_signal",
+    "fit_probe",
+    "load_calibration",
+]
+
+CALIBRATION_FILE = "calibration.json"
+
+
+class CurvePoint(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    threshold: float = Field(description="Scores >= threshold are answered locally.")
+    escalation_rate: float = Field(ge=0, le=1, description="Share of the set below threshold.")
+    accuracy: float | None = Field(
+        description="Accuracy of the answers released locally; None when none are released."
+    )
+
+
+class SignalCalibration(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    signal: str = Field(description="Signal name (see fleetvl.vlm.gate.SIGNALS).")
+    auroc: float | None = Field(
+        description="P(score of a right answer > score of a wrong one); None if one class only."
+    )
+    curve: list[CurvePoint] = Field(description="Trade-off curve, thresholds ascending.")
+    by_accuracy: dict[str, float | None] = Field(
+        description="Target accuracy of released answers -> smallest threshold reaching it "
+        "(None: no threshold reaches it, so every answer escalates)."
+    )
+    by_escalation_rate: dict[str, float] = Field(
+        description="Target escalation rate -> threshold escalating at most that share."
+    )
+
+    def threshold_for_accuracy(self, target: float) -> float:
+        """Smallest threshold whose released answers are at least ``target`` accurate on the
+        calibration set; ``inf`` (escalate everything) when none is."""
+        for p in self.curve:
+            if p.accuracy is not None and p.accuracy >= target:
+                return p.threshold
+        return math.inf
+
+
+class Calibration(BaseModel):
+    model_config = ConfigDict(frozen=True)
+
+    bundle_digest: str = Field(description="Digest of the bundle that was calibrated.")
+    created: str = Field(description="UTC time of the calibration run.")
+    examples: int = Field(ge=1, description="Labelled examples used.")
+    base_accuracy: float = Field(ge=0, le=1, description="Accuracy with no gate at all.")
+    signals: dict[str, SignalCalibration]
+    probe_weights: list[float] | None = Field(None, description="Hidden-state probe weights.")
+    probe_bias: float = 0.0
+
+    @property
+    def probe(self) -> Probe | None:
+        if self.probe_weights is None:
+            return None
+        return Probe(tuple(self.probe_weights), self.probe_bias)
+
+    def save(self, path: Path) -> None:
+        tmp = path.with_suffix(".tmp")
+        tmp.write_text(self.model_dump_json(indent=1))
+        tmp.replace(path)
+
+
+def load_calibration(bundle_dir: Path) -> Calibration | None:
+    """The bundle's calibration, or None when it has none.
+
+    Raises:
+        InputError: the file exists but is not a valid calibration.
+    """
+    path = Path(bundle_dir) / CALIBRATION_FILE
+    if not path.exists():
+        return None
+    try:
+        return Calibration.model_validate(json.loads(path.read_text()))
+    except (ValueError, json.JSONDecodeError) as exc:
+        raise InputError(f"{path} is not a valid calibration: {exc}") from None
+
+
+def _auroc(scores: np.ndarray, correct: np.ndarray) -> float | None:
+    pos, neg = scores[correct], scores[~correct]
+    if len(pos) == 0 or len(neg) == 0:
+        return None
+    # Mann-Whitney U with ties counted half.
+    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
+    return float(greater / (len(pos) * len(neg)))
+
+
+def calibrate_signal(
+    signal: str,
+    scores: Sequence[float],
+    correct: Sequence[bool],
+    accuracy_targets: Sequence[float] = (0.8, 0.9, 0.95, 0.99),
+    escalation_targets: Sequence[float] = (0.05, 0.1, 0.2, 0.3, 0.5),
+) -> SignalCalibration:
+    """The trade-off curve and target thresholds of one signal on a labelled set.
+
+    Raises:
+        InputError: empty set, or ``scores`` and ``correct`` of different lengths.
+    """
+    s = np.asarray(scores, dtype=np.float64)
+    c = np.asarray(correct, dtype=bool)
+    if len(s) == 0 or len(s) != len(c):
+        raise InputError(f"need as many labels as scores (>0), got {len(s)} and {len(c)}")
+    n = len(s)
+    curve = []
+    for t in np.unique(s):  # ascending; every distinct score is a candidate threshold
+        released = s >= t
+        k = int(released.sum())
+        acc = float(c[released].mean()) if k else None
+        curve.append(CurvePoint(threshold=float(t), escalation_rate=1 - k / n, accuracy=acc))
+    cal = SignalCalibration(
+        signal=signal,
+        auroc=_auroc(s, c),
+        curve=curve,
+        by_accuracy={},
+        by_escalation_rate={},
+    )
+    by_acc = {}
+    for a in accuracy_targets:
+        t = cal.threshold_for_accuracy(a)
+        by_acc[f"{a:g}"] = None if math.isinf(t) else t
+    by_esc = {}
+    for r in escalation_targets:
+        # The largest threshold that escalates no more than r of the set.
+        ok = [p.threshold for p in curve if p.escalation_rate <= r + 1e-12]
+        by_esc[f"{r:g}"] = max(ok) if ok else curve[0].threshold
+    return cal.model_copy(update={"by_accuracy": by_acc, "by_escalation_rate": by_esc})
+
+
+def fit_probe(
+    hidden: np.ndarray, correct: Sequence[bool], l2: float = 1e-2, steps: int = 500
+) -> Probe:
+    """Logistic regression of correctness on the final hidden state (full-batch gradient
+    descent; the sets are small). Features are not standardised: the hidden state comes out
+    of the final RMSNorm, so its scale is fixed by the model."""
+    x = np.asarray(hidden, dtype=np.float64)
+    y = np.asarray(correct, dtype=np.float64)
+    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
+        raise InputError(f"need one hidden state per label, got {x.shape} for {len(y)} labels")
+    w = np.zeros(x.shape[1])
+    b = 0.0
+    lr = 0.5
+    for _ in range(steps):
+        z = np.clip(x @ w + b, -60, 60)
+        p = 1.0 / (1.0 + np.exp(-z))
+        g = p - y
+        w -= lr * (x.T @ g / len(y) + l2 * w)
+        b -= lr * float(g.mean())
+    return Probe(tuple(float(v) for v in w), b)
+
+
+def now_utc() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

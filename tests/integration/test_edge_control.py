@@ -1,0 +1,87 @@
+"""The agent's ControlHandler side (what the control-plane client calls), on a real daemon
+core with real engines: pushed policies, bundle hot-swap under load, the metrics summary."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections.abc import Callable
+from pathlib import Path
+
+import pytest
+from pydantic import ValidationError
+
+from edge_agent.agent import Agent, AgentConfig
+from edge_agent.agent.answers import AgentRequest, Answer
+from fleetvl.sampling import SamplingParams
+from tests.helpers import png_bytes, random_image
+
+
+def _request(max_tokens: int) -> AgentRequest:
+    return AgentRequest(
+        id=f"r{max_tokens}", tenant="t", model="edge",
+        messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}],
+        images=[png_bytes(random_image(56, 56))], digests=["d"],
+        params=SamplingParams(max_tokens=max_tokens, ignore_eos=True),
+        requested_max_tokens=max_tokens, sla=None, prompt_tokens_estimate=40,
+    )  # fmt: skip
+
+
+async def _answer(agent: Agent, req: AgentRequest) -> Answer:
+    out = [ev async for ev in agent.service.handle(req)]
+    assert isinstance(out[-1], Answer)
+    return out[-1]
+
+
+def test_control_handler_on_the_daemon(
+    fp32_bundle: Path, bundle_factory: Callable[[str, str], Path], tmp_path: Path
+) -> None:
+    int4 = bundle_factory("qwen2_5_vl", "int4")
+    int4_digest = json.loads((int4 / "manifest.json").read_text())["bundle_digest"]
+    # The controller section is handed to edge_agent.control when that package is present;
+    # without it the agent runs on (and says so in its log).
+    cfg = AgentConfig(site="s", bundle=fp32_bundle, spool={"path": tmp_path / "s.db"},
+                      controller={"target": "127.0.0.1:9", "token": "t"})  # fmt: skip
+
+    async def main() -> None:
+        agent = Agent(cfg)
+        await agent.start()
+        control = agent.control
+        assert control is not None
+        try:
+            control.apply_policies({"site": {"min_confidence": 0.0, "max_output_tokens": 200}})
+            pol = agent.service.resolve(None)
+            assert pol.policy.min_confidence == 0.0
+            assert pol.sources["min_confidence"].value == "site"
+            with pytest.raises(ValidationError):
+                control.apply_policies({"site": {"min_confidence": 7}})
+            assert agent.service.resolve(None).policy.min_confidence == 0.0  # unchanged
+
+            old = control.bundles_held()
+            inflight = asyncio.create_task(_answer(agent, _request(150)))
+            await asyncio.sleep(0.05)  # let it take an engine
+            # The client calls from its own thread; the swap must not wait for the request.
+            await asyncio.to_thread(control.install_bundle, int4, int4_digest)
+            assert control.bundles_held() == [int4_digest] != old
+            done = await inflight
+            assert done.served_by == "edge"
+            assert done.local_tokens == 150
+            after = await _answer(agent, _request(4))
+            assert after.served_by == "edge"
+            with pytest.raises(ValueError, match="expected"):
+                await asyncio.to_thread(control.install_bundle, fp32_bundle, "0" * 64)
+
+            for ms, ok, esc, met in ((10, True, False, True), (30, True, True, False)):
+                control.record(ms, ok, esc, met)
+            s = control.summary()
+            assert s["requests"] == 2
+            assert s["escalation_rate"] == 0.5
+            assert s["sla_attainment"] == 0.5
+            assert s["p95_ms"] == 30
+            assert control.summary()["requests"] == 0  # since the last call
+            with pytest.raises(ValueError, match="unknown command"):
+                control.run_command("reboot", {})
+        finally:
+            await agent.stop()
+
+    asyncio.run(main())

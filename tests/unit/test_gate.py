@@ -1,0 +1,79 @@
+"""The gate's scores, its exact early verdicts, and calibration thresholds."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from fleetvl.errors import InputError
+from fleetvl.vlm.calibration import calibrate_signal, fit_probe
+from fleetvl.vlm.confidence import TokenConfidence
+from fleetvl.vlm.gate import Gate, score
+
+
+def tok(p: float, margin: float = 0.5) -> TokenConfidence:
+    return TokenConfidence(0, p, math.log(p), p, margin, 1.0)
+
+
+def test_scores() -> None:
+    toks = [tok(0.5), tok(0.8), tok(0.2)]
+    assert score("mean_prob", toks) == pytest.approx((0.5 * 0.8 * 0.2) ** (1 / 3))
+    assert score("min_prob", toks) == 0.2
+    assert score("mean_prob", []) == 0.0
+    with pytest.raises(InputError, match="unknown confidence signal"):
+        score("vibes", toks)
+
+
+def test_gate_passes_at_the_threshold_and_not_below() -> None:
+    toks = [tok(0.5), tok(0.5)]
+    assert Gate("mean_prob", 0.5).verdict(toks).passed
+    assert not Gate("mean_prob", 0.5 + 1e-9).verdict(toks).passed
+
+
+@pytest.mark.parametrize("signal", ["mean_prob", "min_prob", "mean_margin", "min_margin"])
+def test_hopeless_is_never_wrong(signal: str) -> None:
+    """Whenever the gate calls an answer hopeless early, no continuation passes (brute force
+    over continuations of perfect and poor tokens)."""
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        m = int(rng.integers(2, 7))
+        toks = [tok(float(p), float(g)) for p, g in rng.uniform(0.05, 1.0, (m, 2))]
+        gate = Gate(signal, float(rng.uniform(0.1, 0.95)))
+        for n in range(1, m + 1):
+            if gate.hopeless(toks[:n], m):
+                for k in range(n, m + 1):  # best continuation: perfect tokens up to length k
+                    best = toks[:n] + [tok(1.0, 1.0)] * (k - n)
+                    assert not gate.verdict(best).passed
+
+
+def test_hopeless_fires_as_soon_as_a_min_signal_drops() -> None:
+    watch = Gate("min_prob", 0.3).watch(10)
+    toks = [tok(0.9)]
+    assert not watch(toks)
+    toks.append(tok(0.1))
+    assert watch(toks)
+
+
+def test_calibration_thresholds_meet_their_targets() -> None:
+    scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
+    right = [False, False, True, False, True, True, True, True, True, True]
+    cal = calibrate_signal("mean_prob", scores, right, accuracy_targets=(0.9, 1.0),
+                           escalation_targets=(0.2,))  # fmt: skip
+    t = cal.threshold_for_accuracy(1.0)
+    assert t == 0.5  # the first threshold above every wrong answer
+    released = [r for s, r in zip(scores, right, strict=True) if s >= t]
+    assert all(released)
+    assert cal.by_escalation_rate["0.2"] == 0.3  # escalates 0.1 and 0.2 only
+    assert 0.5 < cal.auroc < 1.0
+    assert math.isinf(calibrate_signal("x", [0.5], [False]).threshold_for_accuracy(0.5))
+
+
+def test_probe_learns_a_separable_direction() -> None:
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(40, 8))
+    y = x[:, 0] > 0
+    probe = fit_probe(x, y)
+    acc = np.mean([(probe(h) > 0.5) == yi for h, yi in zip(x, y, strict=True)])
+    assert acc > 0.9
