@@ -8,31 +8,15 @@ out (the store may sit behind any HTTP/S3-style URL, and disks rot).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import tarfile
 import tempfile
 from pathlib import Path
 
 from controller.spec import DIGEST_RE
+from fleetvl.vlm.bundle_archive import pack_bundle
 
 __all__ = ["BundleStore", "pack_bundle"]
-
-
-def pack_bundle(directory: str | Path) -> bytes:
-    """A deterministic tar of ``directory`` (sorted names, zeroed times and owners)."""
-    root = Path(directory)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        for p in sorted(root.rglob("*")):
-            info = tar.gettarinfo(str(p), arcname=str(p.relative_to(root)))
-            info.mtime, info.uid, info.gid, info.uname, info.gname = 0, 0, 0, "", ""
-            if p.is_file():
-                with p.open("rb") as f:
-                    tar.addfile(info, f)
-            else:
-                tar.addfile(info)
-    return buf.getvalue()
 
 
 class BundleStore:

@@ -206,7 +206,10 @@ class DesiredState:
         """A bundle by spec name or digest (registered at run time or declared)."""
         if name_or_digest in self.spec.bundles:
             ref = self.spec.bundles[name_or_digest]
-        elif name_or_digest in self.extra_bundles:
+        elif (
+            name_or_digest in self.extra_bundles
+            or (name_or_digest := self._uploaded_named(name_or_digest)) in self.extra_bundles
+        ):
             info = self.extra_bundles[name_or_digest]
             ref = BundleRef(digest=name_or_digest, url=info.get("url"), size=info.get("size"))
         else:
@@ -219,6 +222,12 @@ class DesiredState:
         if ref.url is None:
             ref = ref.model_copy(update={"url": f"{self.bundle_base_url}/bundles/{ref.digest}"})
         return ref
+
+    def _uploaded_named(self, name: str) -> str:
+        """The digest of the newest bundle uploaded with this name (``POST /api/bundles?name=``),
+        or ``name`` itself."""
+        named = [d for d, info in self.extra_bundles.items() if info.get("name") == name]
+        return named[-1] if named else name
 
     def bundle_name(self, digest: str) -> str:
         for name, b in self.spec.bundles.items():

@@ -96,7 +96,7 @@ class SitePolicies(_Strict):
 
 
 class ControllerSection(_Strict):
-    """Handed to the control-plane client (``edge_agent.control``) once it is wired in."""
+    """The fleet controller this agent dials (``edge_agent.control``): policies, bundles."""
 
     target: str = Field(description="host:port of the controller's gRPC listener.")
     token: str | None = Field(None, description="Per-agent credential.")

@@ -27,6 +27,9 @@ class AgentControl:
         self._lock = threading.Lock()
         self._samples: list[tuple[float, bool, bool, bool]] = []  # ms, ok, escalated, met SLA
         self.swaps: list[asyncio.Future[None]] = []
+        # Archive address of the running bundle: the controller's name for it. Set by the
+        # daemon at start (computed from the bundle directory) and by every install.
+        self.archive_digest = ""
 
     # -- what the service reports ----------------------------------------------------------
 
@@ -54,16 +57,19 @@ class AgentControl:
     def install_bundle(self, bundle_dir: Path, digest: str) -> None:
         """Hot-swap the engines to ``bundle_dir`` (in-flight requests finish on the old ones).
 
+        ``digest`` is the address of the archive it was unpacked from, which the control
+        client has already checked against the downloaded bytes; here the unpacked files are
+        checked against the bundle's own manifest before any engine loads them.
+
         Raises:
-            ValueError: the bundle's digest is not ``digest``.
-            BundleError: the bundle cannot be loaded; the old engines stay in service.
+            BundleError: the bundle is incomplete or cannot be loaded; the old engines stay
+                in service.
         """
         from fleetvl.vlm.bundle_manifest import read_manifest
 
-        got = read_manifest(Path(bundle_dir), verify="size")["bundle_digest"]
-        if got != digest:
-            raise ValueError(f"bundle in {bundle_dir} has digest {got}, expected {digest}")
+        read_manifest(Path(bundle_dir), verify="size")
         self._on_loop(self.service.pool.swap(Path(bundle_dir)))
+        self.archive_digest = digest
 
     def run_command(self, name: str, args: dict[str, str]) -> None:
         """``reload`` (re-read the bundle from disk) or ``recalibrate`` (re-read its
@@ -93,7 +99,8 @@ class AgentControl:
         }
 
     def bundles_held(self) -> list[str]:
-        return [self.service.pool.digest]
+        """The running bundle by its archive address (the control plane's name for it)."""
+        return [self.archive_digest] if self.archive_digest else []
 
     def _on_loop(self, coro: Any) -> None:
         try:

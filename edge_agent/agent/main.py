@@ -21,7 +21,9 @@ from edge_agent.agent.http_app import create_app
 from edge_agent.agent.service import AgentService
 from edge_agent.agent.site_calls import site_call_handler
 from edge_agent.agent.spool import Spool
+from edge_agent.control import ControlClient, ControlClientConfig
 from edge_agent.uplink import Uplink, UplinkConfig
+from fleetvl.vlm.bundle_archive import archive_digest
 
 __all__ = ["Agent", "serve"]
 
@@ -77,28 +79,22 @@ class Agent:
                                        self.service.spool_wakeup)  # fmt: skip
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
 
-    def _control_client(self) -> Any:
-        """The control-plane client for the ``controller:`` section, if the
-        ``edge_agent.control`` package (its own issue) is installed."""
+    def _control_client(self) -> ControlClient | None:
+        """The control-plane client for the ``controller:`` section, if there is one."""
         c = self.config.controller
         if c is None or self.control is None:
             return None
-        try:
-            from edge_agent.control import ControlClient, ControlClientConfig
-        except ImportError:
-            log.warning("controller %s configured, but edge_agent.control is not available; "
-                        "running without the control plane", c.target)  # fmt: skip
-            return None
-        values = {
-            "target": c.target, "site": self.config.site, "agent_version": _version(),
-            "token": c.token, "heartbeat_s": c.heartbeat_s, "bundle_dir": c.bundle_dir,
-            "tls_ca_file": c.tls_ca_file, "tls_cert_file": c.tls_cert_file,
-            "tls_key_file": c.tls_key_file,
-        }  # fmt: skip
-        known = ControlClientConfig.model_fields
+        # The address the controller knows this bundle by, so it is not sent again.
+        self.control.archive_digest = archive_digest(self.service.pool.bundle)
         return ControlClient(
-            ControlClientConfig(**{k: v for k, v in values.items() if k in known}), self.control
-        )
+            ControlClientConfig(
+                target=c.target, site=self.config.site, agent_version=_version(),
+                token=c.token, heartbeat_s=c.heartbeat_s, bundle_dir=c.bundle_dir,
+                tls_ca_file=c.tls_ca_file, tls_cert_file=c.tls_cert_file,
+                tls_key_file=c.tls_key_file, active_bundle=self.control.archive_digest,
+            ),
+            self.control,
+        )  # fmt: skip
 
     async def _watch_link(self) -> None:
         """Mirror the uplink state in metrics and wake the forwarder when it comes back."""

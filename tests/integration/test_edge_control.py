@@ -4,7 +4,7 @@ core with real engines: pushed policies, bundle hot-swap under load, the metrics
 from __future__ import annotations
 
 import asyncio
-import json
+import shutil
 from collections.abc import Callable
 from pathlib import Path
 
@@ -13,7 +13,9 @@ from pydantic import ValidationError
 
 from edge_agent.agent import Agent, AgentConfig
 from edge_agent.agent.answers import AgentRequest, Answer
+from fleetvl.errors import BundleError
 from fleetvl.sampling import SamplingParams
+from fleetvl.vlm.bundle_archive import archive_digest
 from tests.helpers import png_bytes, random_image
 
 
@@ -37,9 +39,8 @@ def test_control_handler_on_the_daemon(
     fp32_bundle: Path, bundle_factory: Callable[[str, str], Path], tmp_path: Path
 ) -> None:
     int4 = bundle_factory("qwen2_5_vl", "int4")
-    int4_digest = json.loads((int4 / "manifest.json").read_text())["bundle_digest"]
-    # The controller section is handed to edge_agent.control when that package is present;
-    # without it the agent runs on (and says so in its log).
+    # The control plane names bundles by the address of their archive.
+    int4_digest = archive_digest(int4)
     cfg = AgentConfig(site="s", bundle=fp32_bundle, spool={"path": tmp_path / "s.db"},
                       controller={"target": "127.0.0.1:9", "token": "t"})  # fmt: skip
 
@@ -58,6 +59,7 @@ def test_control_handler_on_the_daemon(
             assert agent.service.resolve(None).policy.min_confidence == 0.0  # unchanged
 
             old = control.bundles_held()
+            assert old == [archive_digest(fp32_bundle)]  # what it started from
             inflight = asyncio.create_task(_answer(agent, _request(150)))
             await asyncio.sleep(0.05)  # let it take an engine
             # The client calls from its own thread; the swap must not wait for the request.
@@ -68,8 +70,15 @@ def test_control_handler_on_the_daemon(
             assert done.local_tokens == 150
             after = await _answer(agent, _request(4))
             assert after.served_by == "edge"
-            with pytest.raises(ValueError, match="expected"):
-                await asyncio.to_thread(control.install_bundle, fp32_bundle, "0" * 64)
+            # A damaged unpacked bundle is refused and the engines in service stay.
+            broken = tmp_path / "broken"
+            shutil.copytree(int4, broken)
+            victim = next(p for p in sorted(broken.iterdir()) if p.suffix == ".onnx")
+            victim.write_bytes(victim.read_bytes()[:100])
+            with pytest.raises(BundleError):
+                await asyncio.to_thread(control.install_bundle, broken, "sha256:" + "0" * 64)
+            assert control.bundles_held() == [int4_digest]
+            assert (await _answer(agent, _request(2))).served_by == "edge"
 
             for ms, ok, esc, met in ((10, True, False, True), (30, True, True, False)):
                 control.record(ms, ok, esc, met)
