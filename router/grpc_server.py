@@ -26,7 +26,7 @@ from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
 from router import metrics
 from router.agents import agent_backends, serve_agent_stream
 from router.backends import BackendError, Delta, Final, ImageInput
-from router.idempotency import IdempotencyRecord
+from router.idempotency import IdempotencyRecord, RedisFinals
 from router.images import check_image
 from router.service import Expired, ModelNotFound, Rejected, RoutedRequest, RouterService, log_line
 
@@ -46,7 +46,8 @@ class RouterServicer(pb_grpc.RouterServicer):
         self.blobs = blobs
         self.keys = service.config.keys()
         self.agents = agent_backends(list(service.backends.values()))
-        self.idempotency = IdempotencyRecord()
+        url = service.config.redis_url
+        self.idempotency = IdempotencyRecord(store=RedisFinals(url) if url else None)
         self._detached: set[asyncio.Task[None]] = set()
 
     async def AgentConnect(  # noqa: N802 - gRPC method name

@@ -25,6 +25,11 @@ LATENCY = Histogram(
 )
 TTFT = Histogram("fleetvl_router_ttft_seconds", "Request start to first token", buckets=_LAT)
 QUEUE = Histogram("fleetvl_router_queue_seconds", "Admission to dispatch", buckets=_LAT)
+IDEMPOTENCY_STORE_ERRORS = Counter(
+    "fleetvl_router_idempotency_store_errors_total",
+    "Redis calls of the idempotency record that failed (replays then run again)",
+    ["op"],
+)
 IDEMPOTENT_REPLAYS = Counter(
     "fleetvl_router_idempotent_replays_total",
     "Generate calls answered from the idempotency record (a spool replay already answered)",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import uuid
 from collections.abc import Iterator
 
 import grpc
@@ -10,6 +11,8 @@ import pytest
 
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from tests.edge_harness import metric
+from tests.redis_servers import free_port
 from tests.router_harness import RunningRouter
 
 
@@ -83,3 +86,38 @@ def test_a_caller_gone_mid_answer_does_not_cost_a_second_run(router: RunningRout
     assert final.replayed
     assert final.text
     assert len(served) == n0 + 1
+
+
+def _router_with_redis(url: str) -> RunningRouter:
+    return RunningRouter({
+        "redis_url": url,
+        "backends": [{"name": "cloud", "type": "simulated", "slots": 8,
+                      "simulated": {"answer": "ok", "output_tokens": 2, "ttft_s": 0.01}}],
+    })  # fmt: skip
+
+
+def test_a_restarted_router_answers_a_replay_from_redis() -> None:
+    """Spool replays that reach a router restarted after answering are not run again."""
+    key = f"k-restart-{uuid.uuid4().hex}"
+    with _router_with_redis("redis://127.0.0.1:6379/0") as first_router:
+        first, = asyncio.run(_finals(first_router.grpc_target, [_request(key)]))  # fmt: skip
+        assert not first.replayed
+        assert len(first_router.backends["cloud"].served) == 1
+    with _router_with_redis("redis://127.0.0.1:6379/0") as second_router:
+        again, = asyncio.run(_finals(second_router.grpc_target, [_request(key)]))  # fmt: skip
+        assert again.replayed
+        assert again.text == first.text
+        assert second_router.backends["cloud"].served == []  # answered from the record
+
+
+def test_a_redis_outage_never_fails_a_keyed_request() -> None:
+    """A record that cannot be read or written (Redis down) is counted and the request runs:
+    at-least-once across restarts then, never an error."""
+    with _router_with_redis(f"redis://127.0.0.1:{free_port()}/0") as r:  # nothing listens
+        finals = asyncio.run(_finals(r.grpc_target, [_request("k-down")]))
+        assert finals[0].text
+        again = asyncio.run(_finals(r.grpc_target, [_request("k-down")]))[0]
+        assert again.replayed  # this process still remembers it
+        assert len(r.backends["cloud"].served) == 1
+        errors = metric(r.url, "fleetvl_router_idempotency_store_errors_total", op="get")
+        assert errors >= 1
