@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import signal
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +14,7 @@ from controller.api import create_app
 from controller.config import ControllerConfig
 from controller.service import Controller
 from fleetvl.protocol import control_pb2_grpc as cpb_grpc
+from fleetvl.serving import listen, serve_until_stopped, stop_on_signals
 
 __all__ = ["serve"]
 
@@ -83,17 +83,13 @@ async def serve(
     )
     stop = stop or asyncio.Event()
     if install_signals:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-    http = asyncio.create_task(server.serve())
-    while not server.started and not http.done():
-        await asyncio.sleep(0.01)
-    if http.done():
+        stop_on_signals(stop)
+    try:
+        http, http_port = await listen(server, config.http_host, config.http_port)
+    except OSError:
         await grpc_server.stop(None)
         await ctl.close()
-        raise OSError(f"HTTP port {config.http_host}:{config.http_port} is not available")
-    http_port = server.servers[0].sockets[0].getsockname()[1]
+        raise
     if config.public_url is None and config.http_port == 0:
         ctl.desired.bundle_base_url = f"http://{config.http_host}:{http_port}"
     log.info('{"event": "listening", "http_port": %d, "grpc_port": %d}', http_port, grpc_port)
@@ -101,8 +97,7 @@ async def serve(
         started.update(controller=ctl, http_port=http_port, grpc_port=grpc_port)
     if ready is not None:
         ready.set()
-    await asyncio.wait([http, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
-    server.should_exit = True
+    await serve_until_stopped(server, http, stop)
     await ctl.close()
     await grpc_server.stop(grace=2)
     await http

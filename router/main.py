@@ -6,7 +6,6 @@ import asyncio
 import gc
 import importlib
 import logging
-import signal
 import socket
 from pathlib import Path
 from typing import Any
@@ -14,6 +13,7 @@ from typing import Any
 import grpc
 import uvicorn
 
+from fleetvl.serving import listen, serve_until_stopped, stop_on_signals
 from router.agents import AgentBackend
 from router.backends import Backend, EngineBackend
 from router.config import BackendConfig, RouterConfig
@@ -145,22 +145,18 @@ async def serve(
         log.info("gRPC listening on %s", addr)
     stop = stop or asyncio.Event()
     if install_signals:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-    http = asyncio.create_task(server.serve())
-    while not server.started and not http.done():
-        await asyncio.sleep(0.01)
-    if http.done():
+        stop_on_signals(stop)
+    try:
+        http, _ = await listen(server, config.http_host, config.http_port)
+    except OSError:
         if grpc_server is not None:
             await grpc_server.stop(None)
-        raise OSError(f"HTTP server could not start on {config.http_host}:{config.http_port}")
+        raise
     log.info("HTTP listening on %s:%s", config.http_host, config.http_port)
     _tune_gc()
     if ready is not None:
         ready.set()
-    await asyncio.wait([http, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
-    server.should_exit = True
+    await serve_until_stopped(server, http, stop)
     if grpc_server is not None:
         await grpc_server.stop(grace=30)
     await http

@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-import signal
 from typing import Any
 
 import uvicorn
@@ -23,6 +22,7 @@ from edge_agent.agent.site_calls import site_call_handler
 from edge_agent.agent.spool import Spool
 from edge_agent.control import ControlClient, ControlClientConfig
 from edge_agent.uplink import Uplink, UplinkConfig
+from fleetvl.serving import listen, serve_until_stopped, stop_on_signals
 from fleetvl.vlm.bundle_archive import archive_digest
 
 __all__ = ["Agent", "serve"]
@@ -150,23 +150,18 @@ async def serve(
     ))  # fmt: skip
     stop = stop or asyncio.Event()
     if install_signals:
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, stop.set)
-    http = asyncio.create_task(server.serve())
-    while not server.started and not http.done():
-        await asyncio.sleep(0.01)
-    if http.done():
+        stop_on_signals(stop)
+    try:
+        http, port = await listen(server, config.http_host, config.http_port)
+    except OSError:
         await agent.stop()
-        raise OSError(f"HTTP server could not start on {config.http_host}:{config.http_port}")
-    port = server.servers[0].sockets[0].getsockname()[1]
+        raise
     log.warning("site agent %s listening on http://%s:%d", config.site, config.http_host, port)
     print(f"fleetvl-edge listening on {config.http_host}:{port}", flush=True)  # noqa: T201
     gc.collect()
     gc.freeze()  # the startup heap out of the collector's view (see router.main)
     if ready is not None:
         ready.set()
-    await asyncio.wait([http, asyncio.create_task(stop.wait())], return_when="FIRST_COMPLETED")
-    server.should_exit = True
+    await serve_until_stopped(server, http, stop)
     await http
     await agent.stop()
