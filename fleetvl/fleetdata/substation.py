@@ -82,7 +82,7 @@ def breaker(rng: np.random.Generator, d: Difficulty, size: int) -> Scene:
     x_start = (size - span) / 2
     h = 0.55 * span if n == 1 else 0.5 * size * d.scale
     top = (size - h) / 2
-    blade_tips = []
+    blade_tips, pivots = [], []
     for i, closed in enumerate(states):
         x = x_start + span * (i + 0.5) / n
         y_top, y_bot = top + 0.15 * h, top + 0.85 * h
@@ -97,6 +97,7 @@ def breaker(rng: np.random.Generator, d: Difficulty, size: int) -> Scene:
         tip = (x + length * math.sin(tilt), y_bot - length * math.cos(tilt))
         draw.line([(x, y_bot), tip], fill=(230, 120, 20), width=w)
         blade_tips.append(list(tip))
+        pivots.append([x, y_bot])
         if n > 1:
             text_centered(
                 draw, (x, top + h + 0.07 * size), str(i + 1), int(size / 10), (10, 10, 10)
@@ -110,6 +111,7 @@ def breaker(rng: np.random.Generator, d: Difficulty, size: int) -> Scene:
         "states": ["closed" if s else "open" for s in states],
         "asked": asked + 1,
         "blade_tips": blade_tips,
+        "pivots": pivots,
     }
     return Scene(img, question, answer, params)
 
