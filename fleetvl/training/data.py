@@ -107,7 +107,9 @@ def build_set(
         stem = Path(cache_dir) / f"{split}-s{seed}-n{n}-px{size}"
         if (stem.with_suffix(".json")).exists():
             meta = json.loads(stem.with_suffix(".json").read_text())
-            cached = np.load(stem.with_suffix(".npy")), meta["q"], meta["a"], meta["t"]
+            # Memory-mapped: two training processes share one copy in the page cache.
+            images = np.load(stem.with_suffix(".npy"), mmap_mode="r")
+            cached = images, meta["q"], meta["a"], meta["t"]
             progress(f"{split}: reusing {n} rendered samples from {stem}.npy")
     if cached is None:
         workers = workers or max(1, min(16, (os.cpu_count() or 2) - 1))

@@ -39,6 +39,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     p.add_argument("--overfit", action="store_true", help="train on one fixed batch (smoke)")
     p.add_argument("--stop-at", type=int, default=None, help="stop (resumably) at this step")
+    p.add_argument(
+        "--prepare-only",
+        action="store_true",
+        help="render the data into --data-cache and exit (then train several models at once)",
+    )
     return p
 
 
@@ -94,6 +99,8 @@ def train_model(args: argparse.Namespace) -> dict:
     train = build_set(init_dir, "train", args.train_samples, **common)
     val = build_set(init_dir, "val", args.val_samples, **common)
     say(f"data ready in {time.perf_counter() - t0:.1f}s: {len(train)} train, {len(val)} val")
+    if args.prepare_only:
+        return {"preset": args.preset, "prepared": len(train) + len(val)}
 
     cfg = TrainConfig(
         steps=args.steps,

@@ -37,11 +37,13 @@ def _ask(question: str) -> list[dict]:
 def test_training_resumes_where_it_stopped_and_loss_falls(tmp_path: Path) -> None:
     straight = _train(tmp_path / "straight", 6)
     first = _train(tmp_path / "resumed", 6, "--stop-at", "3")
-    assert first["step"] == 3 and "val_exact_match" not in first
+    assert first["step"] == 3
+    assert "val_exact_match" not in first
     assert (tmp_path / "resumed" / "train_state.pt").exists()
     assert not (tmp_path / "resumed" / "model").exists()
     resumed = _train(tmp_path / "resumed", 6)
-    assert resumed["step"] == 6 and len(resumed["losses"]) == 6
+    assert resumed["step"] == 6
+    assert len(resumed["losses"]) == 6
     # The resumed run continues with the saved weights, optimizer moments and sampler state:
     # it retraces the uninterrupted run.
     np.testing.assert_allclose(resumed["losses"], straight["losses"], rtol=1e-4)
@@ -52,7 +54,7 @@ def test_training_resumes_where_it_stopped_and_loss_falls(tmp_path: Path) -> Non
     from safetensors import safe_open
 
     with safe_open(str(next(model.glob("*.safetensors"))), "pt") as f:
-        assert {str(f.get_tensor(k).dtype) for k in f.keys()} == {"torch.float16"}
+        assert {str(f.get_tensor(k).dtype) for k in f} == {"torch.float16"}
 
 
 @pytest.mark.slow

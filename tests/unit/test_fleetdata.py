@@ -54,6 +54,14 @@ def test_bad_arguments_are_refused_with_a_reason() -> None:
         make_sample("weather", np.random.default_rng(0))
 
 
+def _is_red(px: np.ndarray) -> bool:
+    return bool(px[0] > 150 and px[1] < 80)
+
+
+def _is_orange(px: np.ndarray) -> bool:
+    return bool(px[0] > 180 and px[2] < 80)
+
+
 @pytest.mark.parametrize("seed", range(12))
 def test_gauge_needle_points_at_the_answer(seed: int) -> None:
     s = _clean("gauge", seed)
@@ -62,10 +70,10 @@ def test_gauge_needle_points_at_the_answer(seed: int) -> None:
     a = np.radians(s.params["needle_angle_deg"])
     assert s.params["needle_angle_deg"] == pytest.approx(225 - 270 * int(s.answer) / 100)
     red = _px(s.image, cx + 0.6 * r * np.cos(a), cy - 0.6 * r * np.sin(a))
-    assert red[0] > 150 and red[1] < 80, f"no red needle at the answer's angle: {red}"
+    assert _is_red(red), f"no red needle at the answer's angle: {red}"
     b = a + np.radians(60)  # well off the needle
     off = _px(s.image, cx + 0.6 * r * np.cos(b), cy - 0.6 * r * np.sin(b))
-    assert not (off[0] > 150 and off[1] < 80)
+    assert not _is_red(off)
 
 
 @pytest.mark.parametrize("seed", range(12))
@@ -75,7 +83,7 @@ def test_breaker_blade_matches_the_answer(seed: int) -> None:
     (tip_x, tip_y), (pivot_x, pivot_y) = s.params["blade_tips"][asked], s.params["pivots"][asked]
     assert s.params["states"][asked] == s.answer
     mid = _px(s.image, (tip_x + pivot_x) / 2, (tip_y + pivot_y) / 2)
-    assert mid[0] > 180 and mid[2] < 80, f"no blade between pivot and tip: {mid}"
+    assert _is_orange(mid), f"no blade between pivot and tip: {mid}"
     # A closed blade stands straight up to the top contact; an open one leans away from it.
     vertical = abs(tip_x - pivot_x) < 0.5
     assert vertical == (s.answer == "closed")
@@ -107,7 +115,8 @@ def test_oil_level_drawn_where_the_answer_says(seed: int) -> None:
     y_oil = bottom - level * (bottom - top)
     amber = _px(s.image, (x0 + x1) / 2, y_oil + 3)
     clear = _px(s.image, (x0 + x1) / 2, y_oil - 3)
-    assert amber[0] > amber[2] + 60 and abs(int(clear[0]) - int(clear[2])) < 30
+    assert amber[0] > amber[2] + 60
+    assert abs(int(clear[0]) - int(clear[2])) < 30
     expected = "low" if level < 0.3 else "high" if level > 0.75 else "normal"
     assert s.answer == expected
 
@@ -145,7 +154,8 @@ def _row_ink(s, row: int) -> float:
 def test_retail_answers_follow_the_shelf(seed: int) -> None:
     s = _clean("empty_row", seed)
     ink = [_row_ink(s, r) for r in range(len(s.params["rows"]))]
-    assert int(np.argmin(ink)) + 1 == int(s.answer) and min(ink) < 0.01
+    assert int(np.argmin(ink)) + 1 == int(s.answer)
+    assert min(ink) < 0.01
     c = _clean("colour_count", seed)
     assert c.params["rows"][c.params["row"] - 1].count(c.params["colour"]) == int(c.answer)
     m = _clean("missing_tags", seed)
@@ -195,6 +205,8 @@ def test_write_split_writes_pngs_and_jsonl(tmp_path) -> None:
     assert len(lines) == 9
     again = list(generate("test", 9, seed=2))
     for rec, s in zip(lines, again, strict=True):
-        assert rec["question"] == s.question and rec["answer"] == s.answer
-        assert rec["task"] == s.task and len(rec["images"]) == 1
+        assert rec["question"] == s.question
+        assert rec["answer"] == s.answer
+        assert rec["task"] == s.task
+        assert len(rec["images"]) == 1
         assert np.array_equal(np.asarray(Image.open(rec["images"][0])), np.asarray(s.image))
