@@ -126,3 +126,24 @@ def test_shipped_checkpoints_export_and_answer(tmp_path: Path) -> None:
         cloud.close()
     assert sum(cloud_ok) >= 0.85 * len(questions), f"cloud right on {sum(cloud_ok)}"
     assert sum(edge_ok) >= 0.6 * len(questions), f"int4 edge right on {sum(edge_ok)}"
+
+
+def test_training_imports_nothing_the_gpu_box_lacks(tmp_path: Path) -> None:
+    """The GPU box has torch, transformers, NumPy and Pillow only: no serving stack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fleetvl.training.train import main\n"
+        f"main([{str(tmp_path)!r}, '--steps', '1', '--batch-size', '2', '--train-samples', '2',"
+        " '--val-samples', '2', '--workers', '1'])\n"
+        "serving = ('pydantic', 'onnxruntime', 'ray', 'fastapi', 'redis', 'grpc', 'uvicorn',"
+        " 'onnxruntime_genai', 'prometheus_client')\n"
+        "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & set(serving)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LOADED []" in proc.stdout, proc.stdout[-500:]
