@@ -54,7 +54,8 @@ def test_training_resumes_where_it_stopped_and_loss_falls(tmp_path: Path) -> Non
     from safetensors import safe_open
 
     with safe_open(str(next(model.glob("*.safetensors"))), "pt") as f:
-        assert {str(f.get_tensor(k).dtype) for k in f} == {"torch.float16"}
+        names = list(f.keys())  # noqa: SIM118 (safe_open is not iterable)
+        assert {str(f.get_tensor(k).dtype) for k in names} == {"torch.float16"}
 
 
 @pytest.mark.slow
@@ -147,3 +148,38 @@ def test_training_imports_nothing_the_gpu_box_lacks(tmp_path: Path) -> None:
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "LOADED []" in proc.stdout, proc.stdout[-500:]
+
+
+def test_packed_vision_attention_equals_transformers_loop(tmp_path: Path) -> None:
+    """Training's batched vision attention gives transformers' loss and gradients."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from fleetvl.training.data import build_set
+    from fleetvl.training.loop import collate
+    from fleetvl.training.packed_attention import use_packed_vision_attention
+    from fleetvl.vlm.checkpoint import build_checkpoint
+    from fleetvl.vlm.image import ImageConfig
+    from fleetvl.vlm.presets import get_preset
+
+    build_checkpoint(get_preset("fleet-edge"), tmp_path, progress=lambda _m: None)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        tmp_path, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    data = build_set(tmp_path, "val", 6, workers=1, progress=lambda _m: None)
+    cfg = ImageConfig(min_pixels=168 * 168, max_pixels=168 * 168)
+    inputs = collate(data, np.arange(6), torch.device("cpu"), 0, cfg)
+
+    def loss_and_grad() -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        return float(loss), model.model.visual.blocks[0].attn.qkv.weight.grad.clone()
+
+    ref_loss, ref_grad = loss_and_grad()
+    use_packed_vision_attention(model)
+    loss, grad = loss_and_grad()
+    use_packed_vision_attention(model, enabled=False)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+    assert model.config.vision_config._attn_implementation == "sdpa"
