@@ -37,11 +37,11 @@ class Difficulty:
 
         return cls(
             level=lv,
-            noise=jit(34.0 * lv),
-            blur=jit(1.8 * lv),
-            contrast=1.0 - jit(0.65 * lv),
-            occlusion=jit(0.22 * lv),
-            scale=1.0 - jit(0.42 * lv),
+            noise=jit(28.0 * lv),
+            blur=jit(1.5 * lv),
+            contrast=1.0 - jit(0.6 * lv),
+            occlusion=jit(0.2 * lv),
+            scale=1.0 - jit(0.4 * lv),
             distractors=int(round(jit(6.0 * lv))),
         )
 

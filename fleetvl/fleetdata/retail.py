@@ -63,10 +63,10 @@ def _draw_shelf(
             if shelf.tags[r][s]:
                 draw.rectangle(
                     [
-                        sx + 0.3 * slot_w,
-                        board - 0.1 * row_h,
-                        sx + 0.7 * slot_w,
-                        board - 0.02 * row_h,
+                        sx + 0.25 * slot_w,
+                        board - 0.11 * row_h,
+                        sx + 0.75 * slot_w,
+                        board + 0.04 * row_h,
                     ],
                     fill=(252, 252, 252),
                 )
@@ -79,7 +79,7 @@ def _stocked_row(n_slots: int, rng: np.random.Generator, fill: float) -> list[st
 
 
 def _shape(d: Difficulty, rng: np.random.Generator) -> tuple[int, int]:
-    return int(rng.integers(3, 5)), int(rng.integers(4, 7 + int(2 * d.level)))
+    return int(rng.integers(3, 5)), int(rng.integers(4, 8))
 
 
 def empty_row(rng: np.random.Generator, d: Difficulty, size: int) -> Scene:

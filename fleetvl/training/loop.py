@@ -189,12 +189,18 @@ class Trainer:
             return np.arange(min(self.cfg.batch_size, n))
         return self.rng.choice(n, size=min(self.cfg.batch_size, n), replace=False)
 
+    def _flush(self, pending: list[torch.Tensor]) -> None:
+        if pending:
+            self.losses.extend(torch.stack(pending).float().cpu().tolist())
+            pending.clear()
+
     def train(self, until: int | None = None) -> list[float]:
         """Run to step ``until`` (default: the configured total); returns the loss per step."""
         end = min(until or self.cfg.steps, self.cfg.steps)
         self.model.train()
         t0 = time.perf_counter()
         start = self.step
+        pending: list[torch.Tensor] = []
         while self.step < end:
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step)
@@ -208,8 +214,10 @@ class Trainer:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
             self.opt.step()
             self.step += 1
-            self.losses.append(float(loss.detach()))
+            # Kept on the device until a log line: a float() per step would stall the GPU.
+            pending.append(loss.detach())
             if self.step % self.cfg.log_every == 0 or self.step == end:
+                self._flush(pending)
                 rate = (self.step - start) / (time.perf_counter() - t0)
                 recent = float(np.mean(self.losses[-self.cfg.log_every :]))
                 eta = (self.cfg.steps - self.step) / max(rate, 1e-9)
@@ -218,5 +226,6 @@ class Trainer:
                     f"lr {self.lr_at(self.step):.2e} {rate:.2f} steps/s eta {eta:.0f}s"
                 )
             if self.step % self.cfg.ckpt_every == 0 or self.step == end:
+                self._flush(pending)
                 self.save()
         return self.losses

@@ -155,7 +155,7 @@ def test_retail_answers_follow_the_shelf(seed: int) -> None:
     s = _clean("empty_row", seed)
     ink = [_row_ink(s, r) for r in range(len(s.params["rows"]))]
     assert int(np.argmin(ink)) + 1 == int(s.answer)
-    assert min(ink) < 0.01
+    assert min(ink) < 0.05  # bare shelf; the row above's tags overhang its top edge
     c = _clean("colour_count", seed)
     assert c.params["rows"][c.params["row"] - 1].count(c.params["colour"]) == int(c.answer)
     m = _clean("missing_tags", seed)
