@@ -84,7 +84,7 @@ def degrade(image: Image.Image, d: Difficulty, rng: np.random.Generator) -> Imag
             w, h = (int(v) for v in rng.integers(size // 8, size // 3, 2))
             x, y = (int(v) for v in rng.integers(0, size - min(w, h), 2))
             shade = int(rng.choice([30, 220]))
-            od.ellipse([x, y, x + w, y + h], fill=(shade, shade, shade, int(rng.integers(90, 170))))
+            od.ellipse([x, y, x + w, y + h], fill=(shade, shade, shade, int(rng.integers(60, 130))))
             covered += (w * h * 0.785) / (size * size)
         img = Image.alpha_composite(img.convert("RGBA"), overlay).convert("RGB")
     arr = np.asarray(img).astype(np.float32)
