@@ -94,11 +94,13 @@ def build_set(
     workers: int = 0,
     cache_dir: str | Path | None = None,
     progress: Callable[[str], None] = print,
+    render_only: bool = False,
 ) -> FleetSet:
     """Render ``n`` samples of ``split`` (in parallel) and tokenize them for ``model_dir``.
 
     With ``cache_dir``, rendered images and texts are saved there and reused by a later call
     with the same split, seed, size and count (the edge and cloud runs share one rendering).
+    ``render_only`` skips tokenization (the returned set has no sequences).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
@@ -133,6 +135,8 @@ def build_set(
             stem.with_suffix(".json").write_text(json.dumps({"q": qs, "a": ans, "t": tasks}))
         cached = images, qs, ans, tasks
     images, qs, ans, tasks = cached
+    if render_only:
+        return FleetSet(images=images, seqs=[], answers=list(ans), tasks=list(tasks))
     proc = QwenVLProcessor(model_dir)
     p = proc.image_config.patch_size
     grid = (1, size // p, size // p)

@@ -93,6 +93,7 @@ def train_model(args: argparse.Namespace) -> dict:
     pad_id = Tokenizer.from_file(str(init_dir / "tokenizer.json")).token_to_id(pad_token)
     t0 = time.perf_counter()
     common = {
+        "render_only": args.prepare_only,
         "seed": args.seed,
         "size": args.image_size,
         "workers": args.workers,
@@ -101,9 +102,12 @@ def train_model(args: argparse.Namespace) -> dict:
     }
     train = build_set(init_dir, "train", args.train_samples, **common)
     val = build_set(init_dir, "val", args.val_samples, **common)
-    say(f"data ready in {time.perf_counter() - t0:.1f}s: {len(train)} train, {len(val)} val")
+    say(
+        f"data ready in {time.perf_counter() - t0:.1f}s: {len(train.answers)} train, "
+        f"{len(val.answers)} val"
+    )
     if args.prepare_only:
-        return {"preset": args.preset, "prepared": len(train) + len(val)}
+        return {"preset": args.preset, "prepared": len(train.answers) + len(val.answers)}
 
     cfg = TrainConfig(
         steps=args.steps,
