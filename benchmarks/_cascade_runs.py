@@ -34,7 +34,13 @@ def normalize(text: str) -> str:
     return text.strip().strip(".").strip().lower()
 
 
-def _answers(samples: list[Sample], texts, confs, hidden, seconds) -> Answers:
+def _answers(
+    samples: list[Sample],
+    texts: list[str],
+    confs: list[dict[str, float]],
+    hidden: np.ndarray | None,
+    seconds: float,
+) -> Answers:
     ok = np.array(
         [normalize(t) == normalize(s.answer) for t, s in zip(texts, samples, strict=True)]
     )

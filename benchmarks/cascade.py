@@ -135,7 +135,7 @@ def calibrate(val_scores, val_edge, val_cloud, test_scores, test_edge, test_clou
     }
 
 
-def _finite(x):
+def _finite(x: object) -> object:
     if isinstance(x, dict):
         return {k: _finite(v) for k, v in x.items()}
     if isinstance(x, float) and not np.isfinite(x):

@@ -15,6 +15,7 @@ from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,6 +23,9 @@ from fleetvl.fleetdata.generator import SPLITS, generate
 from fleetvl.vlm.image import ImageConfig
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import QwenVLProcessor
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["FleetSet", "Tokenized", "build_set", "patchify", "tokenize"]
 
@@ -144,7 +148,7 @@ def build_set(
     return FleetSet(images=images, seqs=seqs, answers=list(ans), tasks=list(tasks))
 
 
-def patchify(images, cfg: ImageConfig):
+def patchify(images: torch.Tensor, cfg: ImageConfig) -> torch.Tensor:
     """uint8 ``[B, H, W, 3]`` torch images -> ``pixel_values [B * gh * gw, patch_dim]``.
 
     The layout of :func:`fleetvl.vlm.image.preprocess` (images already at their target size),

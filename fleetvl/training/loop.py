@@ -34,7 +34,9 @@ class TrainConfig:
     overfit: bool = False  # every step sees the same first batch (the smoke test)
 
 
-def collate(data: FleetSet, idx: np.ndarray, device: torch.device, pad_id: int, cfg: ImageConfig):
+def collate(
+    data: FleetSet, idx: np.ndarray, device: torch.device, pad_id: int, cfg: ImageConfig
+) -> dict[str, Any]:
     """Model inputs for samples ``idx``: right-padded ids, labels, MRoPE positions, pixels."""
     seqs = [data.seqs[i] for i in idx]
     length = max(len(s.input_ids) for s in seqs)
@@ -80,7 +82,12 @@ def _answer_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
 
 
 def exact_match(
-    model, data: FleetSet, device: torch.device, pad_id: int, cfg: ImageConfig, batch: int = 128
+    model: torch.nn.Module,
+    data: FleetSet,
+    device: torch.device,
+    pad_id: int,
+    cfg: ImageConfig,
+    batch: int = 128,
 ) -> dict[str, float]:
     """Exact-match accuracy overall and per task."""
     model.eval()
@@ -100,7 +107,7 @@ def exact_match(
     return res
 
 
-def _autocast(device: torch.device):
+def _autocast(device: torch.device) -> torch.autocast:
     if device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
     return torch.autocast("cpu", enabled=False)
@@ -111,7 +118,7 @@ class Trainer:
 
     def __init__(
         self,
-        model,
+        model: torch.nn.Module,
         data: FleetSet,
         cfg: TrainConfig,
         *,
