@@ -69,21 +69,6 @@ def train_model(args: argparse.Namespace) -> dict:
         shutil.rmtree(init_dir, ignore_errors=True)
         build_checkpoint(get_preset(args.preset), init_dir, seed=args.seed, progress=say)
         (init_dir / ".complete").write_text("ok")
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(args.seed)
-    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
-        init_dir, dtype=torch.float32, attn_implementation="sdpa"
-    ).to(device)
-    with torch.no_grad():
-        # build_checkpoint randomizes q/k/v biases to stress the exporter; start them at zero.
-        for name, prm in model.named_parameters():
-            if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
-                prm.zero_()
-    # One batched attention call per vision layer instead of one per image (same result).
-    use_packed_vision_attention(model)
-    n_params = sum(p.numel() for p in model.parameters())
-    say(f"{n_params / 1e6:.2f}M parameters on {device}")
-
     with open(init_dir / "preprocessor_config.json") as f:
         image_cfg = ImageConfig.from_preprocessor_config(json.load(f))
     with open(init_dir / "tokenizer_config.json") as f:
@@ -91,6 +76,7 @@ def train_model(args: argparse.Namespace) -> dict:
     from tokenizers import Tokenizer
 
     pad_id = Tokenizer.from_file(str(init_dir / "tokenizer.json")).token_to_id(pad_token)
+    # Data first: rendering forks worker processes, best done before CUDA is initialized.
     t0 = time.perf_counter()
     common = {
         "render_only": args.prepare_only,
@@ -108,6 +94,21 @@ def train_model(args: argparse.Namespace) -> dict:
     )
     if args.prepare_only:
         return {"preset": args.preset, "prepared": len(train.answers) + len(val.answers)}
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(args.seed)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        init_dir, dtype=torch.float32, attn_implementation="sdpa"
+    ).to(device)
+    with torch.no_grad():
+        # build_checkpoint randomizes q/k/v biases to stress the exporter; start them at zero.
+        for name, prm in model.named_parameters():
+            if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+                prm.zero_()
+    # One batched attention call per vision layer instead of one per image (same result).
+    use_packed_vision_attention(model)
+    n_params = sum(p.numel() for p in model.parameters())
+    say(f"{n_params / 1e6:.2f}M parameters on {device}")
 
     cfg = TrainConfig(
         steps=args.steps,
