@@ -5,12 +5,12 @@
 #   bash benchmarks/tools/train_fleet_models.sh DEST [WORK]
 #
 # Needs only python3 with torch, transformers, numpy, pillow, tokenizers (no install: runs
-# from the repository root). WORK (default /tmp/fleet-train) keeps the rendered data and the
+# from the repository root). WORK (default .cache/fleet-train) keeps the rendered data and the
 # resumable training state: running the same command again resumes where it stopped.
 # Knobs (environment): STEPS (4000), BATCH (128), SAMPLES (120000), VAL (2000), PYTHON.
 set -euo pipefail
-DEST=${1:?usage: train_fleet_models.sh DEST [WORK]}
-WORK=${2:-/tmp/fleet-train}
+DEST=$(realpath -m "${1:?usage: train_fleet_models.sh DEST [WORK]}")
+WORK=$(realpath -m "${2:-$(dirname "$0")/../../.cache/fleet-train}")
 PY=${PYTHON:-python3}
 STEPS=${STEPS:-4000}
 BATCH=${BATCH:-128}
