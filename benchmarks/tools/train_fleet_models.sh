@@ -19,7 +19,7 @@ VAL=${VAL:-2000}
 cd "$(dirname "$0")/../.."
 mkdir -p "$DEST" "$WORK"
 common=(--steps "$STEPS" --batch-size "$BATCH" --train-samples "$SAMPLES" --val-samples "$VAL"
-        --data-cache "$WORK/data" --ckpt-every 500 --log-every 200 --warmup 200)
+        --data-cache "$WORK/data" --ckpt-every 500 --log-every 200 --eval-every 1000 --warmup 200)
 # Render once (all cores), then train both models at the same time: each step is short and
 # mostly kernel launches, so two processes share the GPU well.
 "$PY" -m fleetvl.training "$WORK/fleet-edge" --preset fleet-edge --prepare-only "${common[@]}"

@@ -53,6 +53,10 @@ class FleetSet:
     def __len__(self) -> int:
         return len(self.seqs)
 
+    def head(self, n: int) -> FleetSet:
+        """The first ``n`` samples (a quicker evaluation set)."""
+        return FleetSet(self.images[:n], self.seqs[:n], self.answers[:n], self.tasks[:n])
+
 
 def messages(question: str) -> list[dict]:
     """The chat the engines build for one image and one question."""

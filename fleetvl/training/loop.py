@@ -29,6 +29,7 @@ class TrainConfig:
     weight_decay: float = 0.05
     grad_clip: float = 1.0
     ckpt_every: int = 500
+    eval_every: int = 0  # exact match on (up to 512 questions of) the eval set; 0 = never
     log_every: int = 50
     seed: int = 0
     overfit: bool = False  # every step sees the same first batch (the smoke test)
@@ -127,6 +128,7 @@ class Trainer:
         image_cfg: ImageConfig,
         state_path: Path,
         say: Callable[[str], None] = print,
+        eval_set: FleetSet | None = None,
     ) -> None:
         self.model, self.data, self.cfg = model, data, cfg
         self.device, self.pad_id, self.image_cfg = device, pad_id, image_cfg
@@ -145,6 +147,8 @@ class Trainer:
         )
         self.step = 0
         self.losses: list[float] = []
+        self.val_curve: list[tuple[int, float]] = []
+        self.eval_set = eval_set
         self.rng = np.random.default_rng(cfg.seed)
 
     def lr_at(self, step: int) -> float:
@@ -166,6 +170,7 @@ class Trainer:
                 "opt": self.opt.state_dict(),
                 "step": self.step,
                 "losses": self.losses,
+                "val_curve": self.val_curve,
                 "rng": self.rng.bit_generator.state,
                 "config": asdict(self.cfg),
             },
@@ -184,6 +189,7 @@ class Trainer:
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.losses = list(state["losses"])
+        self.val_curve = [tuple(x) for x in state.get("val_curve", [])]
         self.rng.bit_generator.state = state["rng"]
         self.say(f"resumed from {self.state_path} at step {self.step}")
         return True
@@ -232,6 +238,16 @@ class Trainer:
                     f"step {self.step}/{self.cfg.steps} loss {recent:.4f} "
                     f"lr {self.lr_at(self.step):.2e} {rate:.2f} steps/s eta {eta:.0f}s"
                 )
+            if (
+                self.eval_set is not None
+                and self.cfg.eval_every
+                and (self.step % self.cfg.eval_every == 0)
+            ):
+                acc = exact_match(
+                    self.model, self.eval_set, self.device, self.pad_id, self.image_cfg
+                )["all"]
+                self.val_curve.append((self.step, acc))
+                self.say(f"step {self.step} val exact match {acc:.3f}")
             if self.step % self.cfg.ckpt_every == 0 or self.step == end:
                 self._flush(pending)
                 self.save()

@@ -34,6 +34,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="data seed (weights use --seed too)")
     p.add_argument("--ckpt-every", type=int, default=500)
     p.add_argument("--log-every", type=int, default=50)
+    p.add_argument(
+        "--eval-every", type=int, default=0, help="val exact match on 512 questions every N steps"
+    )
     p.add_argument("--workers", type=int, default=0, help="render processes (0: cores - 1)")
     p.add_argument("--data-cache", default=None, help="reuse rendered samples across runs")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
@@ -117,6 +120,7 @@ def train_model(args: argparse.Namespace) -> dict:
         warmup=args.warmup,
         ckpt_every=args.ckpt_every,
         log_every=args.log_every,
+        eval_every=args.eval_every,
         seed=args.seed,
         overfit=args.overfit,
     )
@@ -129,6 +133,7 @@ def train_model(args: argparse.Namespace) -> dict:
         image_cfg=image_cfg,
         state_path=out / "train_state.pt",
         say=say,
+        eval_set=val.head(512),
     )
     trainer.load()
     t1 = time.perf_counter()
@@ -144,6 +149,7 @@ def train_model(args: argparse.Namespace) -> dict:
         "seconds_per_step": round(train_s / max(1, trainer.step - first_step), 4),
         "final_loss": float(sum(trainer.losses[-20:]) / max(1, len(trainer.losses[-20:]))),
         "losses": [round(x, 5) for x in trainer.losses],
+        "val_curve": trainer.val_curve,
     }
     if trainer.step < cfg.steps:
         say(f"stopped at step {trainer.step}; run the same command again to resume")

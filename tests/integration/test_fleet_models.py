@@ -35,18 +35,21 @@ def _ask(question: str) -> list[dict]:
 
 
 def test_training_resumes_where_it_stopped_and_loss_falls(tmp_path: Path) -> None:
-    straight = _train(tmp_path / "straight", 6)
-    first = _train(tmp_path / "resumed", 6, "--stop-at", "3")
+    straight = _train(tmp_path / "straight", 6, "--eval-every", "3")
+    first = _train(tmp_path / "resumed", 6, "--stop-at", "3", "--eval-every", "3")
     assert first["step"] == 3
     assert "val_exact_match" not in first
     assert (tmp_path / "resumed" / "train_state.pt").exists()
     assert not (tmp_path / "resumed" / "model").exists()
-    resumed = _train(tmp_path / "resumed", 6)
+    resumed = _train(tmp_path / "resumed", 6, "--eval-every", "3")
     assert resumed["step"] == 6
     assert len(resumed["losses"]) == 6
     # The resumed run continues with the saved weights, optimizer moments and sampler state:
     # it retraces the uninterrupted run.
     np.testing.assert_allclose(resumed["losses"], straight["losses"], rtol=1e-4)
+    # Mid-run validation is kept across the restart too.
+    assert [step for step, _acc in resumed["val_curve"]] == [3, 6]
+    assert resumed["val_curve"] == straight["val_curve"]
     assert straight["losses"][-1] < 0.7 * straight["losses"][0]
     model = tmp_path / "resumed" / "model"
     cfg = json.loads((model / "config.json").read_text())
