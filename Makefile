@@ -4,9 +4,10 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 DEMO := .cache/demo
+FLEET_EDGE := models/fleet-edge
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench-edge clean
+.PHONY: help setup demo demo-fleet demo-random test test-fast lint format bench-edge clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -21,7 +22,16 @@ $(STAMP): pyproject.toml
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
 
-demo: setup  ## build a tiny checkpoint, export an INT4 edge bundle, ask it about a gauge image
+demo: setup  ## export an INT4 edge bundle and ask it about a gauge (trained fleet-edge if shipped)
+	@if [ -f $(FLEET_EDGE)/config.json ]; then $(MAKE) --no-print-directory demo-fleet; else \
+	  $(MAKE) --no-print-directory demo-random; fi
+
+demo-fleet: setup  ## the trained models/fleet-edge, INT4, reads examples/fleet_gauge.png (60)
+	@[ $(DEMO)/fleet-int4/manifest.json -nt $(FLEET_EDGE)/model.safetensors ] || \
+	  $(BIN)/fleetvl model export $(FLEET_EDGE) $(DEMO)/fleet-int4 --precision int4
+	$(BIN)/fleetvl ask $(DEMO)/fleet-int4 "What does the gauge read?" --image examples/fleet_gauge.png --max-tokens 8
+
+demo-random: setup  ## a tiny random-weight checkpoint (fluent nonsense, honest numbers)
 	@test -f $(DEMO)/hf/.done || ($(BIN)/fleetvl model init $(DEMO)/hf --preset tiny && touch $(DEMO)/hf/.done)
 	@test -f $(DEMO)/int4/manifest.json || $(BIN)/fleetvl model export $(DEMO)/hf $(DEMO)/int4 --precision int4
 	$(BIN)/fleetvl ask $(DEMO)/int4 "What does the oil-level gauge read?" --image examples/gauge.png --max-tokens 24

@@ -93,6 +93,22 @@ def _cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_data_write(args: argparse.Namespace) -> int:
+    from fleetvl.fleetdata import write_split
+
+    path = write_split(
+        args.out_dir, args.split, args.n, seed=args.seed, size=args.size, progress=print
+    )
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from fleetvl.training.train import main as train_main
+
+    return train_main(args.train_args)
+
+
 def _cmd_router_run(args: argparse.Namespace) -> int:
     import asyncio
 
@@ -274,6 +290,26 @@ def _parser() -> argparse.ArgumentParser:
     ask.add_argument("--ignore-eos", action="store_true")
     ask.add_argument("--json", action="store_true", help="print one JSON summary")
     ask.set_defaults(func=_cmd_ask)
+
+    data = sub.add_parser("data", help="the fleet VQA generator (substation and retail questions)")
+    dsub = data.add_subparsers(dest="data_command", required=True)
+    dwrite = dsub.add_parser(
+        "write", help="write a split as PNGs + JSONL (images, question, answer)"
+    )
+    dwrite.add_argument("out_dir")
+    dwrite.add_argument("--split", default="val", choices=["train", "val", "test"])
+    dwrite.add_argument("--n", type=int, default=500, help="number of questions")
+    dwrite.add_argument("--seed", type=int, default=0)
+    dwrite.add_argument("--size", type=int, default=168, help="image side, a multiple of 28")
+    dwrite.set_defaults(func=_cmd_data_write)
+
+    train = sub.add_parser(
+        "train",
+        help="train a fleet model from scratch (`fleetvl train -- --help` for its options)",
+        add_help=False,
+    )
+    train.add_argument("train_args", nargs=argparse.REMAINDER)
+    train.set_defaults(func=_cmd_train)
 
     router = sub.add_parser("router", help="the cloud ingress (OpenAI-compatible HTTP + gRPC)")
     rsub = router.add_subparsers(dest="router_command", required=True)

@@ -37,8 +37,12 @@ yes no open closed high low red green blue yellow white black orange purple none
 """
 
 
-def train_tokenizer(vocab_size: int, progress: Callable[[str], None] | None = None):
+def train_tokenizer(
+    vocab_size: int, progress: Callable[[str], None] | None = None, extra_corpus: str = ""
+):
     """Train a byte-level BPE tokenizer with Qwen's pre-tokenizer and special tokens.
+
+    ``extra_corpus`` is learned from too (the fleet presets add their questions and answers).
 
     The special tokens get the ids right after the ``vocab_size`` regular tokens, in Qwen's
     order, so ``<|endoftext|>`` is ``vocab_size`` and ``<|image_pad|>`` is ``vocab_size + 12``.
@@ -66,7 +70,9 @@ def train_tokenizer(vocab_size: int, progress: Callable[[str], None] | None = No
         special_tokens=[],
     )
     # Repeat the corpus so rarer merges still reach the frequency floor.
-    tok.train_from_iterator([_CORPUS] * 8, trainer=trainer)
+    tok.train_from_iterator(
+        [_CORPUS] * 8 + ([extra_corpus] * 4 if extra_corpus else []), trainer=trainer
+    )
     # Pad with inert filler tokens so special-token ids sit exactly at vocab_size. They are
     # special, so decoding skips them: a random model that emits them prints nothing there.
     have = tok.get_vocab_size()
@@ -158,7 +164,12 @@ def build_checkpoint(
     say = progress or (lambda msg: log.info(msg))
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    tok = train_tokenizer(preset.bpe_vocab, say)
+    extra = ""
+    if preset.corpus == "fleet":
+        from fleetvl.fleetdata.corpus import corpus_text
+
+        extra = corpus_text()
+    tok = train_tokenizer(preset.bpe_vocab, say, extra)
     if tok.get_vocab_size() > preset.text["vocab_size"]:
         raise ValueError("preset's vocab_size is smaller than its tokenizer")
     config = _config(preset, special_base=preset.bpe_vocab)

@@ -46,6 +46,9 @@ class Preset:
     # Std of the random weights. The tiny preset uses a large one so greedy decoding wanders
     # across the vocabulary instead of repeating one token: token-parity tests then bite.
     init_std: float = 0.02
+    # Extra tokenizer-training text: "fleet" adds the fleet VQA questions and answers, so
+    # they tokenize into few tokens.
+    corpus: str = "base"
 
     def with_family(self, family: str) -> Preset:
         return Preset(
@@ -58,6 +61,7 @@ class Preset:
             max_pixels=self.max_pixels,
             description=self.description,
             init_std=self.init_std,
+            corpus=self.corpus,
         )
 
 
@@ -138,6 +142,46 @@ _7B_VISION = {
     "window_size": 112,
 }
 
+# The fleet demo models (trained by fleetvl.training): 168 x 168 images, a small vocabulary,
+# both together under 40 MB in fp16. The cloud model is ~4x the edge model.
+_FLEET_IMAGE = 168 * 168
+
+
+def _fleet_text(hidden: int, layers: int, heads: int, kv_heads: int) -> dict[str, Any]:
+    head_dim = hidden // heads
+    # MRoPE splits head_dim / 2 rotary pairs over (t, h, w) in Qwen's 1 : 1.5 : 1.5 ratio.
+    pairs = head_dim // 2
+    t = pairs // 4
+    h = (pairs - t) // 2
+    return {
+        "hidden_size": hidden,
+        "intermediate_size": 4 * hidden,
+        "num_hidden_layers": layers,
+        "num_attention_heads": heads,
+        "num_key_value_heads": kv_heads,
+        "vocab_size": 1024,
+        "max_position_embeddings": 2048,
+        "rms_norm_eps": 1e-6,
+        "rope_theta": 10000.0,
+        "mrope_section": [t, h, pairs - t - h],
+        "tie_word_embeddings": False,
+    }
+
+
+def _fleet_vision(hidden: int, depth: int, heads: int, out: int) -> dict[str, Any]:
+    return {
+        "depth": depth,
+        "hidden_size": hidden,
+        "intermediate_size": 4 * hidden,
+        "num_heads": heads,
+        "out_hidden_size": out,
+        # One window spans the whole 168 px image: each image is one attention chunk, which
+        # keeps transformers' per-chunk vision attention loop short in training.
+        "fullatt_block_indexes": [depth - 1],
+        "window_size": 168,
+    }
+
+
 PRESETS: dict[str, Preset] = {
     "tiny": Preset(
         name="tiny",
@@ -157,6 +201,28 @@ PRESETS: dict[str, Preset] = {
         vision=_EDGE_VISION,
         bpe_vocab=8000,
         description="Qwen2.5-VL with the text tower of Qwen2.5-0.5B, for edge benchmarks",
+    ),
+    "fleet-edge": Preset(
+        name="fleet-edge",
+        family="qwen2_5_vl",
+        text=_fleet_text(hidden=192, layers=4, heads=6, kv_heads=2),
+        vision=_fleet_vision(hidden=128, depth=4, heads=4, out=192),
+        bpe_vocab=1000,
+        min_pixels=_FLEET_IMAGE,
+        max_pixels=_FLEET_IMAGE,
+        description="fleet demo edge model (trained by `fleetvl train`), ~3M parameters",
+        corpus="fleet",
+    ),
+    "fleet-cloud": Preset(
+        name="fleet-cloud",
+        family="qwen2_5_vl",
+        text=_fleet_text(hidden=320, layers=6, heads=5, kv_heads=1),
+        vision=_fleet_vision(hidden=192, depth=6, heads=4, out=320),
+        bpe_vocab=1000,
+        min_pixels=_FLEET_IMAGE,
+        max_pixels=_FLEET_IMAGE,
+        description="fleet demo cloud model (trained by `fleetvl train`), ~4x fleet-edge",
+        corpus="fleet",
     ),
     "qwen2.5-vl-7b": Preset(
         name="qwen2.5-vl-7b",

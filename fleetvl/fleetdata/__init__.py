@@ -1,0 +1,27 @@
+"""Fleet VQA: rendered substation and retail images with questions and exact short answers.
+
+Deterministic and seeded (see :mod:`fleetvl.fleetdata.generator`); imports only NumPy and
+Pillow, so the training script can use it on a box without the serving stack.
+"""
+
+from fleetvl.fleetdata.difficulty import Difficulty
+from fleetvl.fleetdata.generator import (
+    DEFAULT_SIZE,
+    SPLITS,
+    TASKS,
+    Sample,
+    generate,
+    make_sample,
+)
+from fleetvl.fleetdata.writer import write_split
+
+__all__ = [
+    "DEFAULT_SIZE",
+    "SPLITS",
+    "TASKS",
+    "Difficulty",
+    "Sample",
+    "generate",
+    "make_sample",
+    "write_split",
+]

@@ -1,0 +1,127 @@
+"""Deterministic, seeded fleet VQA samples and their train / val / test splits.
+
+Sample ``i`` of a split is drawn from its own generator seeded with (split, seed, i): a
+sample never depends on the ones before it, so splits can be generated in parallel, in any
+order, or partially, and still be identical. Splits use disjoint seed streams.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from fleetvl.fleetdata import retail, substation
+from fleetvl.fleetdata.difficulty import Difficulty, degrade
+from fleetvl.fleetdata.scene import Scene
+
+__all__ = ["SPLITS", "TASKS", "Sample", "generate", "make_sample", "sample_level"]
+
+SceneFn = Callable[[np.random.Generator, Difficulty, int], Scene]
+
+# task -> (site, scene function)
+TASKS: dict[str, tuple[str, SceneFn]] = {
+    "gauge": ("substation", substation.gauge),
+    "breaker": ("substation", substation.breaker),
+    "thermal": ("substation", substation.thermal),
+    "oil_level": ("substation", substation.oil_level),
+    "seven_segment": ("substation", substation.seven_segment),
+    "empty_row": ("retail", retail.empty_row),
+    "colour_count": ("retail", retail.colour_count),
+    "missing_tags": ("retail", retail.missing_tags),
+}
+
+SPLITS = {"train": 1, "val": 2, "test": 3}
+DEFAULT_SIZE = 168  # 6 x 28: a 12 x 12 patch grid, 36 image tokens after the merger
+
+
+@dataclass
+class Sample:
+    """One question about one rendered image, with its exact short answer."""
+
+    id: str
+    split: str
+    task: str
+    site: str
+    question: str
+    answer: str
+    difficulty: Difficulty
+    image: Image.Image
+    params: dict[str, Any] = field(default_factory=dict)
+
+    def record(self, image_path: str) -> dict[str, Any]:
+        """The JSONL line of this sample (the format ``fleetvl calibrate`` reads)."""
+        return {
+            "id": self.id,
+            "images": [image_path],
+            "question": self.question,
+            "answer": self.answer,
+            "task": self.task,
+            "site": self.site,
+            "level": round(self.difficulty.level, 4),
+            "difficulty": self.difficulty.as_dict(),
+        }
+
+
+def sample_level(rng: np.random.Generator) -> float:
+    """Most questions are easy; 30% are hard enough to trouble a small model (level 1, where
+    a question can become unanswerable, is left to tests and explicit calls)."""
+    if rng.random() < 0.7:
+        return float(rng.uniform(0.0, 0.4))
+    return float(rng.uniform(0.4, 0.9))
+
+
+def make_sample(
+    task: str,
+    rng: np.random.Generator,
+    *,
+    level: float | None = None,
+    difficulty: Difficulty | None = None,
+    size: int = DEFAULT_SIZE,
+    sample_id: str = "",
+    split: str = "",
+) -> Sample:
+    """Draw one sample of ``task``; ``difficulty`` overrides the knobs ``level`` implies."""
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {sorted(TASKS)}")
+    site, scene_fn = TASKS[task]
+    if difficulty is None:
+        difficulty = Difficulty.at(sample_level(rng) if level is None else level, rng)
+    scene = scene_fn(rng, difficulty, size)
+    image = degrade(scene.image, difficulty, rng)
+    return Sample(
+        id=sample_id,
+        split=split,
+        task=task,
+        site=site,
+        question=scene.question,
+        answer=scene.answer,
+        difficulty=difficulty,
+        image=image,
+        params=scene.params,
+    )
+
+
+def generate(
+    split: str,
+    n: int,
+    *,
+    seed: int = 0,
+    size: int = DEFAULT_SIZE,
+    tasks: Sequence[str] | None = None,
+    start: int = 0,
+) -> Iterator[Sample]:
+    """Samples ``start .. start + n - 1`` of ``split``; tasks rotate so splits are balanced."""
+    if split not in SPLITS:
+        raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
+    if size % 28:
+        raise ValueError(f"image size {size} must be a multiple of 28 (patch 14 x merge 2)")
+    names = list(tasks) if tasks else list(TASKS)
+    for i in range(start, start + n):
+        rng = np.random.default_rng([SPLITS[split], seed, i])
+        yield make_sample(
+            names[i % len(names)], rng, size=size, sample_id=f"{split}-{seed}-{i:06d}", split=split
+        )

@@ -1,0 +1,5 @@
+import sys
+
+from fleetvl.training.train import main
+
+sys.exit(main())

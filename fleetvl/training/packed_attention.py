@@ -1,0 +1,66 @@
+"""Batched vision attention for training on same-size images.
+
+transformers' Qwen2.5-VL vision attention (outside flash-attention) loops in Python over the
+packed chunks (one per window per image), so a batch of 64 images costs hundreds of small
+kernel launches per layer and a training step is launch-bound. Every fleet image has the
+same size and is one window, so the chunks are equal and the loop is one batched SDPA call.
+
+The registered name contains "flash" because that is what routes transformers to pass the
+whole packed sequence with ``cu_seqlens``; the computation is plain SDPA, identical to the
+per-chunk loop (tested). Training switches it on for the vision tower only and restores
+the default before saving, so checkpoints never name it.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+__all__ = ["NAME", "use_packed_vision_attention"]
+
+NAME = "flash_fleet_packed_sdpa"
+
+
+def _packed_sdpa(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    scaling: float | None = None,
+    dropout: float = 0.0,
+    cu_seq_lens_q: torch.Tensor | None = None,
+    max_length_q: int | None = None,
+    **_: Any,
+) -> tuple[torch.Tensor, None]:
+    """``[1, H, N, D]`` packed q/k/v in equal chunks -> ``[1, N, H, D]``, like flash-attn."""
+    _, h, n, d = query.shape
+    chunks = len(cu_seq_lens_q) - 1 if cu_seq_lens_q is not None else 1
+    length = int(max_length_q) if max_length_q is not None else n
+    if chunks * length != n:
+        # Unequal chunks (mixed image sizes): attend chunk by chunk.
+        bounds = cu_seq_lens_q.tolist()
+        outs = [
+            _packed_sdpa(module, *(t[:, :, a:b] for t in (query, key, value)), scaling=scaling)[0]
+            for a, b in zip(bounds[:-1], bounds[1:], strict=True)
+        ]
+        return torch.cat(outs, dim=1), None
+
+    def split(t: torch.Tensor) -> torch.Tensor:
+        return t[0].view(h, chunks, length, d).transpose(0, 1)
+
+    out = F.scaled_dot_product_attention(
+        split(query), split(key), split(value), dropout_p=dropout, scale=scaling
+    )
+    return out.permute(0, 2, 1, 3).reshape(1, n, h, d), None
+
+
+def use_packed_vision_attention(model: torch.nn.Module, enabled: bool = True) -> None:
+    """Switch the vision tower of a Qwen2.5-VL model to the batched attention (or back)."""
+    from transformers import AttentionInterface
+
+    AttentionInterface.register(NAME, _packed_sdpa)
+    cfg = model.config.vision_config
+    cfg._attn_implementation = NAME if enabled else "sdpa"

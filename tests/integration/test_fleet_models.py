@@ -1,0 +1,188 @@
+"""Fleet models: training resumes exactly, trained weights answer through edge and cloud.
+
+The shipped-checkpoint test runs once ``models/fleet-edge`` and ``models/fleet-cloud`` exist
+(written by the GPU training run, see benchmarks/README.md); until then it says so and skips.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("transformers", reason="training needs the export extra")
+
+from fleetvl.fleetdata import TASKS, generate, make_sample  # noqa: E402
+from fleetvl.training.train import _parser, train_model  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[2]
+SHIPPED = {"edge": ROOT / "models" / "fleet-edge", "cloud": ROOT / "models" / "fleet-cloud"}
+
+
+def _train(run: Path, steps: int, *extra: str, batch: int = 4, samples: int = 4) -> dict:
+    args = _parser().parse_args([
+        str(run), "--preset", "fleet-edge", "--steps", str(steps), "--batch-size", str(batch),
+        "--train-samples", str(samples), "--val-samples", "4", "--workers", "1", "--overfit",
+        "--lr", "3e-3", "--warmup", "2", "--log-every", "100", "--ckpt-every", "100", *extra,
+    ])  # fmt: skip
+    return train_model(args)
+
+
+def _ask(question: str) -> list[dict]:
+    return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def test_training_resumes_where_it_stopped_and_loss_falls(tmp_path: Path) -> None:
+    straight = _train(tmp_path / "straight", 6, "--eval-every", "3")
+    first = _train(tmp_path / "resumed", 6, "--stop-at", "3", "--eval-every", "3")
+    assert first["step"] == 3
+    assert "val_exact_match" not in first
+    assert (tmp_path / "resumed" / "train_state.pt").exists()
+    assert not (tmp_path / "resumed" / "model").exists()
+    resumed = _train(tmp_path / "resumed", 6, "--eval-every", "3")
+    assert resumed["step"] == 6
+    assert len(resumed["losses"]) == 6
+    # The resumed run continues with the saved weights, optimizer moments and sampler state:
+    # it retraces the uninterrupted run.
+    np.testing.assert_allclose(resumed["losses"], straight["losses"], rtol=1e-4)
+    # Mid-run validation is kept across the restart too.
+    assert [step for step, _acc in resumed["val_curve"]] == [3, 6]
+    assert resumed["val_curve"] == straight["val_curve"]
+    assert straight["losses"][-1] < 0.7 * straight["losses"][0]
+    model = tmp_path / "resumed" / "model"
+    cfg = json.loads((model / "config.json").read_text())
+    assert cfg.get("dtype", cfg.get("torch_dtype")) == "float16"
+    from safetensors import safe_open
+
+    with safe_open(str(next(model.glob("*.safetensors"))), "pt") as f:
+        names = list(f.keys())  # noqa: SIM118 (safe_open is not iterable)
+        assert {str(f.get_tensor(k).dtype) for k in names} == {"torch.float16"}
+
+
+@pytest.mark.slow
+def test_trained_weights_answer_through_edge_and_cloud_engines(tmp_path: Path) -> None:
+    """Weights that learned four questions give those answers after export and in the cloud
+    engine: training sees exactly the prompts, pixels and positions the engines build."""
+    from cloud_worker.engine.engine import CloudEngine, EngineConfig
+    from edge_agent.engine import EdgeEngine, SamplingParams, SessionConfig
+    from edge_agent.export.bundle import export_bundle
+
+    metrics = _train(tmp_path / "run", 40)
+    assert metrics["final_loss"] < 0.1
+    hf = tmp_path / "run" / "model"
+    samples = list(generate("train", 4))
+    bundle = export_bundle(hf, tmp_path / "fp32", "fp32", progress=lambda _m: None)
+    edge = EdgeEngine(bundle, SessionConfig(intra_op_threads=1, max_context=256))
+    params = SamplingParams(max_tokens=8)
+    edge_answers = [
+        edge.generate(edge.encode(_ask(s.question), [s.image]), params).text for s in samples
+    ]
+    cloud = CloudEngine(hf, EngineConfig(max_slots=4, max_context=256))
+    try:
+        cloud_answers = [
+            cloud.generate(cloud.encode(_ask(s.question), [s.image]), params).text for s in samples
+        ]
+    finally:
+        cloud.close()
+    truth = [s.answer for s in samples]
+    assert edge_answers == truth
+    assert cloud_answers == truth
+
+
+def _easy_questions(n_per_task: int = 2) -> list:
+    return [
+        make_sample(task, np.random.default_rng([9, k, i]), level=0.05)
+        for k, task in enumerate(TASKS)
+        for i in range(n_per_task)
+    ]
+
+
+@pytest.mark.skipif(
+    not all((p / "config.json").exists() for p in SHIPPED.values()),
+    reason="trained fleet checkpoints not shipped yet (models/fleet-edge, models/fleet-cloud "
+    "come from the GPU training run in benchmarks/README.md)",
+)
+def test_shipped_checkpoints_export_and_answer(tmp_path: Path) -> None:
+    from cloud_worker.engine.engine import CloudEngine, EngineConfig
+    from edge_agent.engine import EdgeEngine, SamplingParams, SessionConfig
+    from edge_agent.export.bundle import export_bundle
+
+    size = sum(f.stat().st_size for p in SHIPPED.values() for f in p.glob("*.safetensors"))
+    assert size <= 40e6, f"shipped weights are {size / 1e6:.1f} MB, over the 40 MB budget"
+    questions = _easy_questions()
+    params = SamplingParams(max_tokens=8)
+    bundle = export_bundle(SHIPPED["edge"], tmp_path / "int4", "int4", progress=lambda _m: None)
+    edge = EdgeEngine(bundle, SessionConfig(max_context=256))
+    edge_ok = [
+        edge.generate(edge.encode(_ask(s.question), [s.image]), params).text.strip() == s.answer
+        for s in questions
+    ]
+    cloud = CloudEngine(SHIPPED["cloud"], EngineConfig(max_slots=8, max_context=256))
+    try:
+        cloud_ok = [
+            cloud.generate(cloud.encode(_ask(s.question), [s.image]), params).text.strip()
+            == s.answer
+            for s in questions
+        ]
+    finally:
+        cloud.close()
+    assert sum(cloud_ok) >= 0.85 * len(questions), f"cloud right on {sum(cloud_ok)}"
+    assert sum(edge_ok) >= 0.6 * len(questions), f"int4 edge right on {sum(edge_ok)}"
+
+
+def test_training_imports_nothing_the_gpu_box_lacks(tmp_path: Path) -> None:
+    """The GPU box has torch, transformers, NumPy and Pillow only: no serving stack."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "from fleetvl.training.train import main\n"
+        f"main([{str(tmp_path)!r}, '--steps', '1', '--batch-size', '2', '--train-samples', '2',"
+        " '--val-samples', '2', '--workers', '1'])\n"
+        "serving = ('pydantic', 'onnxruntime', 'ray', 'fastapi', 'redis', 'grpc', 'uvicorn',"
+        " 'onnxruntime_genai', 'prometheus_client')\n"
+        "print('LOADED', sorted({m.split('.')[0] for m in sys.modules} & set(serving)))\n"
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=300, cwd=ROOT
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "LOADED []" in proc.stdout, proc.stdout[-500:]
+
+
+def test_packed_vision_attention_equals_transformers_loop(tmp_path: Path) -> None:
+    """Training's batched vision attention gives transformers' loss and gradients."""
+    import torch
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    from fleetvl.training.data import build_set
+    from fleetvl.training.loop import collate
+    from fleetvl.training.packed_attention import use_packed_vision_attention
+    from fleetvl.vlm.checkpoint import build_checkpoint
+    from fleetvl.vlm.image import ImageConfig
+    from fleetvl.vlm.presets import get_preset
+
+    build_checkpoint(get_preset("fleet-edge"), tmp_path, progress=lambda _m: None)
+    model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
+        tmp_path, dtype=torch.float32, attn_implementation="sdpa"
+    )
+    data = build_set(tmp_path, "val", 6, workers=1, progress=lambda _m: None)
+    cfg = ImageConfig(min_pixels=168 * 168, max_pixels=168 * 168)
+    inputs = collate(data, np.arange(6), torch.device("cpu"), 0, cfg)
+
+    def loss_and_grad() -> tuple[float, torch.Tensor]:
+        model.zero_grad()
+        loss = model(**inputs).loss
+        loss.backward()
+        return float(loss), model.model.visual.blocks[0].attn.qkv.weight.grad.clone()
+
+    ref_loss, ref_grad = loss_and_grad()
+    use_packed_vision_attention(model)
+    loss, grad = loss_and_grad()
+    use_packed_vision_attention(model, enabled=False)
+    assert loss == pytest.approx(ref_loss, rel=1e-5)
+    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+    assert model.config.vision_config._attn_implementation == "sdpa"
