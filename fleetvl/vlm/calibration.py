@@ -23,6 +23,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from fleetvl.errors import InputError
 from fleetvl.vlm.gate import Probe
+from fleetvl.vlm.gate_signals import HiddenProbe, auroc
 
 __all__ = [
     "CALIBRATION_FILE",
@@ -111,12 +112,8 @@ def load_calibration(bundle_dir: Path) -> Calibration | None:
 
 
 def _auroc(scores: np.ndarray, correct: np.ndarray) -> float | None:
-    pos, neg = scores[correct], scores[~correct]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    # Mann-Whitney U with ties counted half.
-    greater = (pos[:, None] > neg[None, :]).sum() + 0.5 * (pos[:, None] == neg[None, :]).sum()
-    return float(greater / (len(pos) * len(neg)))
+    value = auroc(scores, correct)
+    return None if math.isnan(value) else value
 
 
 def calibrate_signal(
@@ -161,26 +158,19 @@ def calibrate_signal(
     return cal.model_copy(update={"by_accuracy": by_acc, "by_escalation_rate": by_esc})
 
 
-def fit_probe(
-    hidden: np.ndarray, correct: Sequence[bool], l2: float = 1e-2, steps: int = 500
-) -> Probe:
-    """Logistic regression of correctness on the final hidden state (full-batch gradient
-    descent; the sets are small). Features are not standardised: the hidden state comes out
-    of the final RMSNorm, so its scale is fixed by the model."""
-    x = np.asarray(hidden, dtype=np.float64)
-    y = np.asarray(correct, dtype=np.float64)
-    if x.ndim != 2 or len(x) != len(y) or len(y) == 0:
-        raise InputError(f"need one hidden state per label, got {x.shape} for {len(y)} labels")
-    w = np.zeros(x.shape[1])
-    b = 0.0
-    lr = 0.5
-    for _ in range(steps):
-        z = np.clip(x @ w + b, -60, 60)
-        p = 1.0 / (1.0 + np.exp(-z))
-        g = p - y
-        w -= lr * (x.T @ g / len(y) + l2 * w)
-        b -= lr * float(g.mean())
-    return Probe(tuple(float(v) for v in w), b)
+def fit_probe(hidden: np.ndarray, correct: Sequence[bool], l2: float = 1.0) -> Probe:
+    """Logistic regression of correctness on the final hidden state: the cascade benchmark's
+    :class:`~fleetvl.vlm.gate_signals.HiddenProbe` (standardized features, IRLS with an L2
+    penalty), folded into the gate's one-dot-product :class:`Probe`.
+
+    Raises:
+        InputError: not one hidden state per label, or fewer than two examples.
+    """
+    try:
+        return HiddenProbe.fit(np.asarray(hidden), np.asarray(correct, dtype=bool), l2=l2) \
+            .to_gate_probe()  # fmt: skip
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
 
 
 def now_utc() -> str:

@@ -15,6 +15,8 @@ from typing import Any
 
 import numpy as np
 
+from fleetvl.vlm.gate import Probe
+
 __all__ = ["TOKEN_SIGNALS", "HiddenProbe", "auroc", "token_signal"]
 
 # name -> score from an AnswerConfidence dict; entropies are negated so higher = surer.
@@ -110,6 +112,12 @@ class HiddenProbe:
         """P(correct) for each row of ``x``."""
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.std
         return 1 / (1 + np.exp(-np.clip(z @ self.weight + self.bias, -30, 30)))
+
+    def to_gate_probe(self) -> Probe:
+        """The same function as the serving gate's :class:`~fleetvl.vlm.gate.Probe` (the
+        standardization folded into the weights), for a bundle's calibration."""
+        w = self.weight / self.std
+        return Probe(tuple(float(v) for v in w), float(self.bias - np.dot(w, self.mean)))
 
     def to_dict(self) -> dict[str, Any]:
         return {

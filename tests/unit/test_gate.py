@@ -77,3 +77,15 @@ def test_probe_learns_a_separable_direction() -> None:
     probe = fit_probe(x, y)
     acc = np.mean([(probe(h) > 0.5) == yi for h, yi in zip(x, y, strict=True)])
     assert acc > 0.9
+
+
+def test_the_gate_probe_computes_what_the_fitted_probe_predicts() -> None:
+    """Calibration hands the agent the cascade benchmark's probe, standardization folded in."""
+    from fleetvl.vlm.gate_signals import HiddenProbe
+
+    rng = np.random.default_rng(3)
+    x = rng.normal(2.0, 3.0, (120, 6))
+    y = x[:, 0] - 0.5 * x[:, 3] + rng.normal(0, 1.0, 120) > 2.0
+    fitted = HiddenProbe.fit(x, y)
+    gate_probe = fitted.to_gate_probe()
+    assert np.allclose([gate_probe(row) for row in x[:10]], fitted.predict(x[:10]), atol=1e-9)
