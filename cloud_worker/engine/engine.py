@@ -16,7 +16,6 @@ import queue
 import threading
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -24,83 +23,20 @@ import numpy as np
 import torch
 
 from cloud_worker.engine.decode_step import DecodeStep
-from cloud_worker.engine.model import LoadedModel, load_model, prefill
+from cloud_worker.engine.model import LoadedModel, load_model, model_digest, prefill
 from cloud_worker.engine.pipeline import DecodePipeline, LaunchedStep, row_stats
+from cloud_worker.engine.requests import CloudResult, EngineConfig, EngineRequest, StreamEvent
 from cloud_worker.engine.slot_cache import SlotCache
 from fleetvl.errors import PromptError
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
-from fleetvl.vlm.confidence import AnswerConfidence, ConfidenceTracker, TokenConfidence
+from fleetvl.vlm.confidence import TokenConfidence
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.image import ImageInput, prepare_image
 from fleetvl.vlm.processor import Prompt, QwenVLProcessor
 
-__all__ = ["CloudEngine", "CloudResult", "EngineConfig", "StreamEvent"]
+__all__ = ["CloudEngine", "CloudResult", "EngineConfig", "StreamEvent", "model_digest"]
 
 log = logging.getLogger("fleetvl.cloud")
-
-
-@dataclass(frozen=True)
-class EngineConfig:
-    max_slots: int = 8  # requests decoded together
-    max_context: int = 4096  # per slot: prompt + answer
-    device: str = "auto"
-    dtype: str | None = None  # default: bfloat16 on CUDA, float32 on CPU
-    cuda_graphs: bool = True
-    compile_step: bool = True  # torch.compile the decode step (CUDA only)
-    span_bucket: int = 256  # attended span rounding: one compiled graph per bucket
-    # New requests admitted (and prefilled together, in one batch) between two decode steps:
-    # more raises throughput, fewer keeps the running requests' inter-token gaps short.
-    prefills_per_step: int = 8
-    decode_impl: str = "fused"  # fused | transformers (reference): see decode_step.py
-    vision_attention: str = "varlen"  # varlen | transformers (one SDPA call per window)
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    index: int
-    token_id: int
-    text: str
-    confidence: TokenConfidence | None
-
-
-@dataclass
-class CloudResult:
-    text: str
-    token_ids: list[int]
-    finish_reason: str  # stop | length | cancelled | deadline
-    confidence: AnswerConfidence
-    prompt_tokens: int
-    ttft_s: float
-    total_s: float
-    queue_s: float
-    decode_steps: int  # batched steps this request took part in
-    vision_cache_hits: int = 0  # images whose encoder output came from the shared cache
-
-
-@dataclass
-class _Request:
-    id: int
-    prompt: Prompt
-    params: SamplingParams
-    rank: int  # priority class: 0 critical, 1 standard, 2 batch
-    deadline: float
-    cancel: CancelToken
-    out: queue.Queue
-    arrival: float = field(default_factory=time.monotonic)
-    # Running state
-    slot: int = -1
-    kv_len: int = 0
-    next_pos: int = 0
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""
-    sampler: Sampler | None = None
-    tracker: ConfidenceTracker = field(default_factory=ConfidenceTracker)
-    detok: IncrementalDetokenizer | None = None
-    started: float = 0.0
-    first: float = 0.0
-    steps: int = 0  # decode steps whose token this request used
-    launched: int = 0  # decode steps launched for it (one more than used, at most)
-    vision_hits: int = 0
 
 
 class CloudEngine:
@@ -136,8 +72,8 @@ class CloudEngine:
             self.vision_cache = cache.for_model(
                 self.digest, KVShape(lm.num_layers, lm.kv_heads, lm.head_dim), text.hidden_size
             ).vision
-        self._waiting: list[tuple[int, float, int, _Request]] = []
-        self._slots: list[_Request | None] = [None] * cfg.max_slots
+        self._waiting: list[tuple[int, float, int, EngineRequest]] = []
+        self._slots: list[EngineRequest | None] = [None] * cfg.max_slots
         self._ids = itertools.count()
         self._lock = threading.Condition()
         self._stop = False
@@ -178,7 +114,7 @@ class CloudEngine:
                 f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                 f"engine's context of {self.config.max_context} tokens"
             )
-        req = _Request(
+        req = EngineRequest(
             id=next(self._ids), prompt=prompt, params=params, rank=rank,
             deadline=deadline if deadline is not None else float("inf"),
             cancel=cancel or CancelToken(), out=queue.Queue(),
@@ -208,7 +144,7 @@ class CloudEngine:
     def running(self) -> int:
         return sum(r is not None for r in self._slots)
 
-    def _events(self, req: _Request) -> Iterator[StreamEvent | CloudResult]:
+    def _events(self, req: EngineRequest) -> Iterator[StreamEvent | CloudResult]:
         try:
             while True:
                 ev = req.out.get()
@@ -250,7 +186,7 @@ class CloudEngine:
                         r.out.put(exc)
                         self._slots[i] = None
 
-    def _admit(self, batch: list[tuple[int, _Request]]) -> None:
+    def _admit(self, batch: list[tuple[int, EngineRequest]]) -> None:
         now = time.monotonic()
         live = []
         for slot, req in batch:
@@ -286,7 +222,7 @@ class CloudEngine:
             self._slots[slot] = req
         self._emit([req for _, req in live], torch.stack([pre.logits for pre in results]))
 
-    def _cached_features(self, reqs: list[_Request]) -> dict[tuple[int, int], torch.Tensor]:
+    def _cached_features(self, reqs: list[EngineRequest]) -> dict[tuple[int, int], torch.Tensor]:
         """Vision features of these requests' images found in the shared cache (one MGET)."""
         if self.vision_cache is None:
             return {}
@@ -369,7 +305,7 @@ class CloudEngine:
         self.timings["host_s"] += time.perf_counter() - t1
 
     @staticmethod
-    def _sample(r: _Request, row: np.ndarray) -> tuple[int, float]:
+    def _sample(r: EngineRequest, row: np.ndarray) -> tuple[int, float]:
         assert r.sampler is not None
         token = r.sampler(row)
         row64 = row.astype(np.float64)
@@ -391,7 +327,7 @@ class CloudEngine:
             if self._slots[r.slot] is r:  # still running: its inputs for the next step
                 self.pipeline.set_slot(r.slot, token, r.next_pos, r.kv_len)
 
-    def _advance(self, r: _Request, token: int, conf: TokenConfidence) -> None:
+    def _advance(self, r: EngineRequest, token: int, conf: TokenConfidence) -> None:
         p = r.params
         if not r.tokens:
             r.first = time.monotonic()
@@ -420,7 +356,7 @@ class CloudEngine:
         if finish is not None:
             self._finish(r, finish)
 
-    def _finish(self, r: _Request, reason: str) -> None:
+    def _finish(self, r: EngineRequest, reason: str) -> None:
         if 0 <= r.slot < len(self._slots) and self._slots[r.slot] is r:
             self._slots[r.slot] = None
         text = self.processor.decode(r.tokens)
@@ -442,25 +378,6 @@ class CloudEngine:
                 vision_cache_hits=r.vision_hits,
             )
         )
-
-
-def model_digest(model_dir: str | Path) -> str:
-    """Cache namespace of a model directory: its config, and per weight file its name, size
-    and three 1 MiB samples (start, middle, end). Two checkpoints of one architecture differ
-    in every sample; hashing all 16 GB of a 7B model at each start would cost a minute."""
-    import hashlib
-
-    d = Path(model_dir)
-    h = hashlib.sha256((d / "config.json").read_bytes())
-    chunk = 1 << 20
-    for f in sorted(d.glob("*.safetensors")):
-        size = f.stat().st_size
-        h.update(f"{f.name}:{size}".encode())
-        with f.open("rb") as fh:
-            for at in (0, max(size // 2 - chunk // 2, 0), max(size - chunk, 0)):
-                fh.seek(at)
-                h.update(fh.read(chunk))
-    return h.hexdigest()
 
 
 def _confidence(token: int, logprob: float, stats: np.ndarray) -> TokenConfidence:

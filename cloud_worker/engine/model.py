@@ -19,7 +19,7 @@ from cloud_worker.engine.attention import use_varlen_vision_attention
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
 
-__all__ = ["LoadedModel", "PrefillResult", "load_model", "prefill"]
+__all__ = ["LoadedModel", "PrefillResult", "load_model", "model_digest", "prefill"]
 
 log = logging.getLogger("fleetvl.cloud")
 
@@ -195,3 +195,22 @@ def _prefill(
             )
         )
     return results
+
+
+def model_digest(model_dir: str | Path) -> str:
+    """Cache namespace of a model directory: its config, and per weight file its name, size
+    and three 1 MiB samples (start, middle, end). Two checkpoints of one architecture differ
+    in every sample; hashing all 16 GB of a 7B model at each start would cost a minute."""
+    import hashlib
+
+    d = Path(model_dir)
+    h = hashlib.sha256((d / "config.json").read_bytes())
+    chunk = 1 << 20
+    for f in sorted(d.glob("*.safetensors")):
+        size = f.stat().st_size
+        h.update(f"{f.name}:{size}".encode())
+        with f.open("rb") as fh:
+            for at in (0, max(size // 2 - chunk // 2, 0), max(size - chunk, 0)):
+                fh.seek(at)
+                h.update(fh.read(chunk))
+    return h.hexdigest()
