@@ -289,7 +289,8 @@ def test_deadlines_are_met_or_refused_at_once(router: RunningRouter) -> None:
     # Served within the deadline as the router measured it (from the request's arrival);
     # the client's clock adds its own thread scheduling on this 2-core box.
     assert all(b["fleetvl"]["timings"]["total_ms"] <= 600 for _, _, b in ok), ok
-    assert all(t <= 0.6 + 0.3 for _, t, _ in ok), [t for _, t, _ in ok]
+    # The client's own clock: 12 client threads on 2 shared cores add up to a few hundred ms.
+    assert all(t <= 0.6 + 0.5 for _, t, _ in ok), [t for _, t, _ in ok]
     # Refused at once: the router's own time for a refusal (Server-Timing) is milliseconds.
     spent = [float(b["headers"]["server-timing"].split("dur=")[1]) for _, _, b in refused]
     assert all(ms < 50 for ms in spent), spent
