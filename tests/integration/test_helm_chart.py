@@ -100,12 +100,13 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
         },
     ),
     # mTLS on every router client, a large GPU pool with the model on a shared volume, an
-    # external Redis given as a plain URL (so the cloud worker uses it too), a 70-character
+    # external Redis given as a plain URL (so the cloud worker uses it too), a 71-character
     # name to trim, extra labels and backends.
     "mtls-gpu-scale": _merge(
         REQUIRED,
         {
-            "fullnameOverride": "fleetvl-production-eu-west-1-cloud-tier-with-a-very-long-name-x",
+            "fullnameOverride": "fleetvl-production-eu-west-1-cloud-tier-"
+            "with-a-much-longer-name-than-63",
             "commonLabels": {"team": "vision-platform"},
             "imagePullSecrets": [{"name": "regcred"}],
             "fleet": {"spec": EXAMPLE_FLEET},
@@ -340,6 +341,8 @@ def test_no_rendered_field_is_null(name: str, rendered: dict[str, list[dict[str,
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_names_are_dns_labels(name: str, rendered: dict[str, list[dict[str, Any]]]) -> None:
     label = re.compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    keys = [(o["kind"], o["metadata"]["name"]) for o in rendered[name]]
+    assert len(keys) == len(set(keys)), "two objects of one kind share a name after trimming"
     for o in rendered[name]:
         n = o["metadata"]["name"]
         assert len(n) <= 63, f"{o['kind']} name {n!r}"
@@ -418,6 +421,7 @@ def test_references_resolve(name: str, rendered: dict[str, list[dict[str, Any]]]
     } - {None}
     maps = {o["metadata"]["name"]: o["data"] for o in objs if o["kind"] == "ConfigMap"}
     secrets = {o["metadata"]["name"]: o["stringData"] for o in objs if o["kind"] == "Secret"}
+    claims = {o["metadata"]["name"] for o in objs if o["kind"] == "PersistentVolumeClaim"}
     workloads = [o for o in objs if o["kind"] in ("Deployment", "StatefulSet")]
     for w in workloads:
         tpl = w["spec"]["template"]
@@ -425,6 +429,8 @@ def test_references_resolve(name: str, rendered: dict[str, list[dict[str, Any]]]
         for v in tpl["spec"].get("volumes", []):
             if "configMap" in v:
                 assert v["configMap"]["name"] in maps
+            if "persistentVolumeClaim" in v:
+                assert v["persistentVolumeClaim"]["claimName"] in claims
             if "secret" in v and v["secret"]["secretName"] not in external:
                 keys = secrets[v["secret"]["secretName"]]
                 assert all(i["key"] in keys for i in v["secret"].get("items", []))
