@@ -148,7 +148,12 @@ VALUE_SETS: dict[str, dict[str, Any]] = {
 BAD_VALUES = [
     (
         {"redis": {"bundled": {"maxmemoryPolicy": "noeviction"}}},
-        "at '/redis/bundled/maxmemoryPolicy': value must be one of 'allkeys-lru'",
+        "at '/redis/bundled/maxmemoryPolicy': value must be one of 'volatile-lru'",
+    ),
+    # allkeys-* could evict the controller's hard state, which shares this Redis.
+    (
+        {"redis": {"bundled": {"maxmemoryPolicy": "allkeys-lru"}}},
+        "at '/redis/bundled/maxmemoryPolicy': value must be one of",
     ),
     ({"router": {"replicas": 0}}, "at '/router/replicas': minimum: got 0, want 1"),
     ({"router": {"replics": 3}}, "at '/router': additional properties 'replics' not allowed"),
@@ -477,6 +482,10 @@ def test_configs_load_in_the_services(
 
     ctl_raw = yaml.safe_load(_one(objs, "ConfigMap", "-controller")["data"]["controller.yaml"])
     ctl = ControllerConfig.model_validate({**ctl_raw, "admin_token": "t" * 16})
+    # Agents are sent this URL for bundle downloads: never the listener's 0.0.0.0.
+    public = VALUE_SETS[name].get("controller", {}).get("publicUrl")
+    ctl_svc = _one(objs, "Service", "-controller")["metadata"]["name"]
+    assert ctl.public_url == (public or f"http://{ctl_svc}.{NAMESPACE}.svc:8090")
     fleet = FleetSpec.model_validate(
         yaml.safe_load(_one(objs, "ConfigMap", "-fleet")["data"]["fleet.yaml"])
     )
