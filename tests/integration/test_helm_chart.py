@@ -655,3 +655,18 @@ def test_every_value_is_documented_in_values_yaml() -> None:
         if not (commented or any(whole for _, whole in headers)):
             undocumented.append(f"line {i + 1}: {m.group(2)}")
     assert undocumented == []
+
+
+def test_notes_tell_where_things_listen_and_warn_about_unreachable_bundle_urls(
+    chart: Any,
+) -> None:
+    notes = _render(chart, REQUIRED)["fleetvl/templates/NOTES.txt"]
+    assert f"svc/{RELEASE}-fleetvl-router 8080" in notes
+    assert f"svc/{RELEASE}-fleetvl-controller 8090" in notes
+    assert "curl -k https://127.0.0.1:8080/readyz" in notes
+    assert "controller.publicUrl is not set" in notes
+    assert "Sites declared in the fleet spec: 0." in notes
+    values = VALUE_SETS["example-fleet-external"]
+    notes = _render(chart, values)["fleetvl/templates/NOTES.txt"]
+    assert "controller.publicUrl is not set" not in notes
+    assert f"Sites declared in the fleet spec: {len(EXAMPLE_FLEET['sites'])}." in notes
