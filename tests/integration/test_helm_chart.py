@@ -670,3 +670,13 @@ def test_notes_tell_where_things_listen_and_warn_about_unreachable_bundle_urls(
     notes = _render(chart, values)["fleetvl/templates/NOTES.txt"]
     assert "controller.publicUrl is not set" not in notes
     assert f"Sites declared in the fleet spec: {len(EXAMPLE_FLEET['sites'])}." in notes
+
+
+def test_packaged_chart_renders_like_the_source(chart: Any, tmp_path: Path) -> None:
+    """`helm package` keeps what an install needs (templates, schema, CRDs; .helmignore)."""
+    archive = Path(helm.package(str(CHART), destination=str(tmp_path)))
+    assert archive.name == "fleetvl-0.1.0.tgz"
+    with helm.Chart.load_archive(archive.read_bytes()) as packed:
+        assert packed.schema == chart.schema
+        assert [c["data"] for c in packed.crds] == [c["data"] for c in chart.crds]
+        assert _render(packed, REQUIRED) == _render(chart, REQUIRED)
