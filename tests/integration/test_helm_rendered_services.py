@@ -147,6 +147,18 @@ class Pod:
         wait_for(ready, timeout=60, what=f"{self.container['name']} readiness probe")
 
 
+def _render(values: dict[str, Any]) -> list[dict[str, Any]]:
+    with helm.Chart.load(str(ROOT / "helm" / "fleetvl")) as chart:
+        manifests = chart.render(values=values, name="fleet", namespace="fleetvl")
+    return [
+        d
+        for path, text in manifests.items()
+        if not path.endswith("NOTES.txt")
+        for d in yaml.safe_load_all(text)
+        if d
+    ]
+
+
 @pytest.fixture
 def namespace() -> Iterator[str]:
     ns = f"helmtest-{uuid.uuid4().hex[:10]}"
@@ -165,15 +177,7 @@ def test_rendered_router_and_controller_start_and_serve(tmp_path: Path, namespac
         "router": {"httpPort": free_port(), "grpcPort": free_port()},
         "controller": {"httpPort": free_port(), "grpcPort": free_port(), "namespace": namespace},
     }
-    with helm.Chart.load(str(ROOT / "helm" / "fleetvl")) as chart:
-        manifests = chart.render(values=values, name="fleet", namespace="fleetvl")
-    objs = [
-        d
-        for path, text in manifests.items()
-        if not path.endswith("NOTES.txt")
-        for d in yaml.safe_load_all(text)
-        if d
-    ]
+    objs = _render(values)
     root = tmp_path / "root"
     router = Pod(objs, "router", root).start()
     controller = Pod(objs, "controller", root).start()
@@ -209,3 +213,57 @@ def _site_ids(status: dict[str, Any]) -> list[str]:
     if isinstance(sites, dict):
         return list(sites)
     return [s.get("id") or s.get("site") for s in sites]
+
+
+def _docs_site_certificate(d: Path) -> None:
+    """Run docs/edge_install.md's openssl commands (the site CA, then sub-leeds-01's pair)."""
+    doc = (ROOT / "docs" / "edge_install.md").read_text()
+    section = doc[doc.index("## 3. mTLS material") :]
+    script = section[section.index("```bash") + len("```bash") : section.index("```\n", 10)]
+    assert "openssl x509 -req" in script
+    subprocess.run(["bash", "-euo", "pipefail", "-c", script], cwd=d, check=True, timeout=60,
+                   capture_output=True)  # fmt: skip
+
+
+def test_agent_with_the_docs_certificate_registers_with_the_rendered_controller(
+    tmp_path: Path, namespace: str
+) -> None:
+    """The chart's controller requires mTLS with site identity; a certificate made exactly as
+    docs/edge_install.md says is accepted for its site and receives the fleet spec's policy."""
+    from tests.controller_harness import Agents
+
+    pki = _pki(tmp_path)  # the server side: a certificate for 127.0.0.1 and its CA
+    site_pki = tmp_path / "site"
+    site_pki.mkdir()
+    _docs_site_certificate(site_pki)
+    values = {
+        "secrets": {"controllerAdminToken": ADMIN, "routerApiKeys": KEYS},
+        "tls": {
+            "cert": pki["srv.crt"],
+            "key": pki["srv.key"],
+            "clientCa": (site_pki / "fleet-ca.crt").read_text(),
+        },
+        "fleet": {"spec": FLEET},
+        "controller": {"httpPort": free_port(), "grpcPort": free_port(), "namespace": namespace},
+    }
+    controller = Pod(_render(values), "controller", tmp_path / "root").start()
+    agents = None
+    try:
+        with httpx.Client(timeout=5) as client:
+            controller.wait_ready(client)
+        agents = Agents(
+            f"127.0.0.1:{controller.ports['grpc']}",
+            ["sub-leeds-01"],
+            tmp_path / "agent",
+            tls_ca_file=tmp_path / "ca.crt",
+            tls_cert_file=site_pki / "site.crt",
+            tls_key_file=site_pki / "site.key",
+        )
+        wait_for(agents.connected, timeout=30, what="the agent's mTLS session")
+        policy = wait_for(agents.handlers["sub-leeds-01"].last_policy, what="pushed policies")
+        assert policy["site"]["residency"] == "edge_only"  # from the chart's fleet ConfigMap
+    finally:
+        if agents is not None:
+            agents.close()
+        log = controller.stop()
+    assert "sub-leeds-01" in log
