@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install -q --upgrade pip
 	# The pinned CPU build first: a bare `torch` requirement would pull the CUDA wheels.
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e ".[edge,export,serve,cloud,controller,bench,dev]"
+	$(BIN)/pip install -q -e ".[edge,export,serve,cloud,controller,chart,bench,dev]"
 	touch $(STAMP)
 
 setup: $(STAMP)  ## create .venv and install everything (idempotent)
