@@ -47,3 +47,19 @@ def test_the_example_site_config_loads() -> None:
     cfg = AgentConfig.load(root / "examples" / "site.yaml", environ={})
     assert cfg.site == "sub-north-07"
     assert cfg.policies.site is not None
+
+
+@pytest.mark.parametrize("source", ["examples/site.yaml", "docs/edge_install.md"])
+def test_the_documented_site_configs_load(source: str, tmp_path: Path) -> None:
+    """The example file and the install guide's site.yaml are configs the daemon accepts."""
+    import re
+
+    text = (Path(__file__).resolve().parents[2] / source).read_text()
+    if source.endswith(".md"):
+        text = re.search(r"```yaml\n(.*?)```", text, re.S).group(1)
+    p = tmp_path / "site.yaml"
+    p.write_text(text)
+    environ = {"FLEETVL_AGENT_TOKEN": "t", "FLEETVL_ROUTER_API_KEY": "k", "FLEETVL_ROUTER_KEY": "k"}
+    cfg = AgentConfig.load(p, environ=environ)
+    assert cfg.site
+    assert cfg.bundle
