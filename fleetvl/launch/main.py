@@ -35,14 +35,14 @@ def run_demo(endpoints: dict[str, Any], say: Callable[[str], None], json_path: P
     phases = plan_workload(sites, per_site, burst, tag=f" (demo {secrets.token_hex(2)})")
     total = sum(len(p) for p in phases)
     say(f"demo: {total} requests from {len(sites)} sites (steady mix, cloud-side clients, a "
-        f"burst of {burst}, repeats) ...")  # fmt: skip
+        f"burst of {burst}), then escalated questions again ...")  # fmt: skip
     t0 = time.monotonic()
     outs = run_workload(phases, endpoints, _progress(say))
     summary = summarize(outs, [s["id"] for s in sites])
     summary["wall_s"] = time.monotonic() - t0
     say("")
     print_report(summary, {s["id"]: s["residency"] for s in sites}, say)
-    say(f"{total} requests in {summary['wall_s']:.1f} s")
+    say(f"{len(outs)} requests in {summary['wall_s']:.1f} s")
     if json_path is not None:
         json_path.parent.mkdir(parents=True, exist_ok=True)
         json_path.write_text(json.dumps(summary, indent=2))

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import shutil
 import signal
 import tempfile
@@ -139,15 +140,24 @@ class Stack:
         logs.mkdir()
         self._step("starting Ray and the cloud worker, the controller, the router, the agents")
         ray_tmp = Path(tempfile.gettempdir()) / f"fleetvl-up-ray-{cfg.base_port}"
+        # Ray's token authentication with a token of this run (not the user's ~/.ray one),
+        # given to both the head and `serve run`.
+        token = cfg.run_dir / "ray-auth-token"
+        token.write_text(secrets.token_hex(32))
+        token.chmod(0o600)
+        ray_env = {"RAY_ADDRESS": "", "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token)}
         ray = self.children.start(Child("ray", [
             venv_bin("ray"), "start", "--head", "--block", "--disable-usage-stats",
-            "--node-ip-address=127.0.0.1", f"--port={cfg.port('ray_gcs')}",
+            f"--port={cfg.port('ray_gcs')}",
             f"--ray-client-server-port={cfg.port('ray_gcs', 1)}",
             f"--dashboard-agent-listen-port={cfg.port('ray_gcs', 2)}",
             "--include-dashboard=false", f"--num-cpus={cfg.ray.num_cpus}",
             f"--object-store-memory={cfg.ray.object_store_mb << 20}",
             f"--temp-dir={ray_tmp}",
-        ], logs / "ray.log", env={"RAY_ADDRESS": ""}, stop_signal=signal.SIGTERM))  # fmt: skip
+            # Ray's default worker range (10002-19999) would cover our own ports.
+            f"--min-worker-port={cfg.port('ray_gcs', 200)}",
+            f"--max-worker-port={cfg.port('ray_gcs', 399)}",
+        ], logs / "ray.log", env=ray_env, stop_signal=signal.SIGINT))  # fmt: skip
         controller = self.children.start(Child(
             "controller", python_cli("controller", "run", "--config", str(files["controller"])),
             logs / "controller.log"))  # fmt: skip
@@ -164,7 +174,7 @@ class Stack:
         wait_for(lambda: _port_open(cfg.port("ray_gcs")), 120, "the Ray head", ray.check_alive)
         serve = self.children.start(Child(
             "serve run", [venv_bin("serve"), "run", f"--address={gcs}", str(files["serve"])],
-            logs / "serve.log"))  # fmt: skip
+            logs / "serve.log", env=ray_env))  # fmt: skip
         p = self.plan
         ctl_url = f"http://127.0.0.1:{cfg.port('controller_http')}"
         router_url = f"http://127.0.0.1:{cfg.port('router_http')}"

@@ -14,7 +14,7 @@ from typing import Any
 
 from fleetvl.launch.images import gauge_png, shelf_png
 
-__all__ = ["Outcome", "Planned", "plan_workload", "run_workload", "send"]
+__all__ = ["Outcome", "Planned", "plan_workload", "repeats_of", "run_workload", "send"]
 
 GAUGE_QUESTIONS = ["What does the oil-temperature gauge read?", "Is the needle in the red zone?",
                    "Read the pressure gauge.", "What value does the dial show?"]  # fmt: skip
@@ -72,7 +72,7 @@ def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 1
     Per site: loose deadlines, a tight one the local model can hardly make, a critical and a
     batch request; then cloud-side clients through the router for every site (the edge_only
     site's go down its agent's connection); then a burst at one site; then repeats of earlier
-    questions (answered from the shared cache when the cloud answered them)."""
+    questions the cloud answered (see :func:`repeats_of`)."""
     steady: list[Planned] = []
     n = 0
     for s in sites:
@@ -81,7 +81,7 @@ def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 1
             img, q = _image_for(s["kind"], n)
             kind, sla = "loose", {}
             if j == 1:
-                kind, sla = "tight", {"deadline_ms": 150}
+                kind, sla = "tight", {"deadline_ms": 60}
             elif j == 2:
                 kind, sla = "critical", {"priority": "critical"}
             elif j == 3:
@@ -100,9 +100,34 @@ def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 1
         n += 1
         img, q = _image_for(target["kind"], n)
         bursts.append(Planned(target["id"], target["tenant"], "agent", "burst", f"{q}{tag}", img))
-    repeats = [Planned(p.site, p.tenant, "router", "repeat", p.question, p.image)
-               for p in steady if p.kind == "loose"][:: max(1, per_site)][:3]  # fmt: skip
-    return [steady, via_router, bursts, repeats]
+    # Refused on purpose: a request loosening an edge_only site's residency (422, the level
+    # that set it named) and a deadline no backend can meet (503 at admission, at once).
+    strict = next((s for s in sites if s["residency"] == "edge_only"), sites[0])
+    img, q = _image_for(strict["kind"], n + 1)
+    via_router += [
+        Planned(strict["id"], strict["tenant"], "router", "loosen", f"{q}{tag}", img,
+                {"residency": "cloud_ok"}),
+        Planned(sites[-1]["id"], sites[-1]["tenant"], "router", "too-tight", f"{q}{tag}", img,
+                {"deadline_ms": 1}),
+    ]  # fmt: skip
+    return [steady, via_router, bursts]
+
+
+def repeats_of(outs: list[Outcome], limit: int = 4) -> list[Planned]:
+    """Escalated questions asked again at their site: the cloud's answers come from the shared
+    response cache (``served_by: cache``)."""
+    picked = [o.req for o in outs if o.escalated and o.req.kind != "repeat"][:limit]
+    return [Planned(p.site, p.tenant, p.via, "repeat", p.question, p.image, p.sla) for p in picked]
+
+
+def refusal_reason(body: object) -> str:
+    """``reason`` (or ``type``) and the message of an OpenAI-shaped error body."""
+    err = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return str(body)[:120]
+    head = err.get("reason") or err.get("type") or "error"
+    msg = str(err.get("message") or "")
+    return f"{head}: {msg[:100]}" if msg else str(head)
 
 
 def _data_url(png: bytes) -> str:
@@ -129,14 +154,7 @@ def send(p: Planned, endpoints: dict[str, Any], timeout: float = 60.0) -> Outcom
             extra_body=extra_body, extra_headers=headers,
         )  # fmt: skip
     except openai.APIStatusError as exc:
-        body = exc.body if isinstance(exc.body, dict) else {}
-        err = body.get("error", body) if isinstance(body, dict) else {}
-        reason = (
-            (err.get("reason") or err.get("type") or str(exc))
-            if isinstance(err, dict)
-            else str(exc)
-        )
-        return Outcome(p, exc.status_code, time.monotonic() - t0, reason=str(reason))
+        return Outcome(p, exc.status_code, time.monotonic() - t0, reason=refusal_reason(exc.body))
     except openai.APIConnectionError as exc:  # timeouts included
         return Outcome(p, 0, time.monotonic() - t0, reason=f"connection: {exc}")
     latency = time.monotonic() - t0
@@ -168,7 +186,10 @@ def run_workload(phases: list[list[Planned]], endpoints: dict[str, Any],
             progress(len(done), total, out)
         return out
 
-    for phase in phases:
+    for phase in [*phases, None]:
+        if phase is None:  # last: repeats of what the cloud answered
+            phase = repeats_of(done)
+            total += len(phase)
         if not phase:
             continue
         burst = phase[0].kind == "burst"
