@@ -9,9 +9,7 @@ import base64
 import contextlib
 import json
 import os
-import random
 import signal
-import socket
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -26,6 +24,7 @@ import pytest
 import yaml
 
 from fleetvl.launch.images import gauge_png, shelf_png
+from tests.e2e.ports import free_base
 from tests.edge_harness import metric, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -33,21 +32,6 @@ pytestmark = pytest.mark.slow
 
 if not (Path(sys.executable).parent / "ray").exists():
     pytest.skip("`fleetvl up` needs ray[serve] (the cloud extra)", allow_module_level=True)
-
-
-def _free_base() -> int:
-    """A base port whose first 20 ports (the fleet's listeners) are all free."""
-    rng = random.Random()
-    for _ in range(50):
-        base = rng.randrange(20000, 30000, 500)
-        try:
-            for off in range(20):
-                with socket.socket() as s:
-                    s.bind(("127.0.0.1", base + off))
-        except OSError:
-            continue
-        return base
-    raise RuntimeError("no free port range for the fleet")
 
 
 @dataclass
@@ -78,7 +62,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("fleet-up")
     cfg = yaml.safe_load((ROOT / "examples" / "up.yaml").read_text())
     cfg |= {
-        "base_port": _free_base(),
+        "base_port": free_base(),
         "fleet_spec": str(ROOT / "examples" / "fleet.yaml"),
         "cache_dir": str(ROOT / ".cache" / "up"),  # built once, shared with `fleetvl up`
         "run_dir": str(tmp / "run"),
