@@ -31,6 +31,8 @@ def check_ports_free(ports: dict[str, int], host: str = "127.0.0.1") -> None:
     taken = []
     for name, port in ports.items():
         with socket.socket() as s:
+            # As the servers bind: a port in TIME_WAIT from a previous run is free to them.
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
             try:
                 s.bind((host, port))
             except OSError:

@@ -14,6 +14,7 @@ def free_base() -> int:
         try:
             for off in range(20):
                 with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
                     s.bind(("127.0.0.1", base + off))
         except OSError:
             continue
