@@ -6,7 +6,7 @@ STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha256sum | cut -c1-12)
 DEMO := .cache/demo
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo test test-fast lint format bench-edge clean
+.PHONY: help setup demo up test test-fast lint format bench-edge clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -25,6 +25,9 @@ demo: setup  ## build a tiny checkpoint, export an INT4 edge bundle, ask it abou
 	@test -f $(DEMO)/hf/.done || ($(BIN)/fleetvl model init $(DEMO)/hf --preset tiny && touch $(DEMO)/hf/.done)
 	@test -f $(DEMO)/int4/manifest.json || $(BIN)/fleetvl model export $(DEMO)/hf $(DEMO)/int4 --precision int4
 	$(BIN)/fleetvl ask $(DEMO)/int4 "What does the oil-level gauge read?" --image examples/gauge.png --max-tokens 24
+
+up: setup  ## the whole fleet on this machine (examples/up.yaml), then the demo; Ctrl-C stops it
+	$(BIN)/fleetvl up --demo
 
 test: setup lint  ## lint, then the whole test suite
 	$(BIN)/python -m pytest

@@ -64,12 +64,16 @@ class UpConfig(_Strict):
     api_keys: dict[str, str] = Field(
         default_factory=dict, description="Demo API key -> tenant for the router (never real)."
     )
-    admin_token: str = Field("up-demo-admin", description="Controller admin token (demo).")
+    admin_token: str = Field(
+        "up-demo-admin",
+        description="Controller admin token (FLEETVL_CONTROLLER_ADMIN_TOKEN overrides the demo's).",
+    )
     agent: AgentDefaults = Field(default_factory=AgentDefaults, description="Site agents.")
 
     @classmethod
     def load(cls, path: str | Path, environ: Mapping[str, str] | None = None) -> UpConfig:
-        """Read ``path``; relative paths are relative to it; FLEETVL_ env overrides apply."""
+        """Read ``path``; relative paths are relative to it. Overrides from the environment:
+        FLEETVL_REDIS_URL, FLEETVL_UP_BASE_PORT, FLEETVL_CONTROLLER_ADMIN_TOKEN."""
         env = os.environ if environ is None else environ
         path = Path(path)
         raw = yaml.safe_load(path.read_text()) or {}
@@ -77,6 +81,8 @@ class UpConfig(_Strict):
             raise ValueError(f"{path}: expected a mapping at the top level")
         if env.get("FLEETVL_REDIS_URL"):
             raw["redis_url"] = env["FLEETVL_REDIS_URL"]
+        if env.get("FLEETVL_CONTROLLER_ADMIN_TOKEN"):
+            raw["admin_token"] = env["FLEETVL_CONTROLLER_ADMIN_TOKEN"]
         if env.get("FLEETVL_UP_BASE_PORT"):
             raw["base_port"] = int(env["FLEETVL_UP_BASE_PORT"])
         cfg = cls.model_validate(raw)
