@@ -201,11 +201,16 @@ def test_the_edge_only_site_sent_nothing_to_the_cloud(traffic: dict[str, Any],
     assert {r["backend"] for r in routed} == {f"agent-{site['id']}"}  # down its own uplink
     assert metric(site["url"], "fleetvl_edge_escalations_total") == 0
     assert metric(e["router_http"], "fleetvl_router_residency_violations_total") == 0
-    # The router's request log: no line of this site's names a cloud backend.
+    # The router's request log (one JSON line per request): this site's HTTP requests went to
+    # its own agent, and it made no escalation call (gRPC Generate) at all, while the
+    # high-bar sites made many.
     router_log = Path(e["logs"]) / "router.log"
     lines = [json.loads(x) for x in router_log.read_text().splitlines() if x.startswith("{")]
-    assert any(x.get("site") == site["id"] for x in lines)
-    assert not [x for x in lines if x.get("site") == site["id"] and x.get("backend") == "ray-cloud"]
+    http = [x for x in lines if x.get("site") == site["id"] and x.get("api") == "http"]
+    assert {x.get("backend") for x in http if x.get("status") == 200} == {f"agent-{site['id']}"}
+    escalations = [x for x in lines if x.get("api") == "grpc" and x.get("outcome") == "ok"]
+    assert {x["site"] for x in escalations} >= {"sub-durham-03", "store-0117"}
+    assert [x for x in lines if x.get("api") == "grpc" and x.get("site") == site["id"]] == []
 
 
 def test_status_page_lists_every_site_healthy(fleet: Fleet, traffic: dict[str, Any]) -> None:
