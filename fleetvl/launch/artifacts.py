@@ -53,9 +53,14 @@ def _run(args: list[str], what: str, progress: Callable[[str], None]) -> None:
     )  # fmt: skip
     tail: list[str] = []
     assert proc.stdout is not None
-    for line in proc.stdout:
-        tail = (tail + [line.rstrip()])[-30:]
-        progress(f"    {line.rstrip()}")
+    try:
+        for line in proc.stdout:
+            tail = (tail + [line.rstrip()])[-30:]
+            progress(f"    {line.rstrip()}")
+    except BaseException:  # Ctrl-C / SIGTERM while building: the build goes too
+        proc.kill()
+        proc.wait()
+        raise
     if proc.wait() != 0:
         raise FleetVLError(f"{what} failed (exit {proc.returncode}):\n" + "\n".join(tail))
 

@@ -65,6 +65,22 @@ def wait_for(check: Callable[[], T], timeout: float, what: str,
     raise StartupError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last})")
 
 
+def _die_with_parent(sig: int) -> Callable[[], None] | None:
+    """Linux: the child gets ``sig`` if `fleetvl up` itself is killed (SIGKILL runs none of
+    its clean-up), so no component outlives the command."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    libc = ctypes.CDLL(None, use_errno=True)
+    pr_set_pdeathsig = 1
+
+    def arm() -> None:
+        libc.prctl(pr_set_pdeathsig, sig)
+
+    return arm
+
+
 class Child:
     """One component: a command, its log file, its process group."""
 
@@ -85,6 +101,7 @@ class Child:
             self.proc = subprocess.Popen(
                 self.args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
+                preexec_fn=_die_with_parent(self.stop_signal),
             )  # fmt: skip
         return self
 

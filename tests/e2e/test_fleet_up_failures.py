@@ -3,7 +3,9 @@ starts), and a component failing midway (everything already started is stopped).
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -86,3 +88,35 @@ def test_a_component_failing_midway_stops_everything_started(tmp_path: Path) -> 
     except TimeoutError as exc:
         raise AssertionError(_leftovers(run_dir) + _leftovers(ray_dir)) from exc
     assert not (tmp_path / "run" / "endpoints.json").exists()
+
+
+@pytest.mark.slow
+def test_killing_fleetvl_up_takes_its_components_along(tmp_path: Path) -> None:
+    """SIGKILL runs none of `fleetvl up`'s clean-up: its children still go (parent-death
+    signal), so a crashed launcher leaves no fleet behind."""
+    config, base = _config(tmp_path)
+    env = {k: v for k, v in os.environ.items() if k != "FLEETVL_REDIS_URL"}
+    log = tmp_path / "up.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetvl.cli", "up", "--config", str(config)],
+            cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    endpoints = tmp_path / "run" / "endpoints.json"
+    run_dir, ray_dir = str(tmp_path / "run"), f"fleetvl-up-ray-{base}"
+    try:
+
+        def up() -> bool:
+            if proc.poll() is not None:
+                raise AssertionError(f"fleetvl up exited {proc.returncode}:\n{log.read_text()}")
+            return endpoints.exists()
+
+        wait_for(up, 420, "fleetvl up")
+        assert len(_leftovers(run_dir)) >= 8  # the components are running
+        proc.kill()
+        proc.wait(10)
+        wait_for(lambda: not _leftovers(run_dir) and not _leftovers(ray_dir), 60, "no leftovers")
+    finally:
+        for line in _leftovers(run_dir) + _leftovers(ray_dir):  # never leave a fleet running
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(line.split(":")[0]), signal.SIGKILL)
