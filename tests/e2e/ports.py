@@ -1,9 +1,12 @@
-"""A free block of ports for one `fleetvl up` run."""
+"""Helpers for `fleetvl up` runs: a free block of ports, waiting until it is ready."""
 
 from __future__ import annotations
 
 import random
 import socket
+import subprocess
+import time
+from pathlib import Path
 
 
 def free_base() -> int:
@@ -20,3 +23,18 @@ def free_base() -> int:
             continue
         return base
     raise RuntimeError("no free port range for the fleet")
+
+
+def wait_ready(proc: subprocess.Popen[bytes], endpoints: Path, log: Path, timeout: float) -> None:
+    """Poll until `fleetvl up` has written ``endpoints``; fail at once if it exits first."""
+    end = time.monotonic() + timeout
+    delay = 0.05
+    while not endpoints.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"fleetvl up exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > end:
+            raise AssertionError(
+                f"fleetvl up not ready after {timeout} s:\n{log.read_text()[-4000:]}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)

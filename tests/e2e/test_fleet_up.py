@@ -24,7 +24,7 @@ import pytest
 import yaml
 
 from fleetvl.launch.images import gauge_png, shelf_png
-from tests.e2e.ports import free_base
+from tests.e2e.ports import free_base, wait_ready
 from tests.edge_harness import metric, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -80,16 +80,7 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     endpoints_file = tmp / "run" / "endpoints.json"
     endpoints: dict[str, Any] = {}
     try:
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"fleetvl up exited {proc.returncode}:\n{log.read_text()}")
-            return endpoints_file.exists()
-
-        try:
-            wait_for(up, 420, "fleetvl up to be ready")
-        except TimeoutError as exc:
-            raise AssertionError(f"{exc}\n{log.read_text()[-4000:]}") from exc
+        wait_ready(proc, endpoints_file, log, 420)
         endpoints = json.loads(endpoints_file.read_text())
         yield Fleet(proc, endpoints, config, log)
     finally:

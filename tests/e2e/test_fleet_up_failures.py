@@ -16,7 +16,7 @@ import psutil
 import pytest
 import yaml
 
-from tests.e2e.ports import free_base
+from tests.e2e.ports import free_base, wait_ready
 from tests.edge_harness import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -105,13 +105,7 @@ def test_killing_fleetvl_up_takes_its_components_along(tmp_path: Path) -> None:
     endpoints = tmp_path / "run" / "endpoints.json"
     run_dir, ray_dir = str(tmp_path / "run"), f"fleetvl-up-ray-{base}"
     try:
-
-        def up() -> bool:
-            if proc.poll() is not None:
-                raise AssertionError(f"fleetvl up exited {proc.returncode}:\n{log.read_text()}")
-            return endpoints.exists()
-
-        wait_for(up, 420, "fleetvl up")
+        wait_ready(proc, endpoints, log, 420)
         assert len(_leftovers(run_dir)) >= 8  # the components are running
         proc.kill()
         proc.wait(10)
