@@ -5,3 +5,8 @@ run``, ``fleetvl controller run``, ``fleetvl edge run``, ``ray start`` + ``serve
 imports no tier package: it writes their config files, waits until each answers, and stops
 them all on Ctrl-C.
 """
+
+from fleetvl.launch.config import UpConfig
+from fleetvl.launch.main import run_demo, run_up
+
+__all__ = ["UpConfig", "run_demo", "run_up"]

@@ -29,7 +29,18 @@ def _progress(say: Callable[[str], None]) -> Callable[[int, int, Outcome], None]
 
 def run_demo(endpoints: dict[str, Any], say: Callable[[str], None], json_path: Path | None = None,
              per_site: int = 6, burst: int = 12) -> dict[str, Any]:  # fmt: skip
-    """Drive the mixed workload through the agents and the router; print and return the report."""
+    """Drive the mixed workload through the agents and the router; print and return the report.
+
+    Raises:
+        FleetVLError: the ``openai`` client is not installed (it comes with ``fleetvl[dev]``).
+    """
+    try:
+        import openai  # noqa: F401
+    except ImportError:
+        raise FleetVLError(
+            "the demo sends its requests with the `openai` client: "
+            "pip install 'openai>=1.40' (or the project's dev extra)"
+        ) from None
     sites = endpoints["sites"]
     # A per-run tag keeps answers cached by earlier runs from serving this one's first asks.
     phases = plan_workload(sites, per_site, burst, tag=f" (demo {secrets.token_hex(2)})")

@@ -13,7 +13,7 @@ def free_base() -> int:
     """A base port whose first 20 ports (the fleet's listeners) are all free."""
     rng = random.Random()
     for _ in range(50):
-        base = rng.randrange(20000, 30000, 500)
+        base = rng.randrange(20000, 45000, 500)  # blocks of 500: ours, Ray's workers
         try:
             for off in range(20):
                 with socket.socket() as s:

@@ -58,6 +58,7 @@ def _leftovers(marker: str) -> list[str]:
 def test_a_port_in_use_is_named_before_anything_starts(tmp_path: Path) -> None:
     config, base = _config(tmp_path)
     with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # TIME_WAIT of an earlier run
         s.bind(("127.0.0.1", base + 2))  # the controller's HTTP port
         s.listen(1)
         t0 = time.monotonic()
