@@ -8,6 +8,7 @@ the preset and the code that produces them; a change to the exporter rebuilds th
 from __future__ import annotations
 
 import hashlib
+import os
 import shutil
 import subprocess
 import sys
@@ -70,10 +71,13 @@ def _build_once(path: Path, args: Callable[[Path], list[str]], what: str,
     """Build into a temporary sibling and rename it, so a build cut short is never reused."""
     if (path / ".complete").exists():
         return False
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name(f"{path.name}.tmp{os.getpid()}")  # concurrent builds never share one
     shutil.rmtree(tmp, ignore_errors=True)
     _run(args(tmp), what, progress)
     (tmp / ".complete").write_text(time.strftime("%Y-%m-%dT%H:%M:%S"))
+    if (path / ".complete").exists():  # another run finished first: keep what it may be using
+        shutil.rmtree(tmp, ignore_errors=True)
+        return True
     shutil.rmtree(path, ignore_errors=True)
     tmp.rename(path)
     return True
