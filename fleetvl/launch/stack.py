@@ -121,6 +121,10 @@ class Stack:
     def start(self) -> None:
         cfg = self.cfg
         check_ports_free(self.ports())
+        for tool in ("ray", "serve"):
+            if shutil.which(venv_bin(tool)) is None:
+                raise StartupError(f"`{tool}` not found: the cloud worker needs ray[serve] "
+                                   "(pip install 'fleetvl[cloud]', or `make setup`)")  # fmt: skip
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         endpoints_path(cfg).unlink(missing_ok=True)
         self._step(f"demo model ({cfg.preset} preset) and INT4 edge bundle")
