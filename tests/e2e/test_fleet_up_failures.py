@@ -115,3 +115,15 @@ def test_killing_fleetvl_up_takes_its_components_along(tmp_path: Path) -> None:
         for line in _leftovers(run_dir) + _leftovers(ray_dir):  # never leave a fleet running
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(line.split(":")[0]), signal.SIGKILL)
+
+
+def test_demo_without_a_running_fleet_says_what_to_start(tmp_path: Path) -> None:
+    config, _ = _config(tmp_path)
+    r = subprocess.run(
+        [sys.executable, "-m", "fleetvl.cli", "demo", "--config", str(config)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert r.returncode == 2
+    assert "no running fleet" in r.stderr
+    assert "fleetvl up" in r.stderr
+    assert "Traceback" not in r.stderr
