@@ -87,6 +87,7 @@ class Stack:
     artifacts: DemoArtifacts | None = None
     redis_url: str = ""
     timings: dict[str, float] = field(default_factory=dict)
+    _lock: Any = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.children = Children(ROOT, self.say)
@@ -126,6 +127,7 @@ class Stack:
                 raise StartupError(f"`{tool}` not found: the cloud worker needs ray[serve] "
                                    "(pip install 'fleetvl[cloud]', or `make setup`)")  # fmt: skip
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
+        self._lock_run_dir()
         endpoints_path(cfg).unlink(missing_ok=True)
         self._step(f"demo model ({cfg.preset} preset) and INT4 edge bundle")
         self.artifacts = prepare(cfg.cache_dir, cfg.preset, self.say)
@@ -199,6 +201,20 @@ class Stack:
         )
         self._ready("controller: every site healthy", self._all_healthy, controller, 60)
         self.timings["ready_s"] = self.elapsed()
+
+    def _lock_run_dir(self) -> None:
+        """One `fleetvl up` per run directory: a second would overwrite the first's configs and
+        logs. The lock goes with the process, however it ends."""
+        import fcntl
+
+        self._lock = open(self.cfg.run_dir / ".lock", "w")  # noqa: SIM115 (held until exit)
+        try:
+            fcntl.flock(self._lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise StartupError(
+                f"another `fleetvl up` is running from {self.cfg.run_dir}: stop it, or give "
+                "this one its own run_dir (and ports) in a copy of the config"
+            ) from None
 
     def _ready(self, what: str, check: Callable[[], Any], child: Child, timeout: float) -> None:
         wait_for(check, timeout, what, child.check_alive)

@@ -127,3 +127,19 @@ def test_demo_without_a_running_fleet_says_what_to_start(tmp_path: Path) -> None
     assert "no running fleet" in r.stderr
     assert "fleetvl up" in r.stderr
     assert "Traceback" not in r.stderr
+
+
+def test_a_second_fleetvl_up_on_the_same_run_dir_is_refused(tmp_path: Path) -> None:
+    import fcntl
+
+    config, _ = _config(tmp_path)
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "logs").mkdir()
+    (tmp_path / "run" / "logs" / "router.log").write_text("the first run's log\n")
+    with open(tmp_path / "run" / ".lock", "w") as held:  # as a running `fleetvl up` holds it
+        fcntl.flock(held, fcntl.LOCK_EX)
+        r = _up(config, 60)
+    assert r.returncode == 2
+    assert "another `fleetvl up` is running" in r.stderr
+    # The first run's files are untouched.
+    assert (tmp_path / "run" / "logs" / "router.log").read_text() == "the first run's log\n"
