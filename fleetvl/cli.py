@@ -12,8 +12,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleetvl.errors import FleetVLError
+
+if TYPE_CHECKING:
+    from fleetvl.launch.config import UpConfig
 
 __all__ = ["main"]
 
@@ -236,7 +240,7 @@ def _cmd_controller_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
-def _up_config(args: argparse.Namespace) -> object:
+def _up_config(args: argparse.Namespace) -> UpConfig:
     from fleetvl.launch.config import UpConfig
 
     cfg = UpConfig.load(args.config)
@@ -250,7 +254,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
     from fleetvl.launch.main import run_up
 
     return run_up(
-        _up_config(args), lambda m: print(m, flush=True), demo=args.demo,  # type: ignore[arg-type]
+        _up_config(args), lambda m: print(m, flush=True), demo=args.demo,
         exit_after=args.exit_after_demo, t_start=t_start,
         demo_json=Path(args.json) if args.json else None,
     )  # fmt: skip
@@ -259,7 +263,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     from fleetvl.launch.main import demo_endpoints, run_demo
 
-    endpoints = demo_endpoints(_up_config(args))  # type: ignore[arg-type]
+    endpoints = demo_endpoints(_up_config(args))
     run_demo(endpoints, lambda m: print(m, flush=True), Path(args.json) if args.json else None,
              per_site=args.per_site, burst=args.burst)  # fmt: skip
     return 0
