@@ -88,6 +88,7 @@ class Stack:
     redis_url: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     _lock: Any = field(default=None, init=False, repr=False)
+    _ray_tmp: Path | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
         self.children = Children(ROOT, self.say)
@@ -145,7 +146,7 @@ class Stack:
         shutil.rmtree(logs, ignore_errors=True)
         logs.mkdir()
         self._step("starting Ray and the cloud worker, the controller, the router, the agents")
-        ray_tmp = Path(tempfile.gettempdir()) / f"fleetvl-up-ray-{cfg.base_port}"
+        ray_tmp = self._ray_tmp = Path(tempfile.gettempdir()) / f"fleetvl-up-ray-{cfg.base_port}"
         # Ray's token authentication with a token of this run (not the user's ~/.ray one),
         # given to both the head and `serve run`.
         token = cfg.run_dir / "ray-auth-token"
@@ -262,6 +263,7 @@ class Stack:
         ctl = f"http://127.0.0.1:{cfg.port('controller_http')}"
         return {
             "model": MODEL,
+            "base_port": cfg.base_port,
             "redis_url": self.redis_url,
             "router_http": f"http://127.0.0.1:{cfg.port('router_http')}",
             "router_grpc": f"127.0.0.1:{cfg.port('router_grpc')}",
@@ -309,6 +311,8 @@ class Stack:
         try:
             endpoints_path(self.cfg).unlink(missing_ok=True)
             self.children.stop_all()
+            if self._ray_tmp is not None:  # Ray's session files and sockets of this run
+                shutil.rmtree(self._ray_tmp, ignore_errors=True)
         finally:
             for s, h in old.items():
                 signal.signal(s, h)

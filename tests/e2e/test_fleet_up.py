@@ -12,6 +12,7 @@ import os
 import signal
 import subprocess
 import sys
+import tempfile
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -241,3 +242,7 @@ def test_ctrl_c_stops_every_process(fleet: Fleet, traffic: dict[str, Any]) -> No
     wait_for(lambda: _groups_alive(pids) == [], 10, "every child process group to be gone")
     assert not (Path(fleet.endpoints["logs"]).parent / "endpoints.json").exists()
     assert "stopped." in fleet.output()
+    # Ray's session folder of this run is removed with it.
+    assert not (
+        Path(tempfile.gettempdir()) / f"fleetvl-up-ray-{fleet.endpoints['base_port']}"
+    ).exists()

@@ -5,10 +5,12 @@ from __future__ import annotations
 
 import contextlib
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -115,6 +117,8 @@ def test_killing_fleetvl_up_takes_its_components_along(tmp_path: Path) -> None:
         for line in _leftovers(run_dir) + _leftovers(ray_dir):  # never leave a fleet running
             with contextlib.suppress(ProcessLookupError):
                 os.kill(int(line.split(":")[0]), signal.SIGKILL)
+        # A killed launcher cannot remove Ray's session folder; the test does.
+        shutil.rmtree(Path(tempfile.gettempdir()) / ray_dir, ignore_errors=True)
 
 
 def test_demo_without_a_running_fleet_says_what_to_start(tmp_path: Path) -> None:
