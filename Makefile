@@ -7,7 +7,7 @@ DEMO := .cache/demo
 FLEET_EDGE := models/fleet-edge
 
 .DEFAULT_GOAL := help
-.PHONY: help setup demo demo-fleet demo-random test test-fast lint format bench-edge clean
+.PHONY: help setup demo demo-fleet demo-random up test test-fast lint format bench-edge clean
 
 help:  ## list the commands
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F ':.*## ' '{printf "  make %-12s %s\n", $$1, $$2}'
@@ -35,6 +35,9 @@ demo-random: setup  ## a tiny random-weight checkpoint (fluent nonsense, honest 
 	@test -f $(DEMO)/hf/.done || ($(BIN)/fleetvl model init $(DEMO)/hf --preset tiny && touch $(DEMO)/hf/.done)
 	@test -f $(DEMO)/int4/manifest.json || $(BIN)/fleetvl model export $(DEMO)/hf $(DEMO)/int4 --precision int4
 	$(BIN)/fleetvl ask $(DEMO)/int4 "What does the oil-level gauge read?" --image examples/gauge.png --max-tokens 24
+
+up: setup  ## the whole fleet on this machine (examples/up.yaml), then the demo; Ctrl-C stops it
+	$(BIN)/fleetvl up --demo
 
 test: setup lint  ## lint, then the whole test suite
 	$(BIN)/python -m pytest

@@ -12,8 +12,12 @@ import logging
 import sys
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fleetvl.errors import FleetVLError
+
+if TYPE_CHECKING:
+    from fleetvl.launch.config import UpConfig
 
 __all__ = ["main"]
 
@@ -252,6 +256,35 @@ def _cmd_controller_check(args: argparse.Namespace) -> int:
     return 1 if problems else 0
 
 
+def _up_config(args: argparse.Namespace) -> UpConfig:
+    from fleetvl.launch.config import UpConfig
+
+    cfg = UpConfig.load(args.config)
+    if args.base_port is not None:
+        cfg = cfg.model_copy(update={"base_port": args.base_port})
+    return cfg
+
+
+def _cmd_up(args: argparse.Namespace) -> int:
+    t_start = time.monotonic()  # the start of `fleetvl up`, for the first-answer time
+    from fleetvl.launch.main import run_up
+
+    return run_up(
+        _up_config(args), lambda m: print(m, flush=True), demo=args.demo,
+        exit_after=args.exit_after_demo, t_start=t_start,
+        demo_json=Path(args.json) if args.json else None,
+    )  # fmt: skip
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from fleetvl.launch.main import demo_endpoints, run_demo
+
+    endpoints = demo_endpoints(_up_config(args))
+    run_demo(endpoints, lambda m: print(m, flush=True), Path(args.json) if args.json else None,
+             per_site=args.per_site, burst=args.burst)  # fmt: skip
+    return 0
+
+
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="fleetvl", description="FleetVL: vision-language serving for fleets"
@@ -334,6 +367,22 @@ def _parser() -> argparse.ArgumentParser:
     erun.add_argument("--config", required=True, help="site YAML (see examples/site.yaml)")
     erun.add_argument("--http-port", type=int, default=None, help="override http_port")
     erun.set_defaults(func=_cmd_edge_run)
+
+    up = sub.add_parser("up", help="run the whole fleet on this machine (Ctrl-C stops it)")
+    up.add_argument("--config", default="examples/up.yaml", help="ports, paths (examples/up.yaml)")
+    up.add_argument("--base-port", type=int, default=None, help="override base_port")
+    up.add_argument("--demo", action="store_true", help="run the demo workload once it is up")
+    up.add_argument("--exit-after-demo", action="store_true", help="stop after the demo")
+    up.add_argument("--json", default=None, help="write the demo report here")
+    up.set_defaults(func=_cmd_up)
+
+    demo = sub.add_parser("demo", help="drive a mixed workload through a running `fleetvl up`")
+    demo.add_argument("--config", default="examples/up.yaml", help="the `fleetvl up` config")
+    demo.add_argument("--base-port", type=int, default=None, help="override base_port")
+    demo.add_argument("--per-site", type=int, default=6, help="steady requests per site")
+    demo.add_argument("--burst", type=int, default=12, help="requests in the burst")
+    demo.add_argument("--json", default=None, help="write the report here")
+    demo.set_defaults(func=_cmd_demo)
 
     cal = sub.add_parser("calibrate", help="calibrate a bundle's confidence gate")
     cal.add_argument("bundle", help="edge bundle directory (calibration.json is written there)")

@@ -97,6 +97,10 @@ class AgentBackend:
                     yield ev
                 if msg.end:
                     done = True
+                    if msg.error_code == "DEADLINE_EXCEEDED":
+                        # The agent saw the deadline pass first: the caller gets the 504 the
+                        # router gives when it sees it itself, not a 502 backend failure.
+                        raise TimeoutError(msg.error)
                     if msg.error_code:
                         raise BackendError(f"site agent: {msg.error_code}: {msg.error}")
                     return

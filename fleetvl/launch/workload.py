@@ -1,0 +1,198 @@
+"""The demo's mixed workload, sent with the stock ``openai`` client through the site agents
+(site applications) and the router (cloud-side clients), and the outcome of every request."""
+
+from __future__ import annotations
+
+import base64
+import random
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+from fleetvl.launch.images import gauge_png, shelf_png
+
+__all__ = ["Outcome", "Planned", "plan_workload", "repeats_of", "run_workload", "send"]
+
+GAUGE_QUESTIONS = ["What does the oil-temperature gauge read?", "Is the needle in the red zone?",
+                   "Read the pressure gauge.", "What value does the dial show?"]  # fmt: skip
+SHELF_QUESTIONS = ["Which shelf row has an empty slot?", "How many products are missing?",
+                   "Is the top shelf fully stocked?", "Where is the gap on the shelf?"]  # fmt: skip
+
+
+@dataclass(frozen=True)
+class Planned:
+    site: str
+    tenant: str
+    via: str  # "agent" (a site application) or "router" (a cloud-side client)
+    kind: str  # loose, tight, critical, batch, burst, router, repeat
+    question: str
+    image: bytes
+    sla: dict[str, Any] = field(default_factory=dict)
+    max_tokens: int = 12
+
+
+@dataclass
+class Outcome:
+    req: Planned
+    status: int  # HTTP status (200 answered, 202 queued, >= 400 refused)
+    latency_s: float
+    served_by: str | None = None  # edge, cloud, cache
+    escalated: bool = False  # the site's edge attempt was sent to the cloud
+    escalation_reason: str | None = None
+    deadline_ms: float | None = None
+    reason: str | None = None  # why it was refused
+    text: str = ""
+
+    @property
+    def answered(self) -> bool:
+        return self.status == 200
+
+    @property
+    def met_sla(self) -> bool:
+        if not self.answered or self.deadline_ms is None:
+            return False
+        return self.latency_s * 1000 <= self.deadline_ms
+
+
+def _image_for(kind: str, i: int) -> tuple[bytes, str]:
+    rng = random.Random(i)
+    if kind == "substation":
+        return gauge_png(rng.uniform(0, 100), seed=i), GAUGE_QUESTIONS[i % len(GAUGE_QUESTIONS)]
+    empty = {rng.randrange(18) for _ in range(rng.randint(0, 3))}
+    return shelf_png(empty, seed=i), SHELF_QUESTIONS[i % len(SHELF_QUESTIONS)]
+
+
+def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 12,
+                  tag: str = "") -> list[list[Planned]]:  # fmt: skip
+    """Phases run one after another; requests inside a phase run concurrently.
+
+    Per site: loose deadlines, a tight one the local model can hardly make, a critical and a
+    batch request; then cloud-side clients through the router for every site (the edge_only
+    site's go down its agent's connection); then a burst at one site; then repeats of earlier
+    questions the cloud answered (see :func:`repeats_of`)."""
+    steady: list[Planned] = []
+    n = 0
+    for s in sites:
+        for j in range(per_site):
+            n += 1
+            img, q = _image_for(s["kind"], n)
+            kind, sla = "loose", {}
+            if j == 1:
+                kind, sla = "tight", {"deadline_ms": 60}
+            elif j == 2:
+                kind, sla = "critical", {"priority": "critical"}
+            elif j == 3:
+                kind, sla = "batch", {"priority": "batch", "deadline_ms": 20000}
+            steady.append(Planned(s["id"], s["tenant"], "agent", kind, f"{q}{tag}", img, sla))
+    via_router = []
+    for s in sites:
+        for _ in range(2):
+            n += 1
+            img, q = _image_for(s["kind"], n)
+            via_router.append(Planned(s["id"], s["tenant"], "router", "router", f"{q}{tag}", img))
+    target = next((s for s in sites if s["residency"] != "edge_only" and s["kind"] != "substation"),
+                  sites[-1])  # fmt: skip
+    bursts = []
+    for _ in range(burst):
+        n += 1
+        img, q = _image_for(target["kind"], n)
+        bursts.append(Planned(target["id"], target["tenant"], "agent", "burst", f"{q}{tag}", img))
+    # Refused on purpose: a request loosening an edge_only site's residency (422, the level
+    # that set it named) and a deadline no backend can meet (503 at admission, at once).
+    strict = next((s for s in sites if s["residency"] == "edge_only"), sites[0])
+    img, q = _image_for(strict["kind"], n + 1)
+    via_router += [
+        Planned(strict["id"], strict["tenant"], "router", "loosen", f"{q}{tag}", img,
+                {"residency": "cloud_ok"}),
+        Planned(sites[-1]["id"], sites[-1]["tenant"], "router", "too-tight", f"{q}{tag}", img,
+                {"deadline_ms": 1}),
+    ]  # fmt: skip
+    return [steady, via_router, bursts]
+
+
+def repeats_of(outs: list[Outcome], limit: int = 4) -> list[Planned]:
+    """Escalated questions asked again at their site: the cloud's answers come from the shared
+    response cache (``served_by: cache``)."""
+    picked = [o.req for o in outs if o.escalated and o.req.kind != "repeat"][:limit]
+    return [Planned(p.site, p.tenant, p.via, "repeat", p.question, p.image, p.sla) for p in picked]
+
+
+def refusal_reason(body: object) -> str:
+    """``reason`` (or ``type``) and the message of an OpenAI-shaped error body."""
+    err = body.get("error", body) if isinstance(body, dict) else None
+    if not isinstance(err, dict):
+        return str(body)[:120]
+    head = err.get("reason") or err.get("type") or "error"
+    msg = str(err.get("message") or "")
+    return f"{head}: {msg[:100]}" if msg else str(head)
+
+
+def _data_url(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode()
+
+
+def send(p: Planned, endpoints: dict[str, Any], timeout: float = 60.0) -> Outcome:
+    """One request with the stock ``openai`` client; refusals become outcomes with a reason."""
+    import openai
+
+    site = next(s for s in endpoints["sites"] if s["id"] == p.site)
+    key = endpoints["api_keys"][p.tenant]
+    base = site["url"] if p.via == "agent" else endpoints["router_http"]
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=timeout)
+    extra_body: dict[str, Any] = {"sla": p.sla} if p.sla else {}
+    headers = {"x-fleetvl-site": p.site} if p.via == "router" else {}
+    messages = [{"role": "user", "content": [
+        {"type": "image_url", "image_url": {"url": _data_url(p.image)}},
+        {"type": "text", "text": p.question}]}]  # fmt: skip
+    t0 = time.monotonic()
+    try:
+        raw = client.chat.completions.with_raw_response.create(
+            model=endpoints["model"], messages=messages, max_tokens=p.max_tokens,  # type: ignore[arg-type]
+            extra_body=extra_body, extra_headers=headers,
+        )  # fmt: skip
+    except openai.APIStatusError as exc:
+        return Outcome(p, exc.status_code, time.monotonic() - t0, reason=refusal_reason(exc.body))
+    except openai.APIConnectionError as exc:  # timeouts included
+        return Outcome(p, 0, time.monotonic() - t0, reason=f"connection: {exc}")
+    latency = time.monotonic() - t0
+    if raw.status_code == 202:
+        return Outcome(p, 202, latency, reason="queued (uplink down)")
+    resp = raw.parse()
+    fv = (resp.model_extra or {}).get("fleetvl") or {}
+    policy = fv.get("policy") or {}
+    deadline = (policy.get("deadline_ms") or {}).get("value")
+    return Outcome(
+        p, 200, latency, served_by=fv.get("served_by"),
+        escalated=p.via == "agent" and fv.get("served_by") in ("cloud", "cache"),
+        escalation_reason=fv.get("escalation_reason"), deadline_ms=deadline,
+        text=resp.choices[0].message.content or "",
+    )  # fmt: skip
+
+
+def run_workload(phases: list[list[Planned]], endpoints: dict[str, Any],
+                 progress: Callable[[int, int, Outcome], None],
+                 concurrency: int = 4) -> list[Outcome]:  # fmt: skip
+    total = sum(len(ph) for ph in phases)
+    done: list[Outcome] = []
+    lock = threading.Lock()
+
+    def one(p: Planned) -> Outcome:
+        out = send(p, endpoints)
+        with lock:
+            done.append(out)
+            progress(len(done), total, out)
+        return out
+
+    for phase in [*phases, None]:
+        if phase is None:  # last: repeats of what the cloud answered
+            phase = repeats_of(done)
+            total += len(phase)
+        if not phase:
+            continue
+        burst = phase[0].kind == "burst"
+        with ThreadPoolExecutor(len(phase) if burst else concurrency) as pool:
+            list(pool.map(one, phase))
+    return done

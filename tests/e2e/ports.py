@@ -1,0 +1,40 @@
+"""Helpers for `fleetvl up` runs: a free block of ports, waiting until it is ready."""
+
+from __future__ import annotations
+
+import random
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+
+def free_base() -> int:
+    """A base port whose first 20 ports (the fleet's listeners) are all free."""
+    rng = random.Random()
+    for _ in range(50):
+        base = rng.randrange(20000, 45000, 500)  # blocks of 500: ours, Ray's workers
+        try:
+            for off in range(20):
+                with socket.socket() as s:
+                    s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+                    s.bind(("127.0.0.1", base + off))
+        except OSError:
+            continue
+        return base
+    raise RuntimeError("no free port range for the fleet")
+
+
+def wait_ready(proc: subprocess.Popen[bytes], endpoints: Path, log: Path, timeout: float) -> None:
+    """Poll until `fleetvl up` has written ``endpoints``; fail at once if it exits first."""
+    end = time.monotonic() + timeout
+    delay = 0.05
+    while not endpoints.exists():
+        if proc.poll() is not None:
+            raise AssertionError(f"fleetvl up exited {proc.returncode}:\n{log.read_text()[-4000:]}")
+        if time.monotonic() > end:
+            raise AssertionError(
+                f"fleetvl up not ready after {timeout} s:\n{log.read_text()[-4000:]}"
+            )
+        time.sleep(delay)
+        delay = min(delay * 1.5, 0.5)

@@ -1,0 +1,248 @@
+"""The whole fleet as `fleetvl up` starts it: the real command as a child process (embedded
+Redis, a local Ray cluster with the cloud worker, the router, the controller, one agent per
+site of examples/fleet.yaml), 50+ requests with the stock `openai` client through the agents
+and the router, then Ctrl-C (SIGINT) and a check that every process it started is gone."""
+
+from __future__ import annotations
+
+import base64
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import openai
+import pytest
+import yaml
+
+from fleetvl.launch.images import gauge_png, shelf_png
+from tests.e2e.ports import free_base, wait_ready
+from tests.edge_harness import metric, wait_for
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.slow
+
+if not (Path(sys.executable).parent / "ray").exists():
+    pytest.skip("`fleetvl up` needs ray[serve] (the cloud extra)", allow_module_level=True)
+
+
+@dataclass
+class Fleet:
+    proc: subprocess.Popen[bytes]
+    endpoints: dict[str, Any]
+    config: Path
+    log: Path
+
+    def output(self) -> str:
+        return self.log.read_text(errors="replace")
+
+
+def _groups_alive(pids: list[int]) -> list[int]:
+    """Process groups (each child of `fleetvl up` leads its own) with a process left."""
+    alive = []
+    for pid in pids:
+        try:
+            os.killpg(pid, 0)
+        except ProcessLookupError:
+            continue
+        alive.append(pid)
+    return alive
+
+
+@pytest.fixture(scope="module")
+def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
+    tmp = tmp_path_factory.mktemp("fleet-up")
+    cfg = yaml.safe_load((ROOT / "examples" / "up.yaml").read_text())
+    cfg |= {
+        "base_port": free_base(),
+        "fleet_spec": str(ROOT / "examples" / "fleet.yaml"),
+        "cache_dir": str(ROOT / ".cache" / "up"),  # built once, shared with `fleetvl up`
+        "run_dir": str(tmp / "run"),
+    }
+    config = tmp / "up.yaml"
+    config.write_text(yaml.safe_dump(cfg))
+    log = tmp / "up.log"
+    env = {k: v for k, v in os.environ.items() if k != "FLEETVL_REDIS_URL"}  # embedded Redis
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "fleetvl.cli", "up", "--config", str(config)],
+            cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out,
+            stderr=subprocess.STDOUT, start_new_session=True,
+        )  # fmt: skip
+    endpoints_file = tmp / "run" / "endpoints.json"
+    endpoints: dict[str, Any] = {}
+    try:
+        wait_ready(proc, endpoints_file, log, 420)
+        endpoints = json.loads(endpoints_file.read_text())
+        yield Fleet(proc, endpoints, config, log)
+    finally:
+        # Ctrl-C, as a person would stop it; then make sure nothing it started survives.
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGINT)
+            try:
+                proc.wait(90)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(10)
+        for pid in _groups_alive([p for p in endpoints.get("pids", {}).values() if p]):
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(pid, signal.SIGKILL)
+
+
+def _ask(base: str, key: str, image: bytes, question: str, site: str | None = None,
+         sla: dict[str, Any] | None = None) -> dict[str, Any]:  # fmt: skip
+    """One question with the stock client; the answer's or the refusal's essentials."""
+    client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=60)
+    url = "data:image/png;base64," + base64.b64encode(image).decode()
+    try:
+        resp = client.chat.completions.create(
+            model="fleet-demo", max_tokens=10,
+            messages=[{"role": "user", "content": [
+                {"type": "image_url", "image_url": {"url": url}},
+                {"type": "text", "text": question}]}],
+            extra_body={"sla": sla} if sla else None,
+            extra_headers={"x-fleetvl-site": site} if site else None,
+        )  # fmt: skip
+    except openai.APIStatusError as exc:
+        err = exc.body if isinstance(exc.body, dict) else {}
+        return {"status": exc.status_code, "type": err.get("type"), "message": err.get("message")}
+    fv = (resp.model_extra or {})["fleetvl"]
+    tokens = resp.usage.completion_tokens if resp.usage else 0
+    return {"status": 200, "served_by": fv["served_by"], "backend": fv.get("backend"),
+            "text": resp.choices[0].message.content, "tokens": tokens}  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def traffic(fleet: Fleet) -> dict[str, Any]:
+    """5 sites x 8 questions at their agents, 2 per site through the router (cloud-side
+    clients), one request loosening the edge_only site's residency, one impossible deadline."""
+    e = fleet.endpoints
+    before = metric(e["router_http"], "fleetvl_router_backend_requests_total", backend="ray-cloud")
+    jobs: list[tuple[str, str | None, dict[str, Any], dict[str, Any] | None]] = []
+    n = 0
+    for s in e["sites"]:
+        for j in range(10):
+            n += 1
+            sla = {"priority": "critical"} if j == 1 else ({"deadline_ms": 60} if j == 2 else None)
+            via_router = j >= 8
+            jobs.append((s["id"], s["id"] if via_router else None, s, sla))
+    edge_only = next(s for s in e["sites"] if s["residency"] == "edge_only")
+    jobs.append(("loosen", edge_only["id"], edge_only, {"residency": "cloud_ok"}))
+    jobs.append(("too-tight", e["sites"][1]["id"], e["sites"][1], {"deadline_ms": 1}))
+
+    def run(i: int) -> dict[str, Any]:
+        label, router_site, s, sla = jobs[i]
+        img = (gauge_png(i * 7 % 100, seed=i) if s["kind"] == "substation"
+               else shelf_png({i % 18}, seed=i))  # fmt: skip
+        base = e["router_http"] if router_site else s["url"]
+        out = _ask(base, e["api_keys"][s["tenant"]], img, f"Question {i} about this picture?",
+                   router_site, sla)  # fmt: skip
+        return {**out, "site": s["id"], "via": "router" if router_site else "agent",
+                "label": label}  # fmt: skip
+
+    with ThreadPoolExecutor(4) as pool:
+        results = list(pool.map(run, range(len(jobs))))
+    after = metric(e["router_http"], "fleetvl_router_backend_requests_total", backend="ray-cloud")
+    return {"results": results, "cloud_dispatches": after - before}
+
+
+def test_every_request_is_answered_or_refused_with_a_reason(traffic: dict[str, Any]) -> None:
+    results = traffic["results"]
+    assert len(results) >= 50
+    for r in results:
+        if r["status"] == 200:
+            assert r["served_by"] in ("edge", "cloud", "cache"), r
+            assert r["tokens"] >= 1, r
+        else:
+            assert r["status"] >= 400, r
+            assert r["type"], r
+            assert r["message"], r
+    by_label = {r["label"]: r for r in results}
+    assert by_label["loosen"]["status"] == 422
+    assert "residency" in by_label["loosen"]["message"]
+    assert by_label["too-tight"]["status"] in (503, 504), by_label["too-tight"]
+    answered = [r for r in results if r["status"] == 200]
+    assert len(answered) >= 50 - 2
+
+
+def test_escalations_reached_the_cloud_worker(traffic: dict[str, Any]) -> None:
+    escalated = [r for r in traffic["results"] if r["via"] == "agent" and r["status"] == 200
+                 and r["served_by"] == "cloud"]  # fmt: skip
+    # Durham and store-0117 hold a bar the random-weight model cannot clear.
+    assert {r["site"] for r in escalated} >= {"sub-durham-03", "store-0117"}
+    assert traffic["cloud_dispatches"] >= len(escalated) > 0
+
+
+def test_the_edge_only_site_sent_nothing_to_the_cloud(traffic: dict[str, Any],
+                                                       fleet: Fleet) -> None:  # fmt: skip
+    e = fleet.endpoints
+    site = next(s for s in e["sites"] if s["residency"] == "edge_only")
+    mine = [r for r in traffic["results"] if r["site"] == site["id"] and r["status"] == 200]
+    assert len(mine) == 10  # 8 at its agent, 2 from cloud-side clients through the router
+    assert {r["served_by"] for r in mine} == {"edge"}
+    routed = [r for r in mine if r["via"] == "router"]
+    assert {r["backend"] for r in routed} == {f"agent-{site['id']}"}  # down its own uplink
+    assert metric(site["url"], "fleetvl_edge_escalations_total") == 0
+    assert metric(e["router_http"], "fleetvl_router_residency_violations_total") == 0
+    # The router's request log (one JSON line per request): this site's HTTP requests went to
+    # its own agent, and it made no escalation call (gRPC Generate) at all, while the
+    # high-bar sites made many.
+    router_log = Path(e["logs"]) / "router.log"
+    lines = [json.loads(x) for x in router_log.read_text().splitlines() if x.startswith("{")]
+    http = [x for x in lines if x.get("site") == site["id"] and x.get("api") == "http"]
+    assert {x.get("backend") for x in http if x.get("status") == 200} == {f"agent-{site['id']}"}
+    escalations = [x for x in lines if x.get("api") == "grpc" and x.get("outcome") == "ok"]
+    assert {x["site"] for x in escalations} >= {"sub-durham-03", "store-0117"}
+    assert [x for x in lines if x.get("api") == "grpc" and x.get("site") == site["id"]] == []
+
+
+def test_status_page_lists_every_site_healthy(fleet: Fleet, traffic: dict[str, Any]) -> None:
+    e = fleet.endpoints
+    st = httpx.get(e["controller_http"] + "/api/status",
+                   headers={"Authorization": f"Bearer {e['admin_token']}"}).json()  # fmt: skip
+    spec = yaml.safe_load((ROOT / "examples" / "fleet.yaml").read_text())
+    assert {s["id"] for s in st["sites"]} == {s["id"] for s in spec["sites"]}
+    assert all(s["healthy"] for s in st["sites"]), st["sites"]
+    page = httpx.get(e["status_page"])
+    assert page.status_code == 200
+    assert all(s["id"] in page.text for s in spec["sites"])
+
+
+def test_demo_command_reports_per_site(fleet: Fleet, traffic: dict[str, Any],
+                                       tmp_path: Path) -> None:  # fmt: skip
+    out = tmp_path / "demo.json"
+    r = subprocess.run(
+        [sys.executable, "-m", "fleetvl.cli", "demo", "--config", str(fleet.config),
+         "--per-site", "2", "--burst", "4", "--json", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr
+    report = json.loads(out.read_text())
+    assert set(report["sites"]) == {s["id"] for s in fleet.endpoints["sites"]}
+    assert report["overall"]["requests"] == sum(s["requests"] for s in report["sites"].values())
+    assert "overall" in r.stdout
+    assert "refusals" in r.stdout
+
+
+def test_ctrl_c_stops_every_process(fleet: Fleet, traffic: dict[str, Any]) -> None:
+    """Last: Ctrl-C (SIGINT) ends `fleetvl up` with status 0 and nothing it started is left."""
+    pids = [p for p in fleet.endpoints["pids"].values() if p]
+    assert len(pids) >= 9  # redis, ray, controller, router, 5 agents, serve run
+    fleet.proc.send_signal(signal.SIGINT)
+    assert fleet.proc.wait(90) == 0, fleet.output()[-3000:]
+    wait_for(lambda: _groups_alive(pids) == [], 10, "every child process group to be gone")
+    assert not (Path(fleet.endpoints["logs"]).parent / "endpoints.json").exists()
+    assert "stopped." in fleet.output()
+    # Ray's session folder of this run is removed with it.
+    assert not (
+        Path(tempfile.gettempdir()) / f"fleetvl-up-ray-{fleet.endpoints['base_port']}"
+    ).exists()
