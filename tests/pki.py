@@ -10,8 +10,9 @@ def _openssl(*args: str) -> None:
     subprocess.run(["openssl", *args], check=True, capture_output=True)
 
 
-def make_pki(d: Path) -> dict[str, Path]:
-    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate."""
+def make_pki(d: Path, client_cn: str = "site-agent") -> dict[str, Path]:
+    """A CA, a server certificate for localhost/127.0.0.1 and a client certificate whose
+    common name is ``client_cn`` (a controller checks it against the site it registers as)."""
     p = {n: d / n for n in ("ca.key", "ca.pem", "srv.key", "srv.csr", "srv.pem", "cli.key",
                             "cli.csr", "cli.pem", "ext.cnf")}  # fmt: skip
     _openssl(
@@ -30,7 +31,7 @@ def make_pki(d: Path) -> dict[str, Path]:
         str(p["ca.pem"]),
     )
     p["ext.cnf"].write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for who, cn in (("srv", "localhost"), ("cli", "site-agent")):
+    for who, cn in (("srv", "localhost"), ("cli", client_cn)):
         _openssl(
             "req",
             "-newkey",

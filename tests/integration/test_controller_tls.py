@@ -4,78 +4,21 @@ from __future__ import annotations
 
 import asyncio
 import shutil
-import subprocess
 from pathlib import Path
 
 import pytest
 
 from controller.store import ControllerStore
 from tests.controller_harness import Agents, RunningController, new_namespace, wait_for
+from tests.pki import make_pki
 
 pytestmark = pytest.mark.skipif(
     shutil.which("openssl") is None, reason="openssl CLI needed to make test certificates"
 )
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True)
-
-
-def _pki(d: Path) -> dict[str, Path]:
-    p = {n: d / n for n in ("ca.key", "ca.pem", "ext.cnf")}
-    _openssl(
-        "req",
-        "-x509",
-        "-newkey",
-        "rsa:2048",
-        "-nodes",
-        "-days",
-        "2",
-        "-subj",
-        "/CN=fleetvl-test-ca",
-        "-keyout",
-        str(p["ca.key"]),
-        "-out",
-        str(p["ca.pem"]),
-    )
-    p["ext.cnf"].write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    for who, cn in (("srv", "localhost"), ("cli", "sub-001")):
-        key, csr, pem = d / f"{who}.key", d / f"{who}.csr", d / f"{who}.pem"
-        _openssl(
-            "req",
-            "-newkey",
-            "rsa:2048",
-            "-nodes",
-            "-subj",
-            f"/CN={cn}",
-            "-keyout",
-            str(key),
-            "-out",
-            str(csr),
-        )
-        _openssl(
-            "x509",
-            "-req",
-            "-in",
-            str(csr),
-            "-CA",
-            str(p["ca.pem"]),
-            "-CAkey",
-            str(p["ca.key"]),
-            "-CAcreateserial",
-            "-days",
-            "2",
-            "-extfile",
-            str(p["ext.cnf"]),
-            "-out",
-            str(pem),
-        )
-        p[f"{who}.key"], p[f"{who}.pem"] = key, pem
-    return p
-
-
 def test_agents_need_a_client_certificate_under_mtls(tmp_path: Path) -> None:
-    pki = _pki(tmp_path)
+    pki = make_pki(tmp_path, client_cn="sub-001")
     ns = new_namespace()
     rc = RunningController(
         {

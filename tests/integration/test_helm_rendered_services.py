@@ -26,6 +26,7 @@ import redis
 import yaml
 
 from tests.controller_harness import wait_for
+from tests.pki import make_pki
 from tests.redis_servers import free_port
 
 helm = pytest.importorskip("helm_python", reason="helm-python-sdk is in the `chart` extra")
@@ -40,22 +41,11 @@ KEYS = {"sk-test-northgrid": "northgrid", "sk-test-freshmart": "freshmart"}
 FLEET = yaml.safe_load((ROOT / "examples" / "fleet.yaml").read_text())
 
 
-def _openssl(*args: str) -> None:
-    subprocess.run(["openssl", *args], check=True, capture_output=True, timeout=60)
-
-
 def _pki(d: Path) -> dict[str, str]:
-    """A CA and a server certificate for 127.0.0.1, as PEM text."""
-    ec = ["-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes"]
-    _openssl("req", "-x509", *ec, "-days", "2", "-subj", "/CN=fleetvl-test-ca",
-             "-keyout", str(d / "ca.key"), "-out", str(d / "ca.crt"))  # fmt: skip
-    _openssl("req", *ec, "-subj", "/CN=localhost",
-             "-keyout", str(d / "srv.key"), "-out", str(d / "srv.csr"))  # fmt: skip
-    (d / "ext.cnf").write_text("subjectAltName=DNS:localhost,IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", str(d / "srv.csr"), "-CA", str(d / "ca.crt"),
-             "-CAkey", str(d / "ca.key"), "-CAcreateserial", "-days", "2",
-             "-extfile", str(d / "ext.cnf"), "-out", str(d / "srv.crt"))  # fmt: skip
-    return {n: (d / n).read_text() for n in ("ca.crt", "srv.crt", "srv.key")}
+    """A CA and a server certificate for 127.0.0.1, as PEM text (``ca.pem`` stays in ``d``)."""
+    p = make_pki(d)
+    return {"ca.crt": p["ca.pem"].read_text(), "srv.crt": p["srv.pem"].read_text(),
+            "srv.key": p["srv.key"].read_text()}  # fmt: skip
 
 
 class Pod:
@@ -183,7 +173,7 @@ def test_rendered_router_and_controller_start_and_serve(tmp_path: Path, namespac
     controller = Pod(objs, "controller", root).start()
     try:
         # The router serves HTTPS with the chart's certificate (verified against our CA).
-        ca = ssl.create_default_context(cafile=str(tmp_path / "ca.crt"))
+        ca = ssl.create_default_context(cafile=str(tmp_path / "ca.pem"))
         with httpx.Client(verify=ca, timeout=5) as tls_client:
             router.wait_ready(tls_client)
             assert router.probe_url("livenessProbe").startswith("https://")
@@ -255,7 +245,7 @@ def test_agent_with_the_docs_certificate_registers_with_the_rendered_controller(
             f"127.0.0.1:{controller.ports['grpc']}",
             ["sub-leeds-01"],
             tmp_path / "agent",
-            tls_ca_file=tmp_path / "ca.crt",
+            tls_ca_file=tmp_path / "ca.pem",
             tls_cert_file=site_pki / "site.crt",
             tls_key_file=site_pki / "site.key",
         )
