@@ -11,8 +11,9 @@ import json
 import logging
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from fleetvl.errors import FleetVLError
 
@@ -113,64 +114,64 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return train_main(args.train_args)
 
 
-def _cmd_router_run(args: argparse.Namespace) -> int:
-    import asyncio
+def _request_log_to_stdout(logger: str) -> None:
+    """A service's one-JSON-line-per-request log goes to stdout; everything else to stderr."""
+    log = logging.getLogger(logger)
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
 
+
+def _load_config(load: Callable[[str], Any], path: str, what: str) -> Any:
+    """``load(path)``, or None after printing the validation errors for a person."""
     from pydantic import ValidationError
 
+    try:
+        return load(path)
+    except ValidationError as exc:
+        print(f"error: invalid {what} {path}:\n{exc}", file=sys.stderr)
+        return None
+
+
+def _run_service(main: Any) -> int:
+    """Run a service's ``serve()`` coroutine; a listener that cannot start is exit code 2."""
+    import asyncio
+
+    try:
+        asyncio.run(main)
+    except OSError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    return 0
+
+
+def _cmd_router_run(args: argparse.Namespace) -> int:
     from router.config import RouterConfig
     from router.main import serve
 
-    # One JSON line per request on stdout (the service's request log); the rest on stderr.
-    req_log = logging.getLogger("fleetvl.router")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    req_log.addHandler(handler)
-    req_log.setLevel(logging.INFO)
-    req_log.propagate = False
-    try:
-        config = RouterConfig.load(args.config)
-    except ValidationError as exc:
-        print(f"error: invalid router config {args.config}:\n{exc}", file=sys.stderr)
+    _request_log_to_stdout("fleetvl.router")
+    config = _load_config(RouterConfig.load, args.config, "router config")
+    if config is None:
         return 2
     if args.http_port is not None:
         config = config.model_copy(update={"http_port": args.http_port})
     if args.grpc_port is not None:
         config = config.model_copy(update={"grpc_port": args.grpc_port or None})
-    try:
-        asyncio.run(serve(config))
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _run_service(serve(config))
 
 
 def _cmd_edge_run(args: argparse.Namespace) -> int:
-    import asyncio
-
-    from pydantic import ValidationError
-
     from edge_agent.agent import AgentConfig, serve
 
-    req_log = logging.getLogger("fleetvl.edge.requests")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    req_log.addHandler(handler)
-    req_log.setLevel(logging.INFO)
-    req_log.propagate = False
-    try:
-        config = AgentConfig.load(args.config)
-    except ValidationError as exc:
-        print(f"error: invalid site config {args.config}:\n{exc}", file=sys.stderr)
+    _request_log_to_stdout("fleetvl.edge.requests")
+    config = _load_config(AgentConfig.load, args.config, "site config")
+    if config is None:
         return 2
     if args.http_port is not None:
         config = config.model_copy(update={"http_port": args.http_port})
-    try:
-        asyncio.run(serve(config))
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
+    return _run_service(serve(config))
 
 
 def _cmd_calibrate(args: argparse.Namespace) -> int:
@@ -188,41 +189,26 @@ def _cmd_calibrate(args: argparse.Namespace) -> int:
 
 
 def _cmd_controller_run(args: argparse.Namespace) -> int:
-    import asyncio
-
+    import redis
     from pydantic import ValidationError
 
     from controller.config import ControllerConfig
     from controller.main import serve
 
-    # One JSON line per request/session event on stdout; the rest on stderr.
-    ctl_log = logging.getLogger("fleetvl.controller")
-    handler = logging.StreamHandler(sys.stdout)
-    handler.setFormatter(logging.Formatter("%(message)s"))
-    ctl_log.addHandler(handler)
-    ctl_log.setLevel(logging.INFO)
-    ctl_log.propagate = False
-    try:
-        config = ControllerConfig.load(args.config)
-    except ValidationError as exc:
-        print(f"error: invalid controller config {args.config}:\n{exc}", file=sys.stderr)
+    _request_log_to_stdout("fleetvl.controller")  # requests and session events
+    config = _load_config(ControllerConfig.load, args.config, "controller config")
+    if config is None:
         return 2
     try:
         config.fleet_spec()  # fail before listening, with the spec's own message
     except ValidationError as exc:
         print(f"error: invalid fleet spec:\n{exc}", file=sys.stderr)
         return 2
-    import redis
-
     try:
-        asyncio.run(serve(config))
+        return _run_service(serve(config))
     except redis.ConnectionError as exc:
         print(f"error: cannot reach Redis at {config.redis_url}: {exc}", file=sys.stderr)
         return 2
-    except OSError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
-    return 0
 
 
 def _cmd_controller_check(args: argparse.Namespace) -> int:
