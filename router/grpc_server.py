@@ -23,11 +23,11 @@ from fleetvl.errors import InputError
 from fleetvl.policy import PolicyError, PolicyOverride
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from fleetvl.protocol.image_urls import check_image
 from router import metrics
 from router.agents import agent_backends, serve_agent_stream
 from router.backends import BackendError, Delta, Final, ImageInput
 from router.idempotency import IdempotencyRecord, RedisFinals
-from router.images import check_image
 from router.service import Expired, ModelNotFound, Rejected, RoutedRequest, RouterService, log_line
 
 __all__ = ["RouterServicer", "add_router_servicer"]

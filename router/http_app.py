@@ -24,14 +24,18 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 
 from fleetvl.errors import FleetVLError, InputError, UnsupportedImageFormat
 from fleetvl.policy import PolicyError, PolicyOverride, error_details
+from fleetvl.protocol.image_urls import PayloadTooLarge, check_image, parse_data_url
+from fleetvl.protocol.openai_api import (
+    ChatCompletionRequest,
+    ImageUrlPart,
+    SlaHeaderError,
+    request_sla,
+)
 from router import metrics
-from router.api_models import ChatCompletionRequest, ImageUrlPart
 from router.backends import BackendError, Delta, Final, ImageInput
-from router.images import PayloadTooLarge, check_image, parse_data_url
 from router.service import (
     Expired,
     ModelNotFound,
@@ -45,17 +49,6 @@ from router.service import (
 __all__ = ["create_app"]
 
 log = logging.getLogger("fleetvl.router")
-
-_SLA_HEADERS = {
-    "x-fleetvl-deadline-ms": "deadline_ms",
-    "x-fleetvl-ttft-target-ms": "ttft_target_ms",
-    "x-fleetvl-min-confidence": "min_confidence",
-    "x-fleetvl-residency": "residency",
-    "x-fleetvl-priority": "priority",
-    "x-fleetvl-on-uplink-down": "on_uplink_down",
-    "x-fleetvl-max-output-tokens": "max_output_tokens",
-    "x-fleetvl-cache": "cache",
-}
 
 
 class HttpError(Exception):
@@ -297,21 +290,10 @@ def _routed(
 
 
 def _sla(body: ChatCompletionRequest, request: Request) -> PolicyOverride | None:
-    from_headers = {f: request.headers[h] for h, f in _SLA_HEADERS.items() if h in request.headers}
-    if not from_headers:
-        return body.sla
-    merged = {**from_headers, **(body.sla.model_dump(exclude_none=True) if body.sla else {})}
     try:
-        return PolicyOverride.model_validate(merged)
-    except ValidationError as exc:
-        raise HttpError(
-            422, "invalid_request_error", "SLA headers are invalid",
-            details=[
-                {**d, "field": next((h for h, f in _SLA_HEADERS.items() if f == d["field"]),
-                                    d["field"])}
-                for d in error_details(exc)
-            ],
-        ) from None  # fmt: skip
+        return request_sla(body.sla, request.headers)
+    except SlaHeaderError as exc:
+        raise HttpError(422, "invalid_request_error", str(exc), details=exc.details) from None
 
 
 async def _collect(service: RouterService, t: Ticket, request: Request) -> tuple[Final, str]:

@@ -1,4 +1,5 @@
-"""Images at the ingress: data URLs, size and pixel budgets, digests, a blob store."""
+"""The router's image blob store when no shared cache is configured (data URLs and image
+checks at the ingress are :mod:`fleetvl.protocol.image_urls`, shared with the site agent)."""
 
 from __future__ import annotations
 
@@ -6,9 +7,7 @@ import hashlib
 import threading
 from collections import OrderedDict
 
-from fleetvl.protocol.image_urls import PayloadTooLarge, check_image, parse_data_url
-
-__all__ = ["MemoryBlobStore", "PayloadTooLarge", "check_image", "parse_data_url"]
+__all__ = ["MemoryBlobStore"]
 
 
 class MemoryBlobStore:

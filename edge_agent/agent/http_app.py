@@ -21,7 +21,6 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
-from pydantic import ValidationError
 
 from edge_agent.agent import metrics
 from edge_agent.agent.answers import (
@@ -38,22 +37,11 @@ from edge_agent.agent.service import AgentService
 from fleetvl.errors import InputError, UnsupportedImageFormat
 from fleetvl.policy import PolicyError, PolicyOverride, error_details
 from fleetvl.protocol.image_urls import PayloadTooLarge
-from fleetvl.protocol.openai_api import ChatCompletionRequest
+from fleetvl.protocol.openai_api import ChatCompletionRequest, SlaHeaderError, request_sla
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("fleetvl.edge.requests")
-
-_SLA_HEADERS = {
-    "x-fleetvl-deadline-ms": "deadline_ms",
-    "x-fleetvl-ttft-target-ms": "ttft_target_ms",
-    "x-fleetvl-min-confidence": "min_confidence",
-    "x-fleetvl-residency": "residency",
-    "x-fleetvl-priority": "priority",
-    "x-fleetvl-on-uplink-down": "on_uplink_down",
-    "x-fleetvl-max-output-tokens": "max_output_tokens",
-    "x-fleetvl-cache": "cache",
-}
 
 
 def _error(status: int, type_: str, message: str, **extra: Any) -> JSONResponse:
@@ -83,15 +71,10 @@ def _map_error(exc: BaseException) -> JSONResponse:
 
 
 def _sla(body: ChatCompletionRequest, request: Request) -> PolicyOverride | None:
-    given = {f: request.headers[h] for h, f in _SLA_HEADERS.items() if h in request.headers}
-    if not given:
-        return body.sla
-    merged = {**given, **(body.sla.model_dump(exclude_none=True) if body.sla else {})}
     try:
-        return PolicyOverride.model_validate(merged)
-    except ValidationError as exc:
-        raise AgentError(422, "invalid_request_error", "SLA headers are invalid",
-                         details=error_details(exc)) from None  # fmt: skip
+        return request_sla(body.sla, request.headers)
+    except SlaHeaderError as exc:
+        raise AgentError(422, "invalid_request_error", str(exc), details=exc.details) from None
 
 
 def _log(fields: dict[str, Any], t0: float, status: int, outcome: str, **more: Any) -> None:

@@ -8,13 +8,24 @@ harmless client metadata, which is ignored.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
-from fleetvl.policy import PolicyOverride
+from fleetvl.policy import PolicyOverride, error_details
 
 __all__ = [
+    "SLA_HEADERS",
+    "SlaHeaderError",
+    "request_sla",
     "ChatCompletionRequest",
     "ChatMessage",
     "ImageUrl",
@@ -107,3 +118,44 @@ class ChatCompletionRequest(BaseModel):
     @property
     def requested_max_tokens(self) -> int | None:
         return self.max_completion_tokens or self.max_tokens
+
+
+# The SLA can also come in headers, for clients that cannot add body fields.
+SLA_HEADERS = {
+    "x-fleetvl-deadline-ms": "deadline_ms",
+    "x-fleetvl-ttft-target-ms": "ttft_target_ms",
+    "x-fleetvl-min-confidence": "min_confidence",
+    "x-fleetvl-residency": "residency",
+    "x-fleetvl-priority": "priority",
+    "x-fleetvl-on-uplink-down": "on_uplink_down",
+    "x-fleetvl-max-output-tokens": "max_output_tokens",
+    "x-fleetvl-cache": "cache",
+}
+
+
+class SlaHeaderError(ValueError):
+    """SLA headers that do not validate; ``details`` name each offending header."""
+
+    def __init__(self, details: list[dict[str, Any]]) -> None:
+        super().__init__("SLA headers are invalid")
+        self.details = details
+
+
+def request_sla(sla: PolicyOverride | None, headers: Mapping[str, str]) -> PolicyOverride | None:
+    """A request's SLA override: the ``x-fleetvl-*`` headers, with the body's ``sla`` fields
+    taking precedence where both are given.
+
+    Raises:
+        SlaHeaderError: a header's value is invalid.
+    """
+    given = {f: headers[h] for h, f in SLA_HEADERS.items() if h in headers}
+    if not given:
+        return sla
+    merged = {**given, **(sla.model_dump(exclude_none=True) if sla else {})}
+    try:
+        return PolicyOverride.model_validate(merged)
+    except ValidationError as exc:
+        header = {f: h for h, f in SLA_HEADERS.items()}
+        raise SlaHeaderError(
+            [{**d, "field": header.get(d["field"], d["field"])} for d in error_details(exc)]
+        ) from None

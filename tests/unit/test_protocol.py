@@ -16,3 +16,20 @@ def test_committed_stubs_are_fresh(tmp_path: Path) -> None:
         assert committed.read_text() == f.read_text(), (
             f"{f.name} is stale: run `python -m fleetvl.protocol.generate`"
         )
+
+
+def test_sla_headers_merge_under_the_body_and_name_the_bad_header() -> None:
+    import pytest
+
+    from fleetvl.policy import PolicyOverride
+    from fleetvl.protocol.openai_api import SlaHeaderError, request_sla
+
+    body = PolicyOverride.model_validate({"deadline_ms": 900})
+    got = request_sla(body, {"x-fleetvl-deadline-ms": "5000", "x-fleetvl-priority": "critical"})
+    assert got is not None
+    assert got.deadline_ms == 900  # the body wins where both say
+    assert got.priority == "critical"
+    assert request_sla(body, {}) is body
+    with pytest.raises(SlaHeaderError) as err:
+        request_sla(None, {"x-fleetvl-min-confidence": "very"})
+    assert [d["field"] for d in err.value.details] == ["x-fleetvl-min-confidence"]
