@@ -2,13 +2,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleetvl.config_files import expand_env
 from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.scheduling import PredictorConfig, SchedulerConfig
 
@@ -109,15 +109,5 @@ class RouterConfig(_Strict):
     @classmethod
     def load(cls, path: str | Path) -> RouterConfig:
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        raw = _expand_env(raw)
+        raw = expand_env(raw)
         return cls.model_validate(raw)
-
-
-def _expand_env(v: Any) -> Any:
-    if isinstance(v, str):
-        return os.path.expandvars(v)
-    if isinstance(v, dict):
-        return {k: _expand_env(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_expand_env(x) for x in v]
-    return v

@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.protocol.convert import sla_message
 from router.backends import BackendRequest, Delta, Event, Final
 
 __all__ = ["event_from_chunk", "to_generate_request"]
@@ -44,13 +45,7 @@ def to_generate_request(
             stop=req.stop,
         ),
         # The policy is already resolved here; the remote end must not loosen it.
-        sla=pb.Sla(
-            min_confidence=pol.min_confidence,
-            residency=pol.residency.value,
-            priority=pol.priority.value,
-            max_output_tokens=pol.max_output_tokens,
-            cache=pol.cache.value,
-        ),
+        sla=sla_message(pol),
     )
 
 

@@ -9,11 +9,12 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
+from fleetvl.config_files import expand_env
 from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.vlm.gate import SIGNALS
 
@@ -137,7 +138,7 @@ class AgentConfig(_Strict):
         applied on top (``FLEETVL_EDGE_HTTP_PORT=9000``; nested keys joined by ``__``:
         ``FLEETVL_EDGE_ROUTER__API_KEY``)."""
         raw = yaml.safe_load(Path(path).read_text()) or {}
-        raw = _expand_env(raw)
+        raw = expand_env(raw)
         for key, value in (os.environ if environ is None else environ).items():
             if not key.startswith(ENV_PREFIX):
                 continue
@@ -150,13 +151,3 @@ class AgentConfig(_Strict):
 
 
 ENV_PREFIX = "FLEETVL_EDGE_"
-
-
-def _expand_env(v: Any) -> Any:
-    if isinstance(v, str):
-        return os.path.expandvars(v)
-    if isinstance(v, dict):
-        return {k: _expand_env(x) for k, x in v.items()}
-    if isinstance(v, list):
-        return [_expand_env(x) for x in v]
-    return v

@@ -10,6 +10,7 @@ from edge_agent.agent.answers import AgentRequest
 from fleetvl.errors import InputError
 from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.protocol.convert import sla_message
 from fleetvl.protocol.image_urls import inspect_image, parse_data_url
 from fleetvl.protocol.openai_api import ChatCompletionRequest, ImageUrlPart
 from fleetvl.sampling import SamplingParams
@@ -135,13 +136,7 @@ def to_generate_request(
             stop=list(s.stop),
         ),
         # Resolved here: the router may tighten but must not loosen it.
-        sla=pb.Sla(
-            min_confidence=pol.min_confidence,
-            residency=pol.residency.value,
-            priority=pol.priority.value,
-            max_output_tokens=pol.max_output_tokens,
-            cache=pol.cache.value,
-        ),
+        sla=sla_message(pol),
         edge_attempt=edge,
         idempotency_key=req.id,
     )

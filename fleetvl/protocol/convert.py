@@ -5,13 +5,16 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from fleetvl.errors import InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.sampling import SamplingParams
 
-__all__ = ["chat_inputs", "sampling_params"]
+if TYPE_CHECKING:
+    from fleetvl.policy import SlaPolicy
+
+__all__ = ["chat_inputs", "sampling_params", "sla_message"]
 
 
 def sampling_params(s: pb.Sampling, default_max_tokens: int = 256) -> SamplingParams:
@@ -54,3 +57,15 @@ def chat_inputs(
             parts.append({"type": "image"})
         out.append({"role": m.role, "content": parts})
     return out, images, missing
+
+
+def sla_message(policy: SlaPolicy) -> pb.Sla:
+    """A resolved policy as the ``Sla`` of a forwarded request: the fields the next hop may
+    tighten but must not loosen (the deadline travels as the gRPC deadline)."""
+    return pb.Sla(
+        min_confidence=policy.min_confidence,
+        residency=policy.residency.value,
+        priority=policy.priority.value,
+        max_output_tokens=policy.max_output_tokens,
+        cache=policy.cache.value,
+    )
