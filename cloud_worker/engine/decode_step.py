@@ -22,6 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from cloud_worker.engine.attention import gqa_decode_attention
+from cloud_worker.engine.model import LoadedModel
 from cloud_worker.engine.slot_cache import SlotCache
 
 __all__ = ["DecodeStep"]
@@ -68,7 +69,7 @@ class DecodeStep:
 
     def __init__(
         self,
-        lm: object,
+        lm: LoadedModel,
         cache: SlotCache,
         cuda_graphs: bool = True,
         bucket: int = 128,
@@ -82,15 +83,15 @@ class DecodeStep:
         self.bucket = bucket
         self.impl = impl
         s = cache.slots
-        dev = lm.device  # type: ignore[attr-defined]
+        dev = lm.device
         self.tokens = torch.zeros(s, dtype=torch.long, device=dev)
         self.positions = torch.zeros(s, dtype=torch.long, device=dev)
-        self.logits = torch.zeros(s, lm.vocab_size, dtype=torch.float32, device=dev)  # type: ignore[attr-defined]
+        self.logits = torch.zeros(s, lm.vocab_size, dtype=torch.float32, device=dev)
         self._arange = torch.arange(cache.capacity, device=dev)
         self.use_graphs = cuda_graphs and dev.type == "cuda"
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         self._pool = None
-        text = lm.language_model  # type: ignore[attr-defined]
+        text = lm.language_model
         self._layers = [_FusedLayer(layer) for layer in text.layers] if impl == "fused" else []
         self._rotary: Callable = sys.modules[type(text.layers[0].self_attn).__module__] \
             .apply_rotary_pos_emb  # fmt: skip
@@ -112,7 +113,7 @@ class DecodeStep:
     @torch.no_grad()
     def _forward(self, span: int) -> None:
         lm = self.lm
-        text = lm.language_model  # type: ignore[attr-defined]
+        text = lm.language_model
         self.cache.span = span
         h = text.embed_tokens(self.tokens[:, None])
         pos = self.positions[None, :, None].expand(3, -1, 1)
@@ -127,7 +128,7 @@ class DecodeStep:
                 h = layer(h, attention_mask=mask, position_ids=pos,
                           past_key_values=self.cache, position_embeddings=cos_sin)  # fmt: skip
         h = text.norm(h)
-        self.logits.copy_(lm.model.lm_head(h[:, 0]).float())  # type: ignore[attr-defined]
+        self.logits.copy_(lm.model.lm_head(h[:, 0]).float())
 
     def _fused_layer(
         self,

@@ -71,7 +71,7 @@ class Agent:
             )  # fmt: skip
             self._tasks.append(asyncio.create_task(self.uplink.run(), name="uplink"))
             self._tasks.append(asyncio.create_task(self._watch_link(), name="link-watch"))
-        self.control_client = self._control_client()
+        self.control_client = await self._control_client()
         if self.control_client is not None:
             self._tasks.append(asyncio.create_task(self.control_client.run(), name="control"))
         if self.cloud is not None:
@@ -79,13 +79,15 @@ class Agent:
                                        self.service.spool_wakeup)  # fmt: skip
             self._tasks.append(asyncio.create_task(self.forwarder.run(), name="forwarder"))
 
-    def _control_client(self) -> ControlClient | None:
+    async def _control_client(self) -> ControlClient | None:
         """The control-plane client for the ``controller:`` section, if there is one."""
         c = self.config.controller
         if c is None or self.control is None:
             return None
-        # The address the controller knows this bundle by, so it is not sent again.
-        self.control.archive_digest = archive_digest(self.service.pool.bundle)
+        # The address the controller knows this bundle by, so it is not sent again. Hashing
+        # a bundle of hundreds of MB takes a second: off the event loop.
+        bundle = self.service.pool.bundle
+        self.control.archive_digest = await asyncio.to_thread(archive_digest, bundle)
         return ControlClient(
             ControlClientConfig(
                 target=c.target, site=self.config.site, agent_version=_version(),
