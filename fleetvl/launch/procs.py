@@ -65,20 +65,28 @@ def wait_for(check: Callable[[], T], timeout: float, what: str,
     raise StartupError(f"timed out after {timeout:.0f} s waiting for {what} (last: {last})")
 
 
-def _die_with_parent(sig: int) -> Callable[[], None] | None:
-    """Linux: the child gets ``sig`` if `fleetvl up` itself is killed (SIGKILL runs none of
-    its clean-up), so no component outlives the command."""
-    if not sys.platform.startswith("linux"):
-        return None
-    import ctypes
+def _child_setup(sig: int) -> Callable[[], None]:
+    """Run in the child before exec: the stop signals at their defaults (a launcher started as
+    a background job inherits SIGINT ignored, and so would every component: none would stop
+    on SIGINT), and on Linux ``sig`` delivered if `fleetvl up` itself is killed (SIGKILL runs
+    none of its clean-up), so no component outlives the command."""
+    arm_pdeathsig: Callable[[], None] | None = None
+    if sys.platform.startswith("linux"):
+        import ctypes
 
-    libc = ctypes.CDLL(None, use_errno=True)
-    pr_set_pdeathsig = 1
+        libc = ctypes.CDLL(None, use_errno=True)
+        pr_set_pdeathsig = 1
 
-    def arm() -> None:
-        libc.prctl(pr_set_pdeathsig, sig)
+        def arm_pdeathsig() -> None:
+            libc.prctl(pr_set_pdeathsig, sig)
 
-    return arm
+    def setup() -> None:
+        for s in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(s, signal.SIG_DFL)
+        if arm_pdeathsig is not None:
+            arm_pdeathsig()
+
+    return setup
 
 
 class Child:
@@ -101,7 +109,7 @@ class Child:
             self.proc = subprocess.Popen(
                 self.args, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL, start_new_session=True,
-                preexec_fn=_die_with_parent(self.stop_signal),
+                preexec_fn=_child_setup(self.stop_signal),
             )  # fmt: skip
         return self
 

@@ -338,12 +338,16 @@ def running_stack(cfg: UpConfig, say: Callable[[str], None],
     stack = Stack(cfg, say)
     if t_start is not None:
         stack.t_start = t_start
-    old = signal.signal(signal.SIGTERM, _raise_interrupt)
+    # Ctrl-C must stop the fleet even when this process inherited SIGINT ignored (started as
+    # a background job of a shell), so both signals get handlers of their own here.
+    old = {signal.SIGTERM: signal.signal(signal.SIGTERM, _raise_interrupt),
+           signal.SIGINT: signal.signal(signal.SIGINT, signal.default_int_handler)}  # fmt: skip
     try:
         stack.start()
         yield stack
     finally:
         say("stopping the fleet ...")
         stack.stop()
-        signal.signal(signal.SIGTERM, old)
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
         say("stopped.")
