@@ -7,7 +7,12 @@
 # Needs only python3 with torch, transformers, numpy, pillow, tokenizers (no install: runs
 # from the repository root). WORK (default .cache/fleet-train) keeps the rendered data and the
 # resumable training state: running the same command again resumes where it stopped.
-# Knobs (environment): STEPS (4000), BATCH (128), SAMPLES (120000), VAL (2000), PYTHON.
+# Knobs (environment): STEPS (4000), BATCH (128), SAMPLES (120000), VAL (2000), SEED (0: the data
+# draw; a continuation with INIT wants fresh samples), EDGE_LR (2e-3),
+# CLOUD_LR (1e-3), PYTHON; DEADLINE (unix seconds): cut the step totals so that training ends
+# by then (a lent GPU's command limit); INIT (a folder with fleet-edge/ and fleet-cloud/):
+# continue from those checkpoints with a fresh optimizer (the earlier run's state is gone);
+# MODELS ("fleet-edge fleet-cloud"): which to train; TASK_MIX: --task-mix for the training split.
 set -euo pipefail
 DEST=$(realpath -m "${1:?usage: train_fleet_models.sh DEST [WORK]}")
 WORK=$(realpath -m "${2:-$(dirname "$0")/../../.cache/fleet-train}")
@@ -16,21 +21,44 @@ STEPS=${STEPS:-4000}
 BATCH=${BATCH:-128}
 SAMPLES=${SAMPLES:-120000}
 VAL=${VAL:-2000}
+SEED=${SEED:-0}
+EDGE_LR=${EDGE_LR:-2e-3}
+CLOUD_LR=${CLOUD_LR:-1e-3}
 cd "$(dirname "$0")/../.."
 mkdir -p "$DEST" "$WORK"
+MODELS=${MODELS:-fleet-edge fleet-cloud}
+read -r -a models <<<"$MODELS"
 common=(--steps "$STEPS" --batch-size "$BATCH" --train-samples "$SAMPLES" --val-samples "$VAL"
-        --data-cache "$WORK/data" --ckpt-every 500 --log-every 200 --eval-every 1000 --warmup 200)
-# Render once (all cores), then train both models at the same time: each step is short and
+        --seed "$SEED" --data-cache "$WORK/data" --ckpt-every 500 --log-every 200
+        --eval-every 1000 --warmup 200)
+if [[ -n "${TASK_MIX:-}" ]]; then common+=(--task-mix "$TASK_MIX"); fi
+args() {  # the preset, its learning rate and (with INIT) the checkpoint to continue from
+  local lr=$CLOUD_LR
+  if [[ $1 == fleet-edge ]]; then lr=$EDGE_LR; fi
+  echo --preset "$1" --lr "$lr"
+  if [[ -n "${INIT:-}" ]]; then echo --init-from "$(realpath "$INIT/$1")"; fi
+}
+# Render once (all cores), then train the models at the same time: each step is short and
 # mostly kernel launches, so two processes share the GPU well.
-"$PY" -m fleetvl.training "$WORK/fleet-edge" --preset fleet-edge --prepare-only "${common[@]}"
-"$PY" -m fleetvl.training "$WORK/fleet-edge" --preset fleet-edge --lr 2e-3 "${common[@]}" \
-  > "$DEST/fleet-edge.log" 2>&1 &
-edge=$!
-"$PY" -m fleetvl.training "$WORK/fleet-cloud" --preset fleet-cloud --lr 1e-3 "${common[@]}" \
-  2>&1 | tee "$DEST/fleet-cloud.log"
-wait "$edge" || { tail -20 "$DEST/fleet-edge.log"; exit 1; }
-tail -3 "$DEST/fleet-edge.log"
-for m in fleet-edge fleet-cloud; do
+# shellcheck disable=SC2046
+"$PY" -m fleetvl.training "$WORK/${models[0]}" --prepare-only "${common[@]}" $(args "${models[0]}")
+if [[ -n "${DEADLINE:-}" ]]; then
+  # The final evaluation and the fp16 save take well under a minute; keep that much back.
+  common+=(--time-budget $((DEADLINE - $(date +%s) - 60)))
+fi
+pids=()
+for m in "${models[@]}"; do : >"$DEST/$m.log"; done
+for m in "${models[@]}"; do
+  # shellcheck disable=SC2046
+  "$PY" -m fleetvl.training "$WORK/$m" "${common[@]}" $(args "$m") > "$DEST/$m.log" 2>&1 &
+  pids+=($!)
+done
+tail -n +1 -f --pid "${pids[-1]}" "$DEST/${models[-1]}.log" &
+for i in "${!models[@]}"; do
+  wait "${pids[$i]}" || { tail -20 "$DEST/${models[$i]}.log"; exit 1; }
+done
+for m in "${models[@]}"; do
+  tail -2 "$DEST/$m.log"
   rm -rf "${DEST:?}/$m"
   cp -r "$WORK/$m/model" "$DEST/$m"
   cp "$WORK/$m/metrics.json" "$DEST/$m.metrics.json"

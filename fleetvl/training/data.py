@@ -9,9 +9,10 @@ Imports only NumPy, Pillow, tokenizers, Jinja2 and torch: the GPU box has no ser
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -81,10 +82,12 @@ def tokenize(
     return Tokenized(full, labels, positions.astype(np.int64))
 
 
-def _render_chunk(args: tuple[str, int, int, int, int]) -> tuple[np.ndarray, list, list, list]:
-    split, seed, start, n, size = args
+def _render_chunk(
+    args: tuple[str, int, int, int, int, tuple[str, ...] | None],
+) -> tuple[np.ndarray, list, list, list]:
+    split, seed, start, n, size, mix = args
     imgs, qs, ans, tasks = [], [], [], []
-    for s in generate(split, n, seed=seed, size=size, start=start):
+    for s in generate(split, n, seed=seed, size=size, start=start, tasks=mix):
         imgs.append(np.asarray(s.image, dtype=np.uint8))
         qs.append(s.question)
         ans.append(s.answer)
@@ -103,18 +106,25 @@ def build_set(
     cache_dir: str | Path | None = None,
     progress: Callable[[str], None] = print,
     render_only: bool = False,
+    task_mix: Sequence[str] | None = None,
 ) -> FleetSet:
     """Render ``n`` samples of ``split`` (in parallel) and tokenize them for ``model_dir``.
 
     With ``cache_dir``, rendered images and texts are saved there and reused by a later call
     with the same split, seed, size and count (the edge and cloud runs share one rendering).
-    ``render_only`` skips tokenization (the returned set has no sequences).
+    ``render_only`` skips tokenization (the returned set has no sequences). ``task_mix``
+    names the tasks samples rotate through; a task named twice is drawn twice as often.
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
     cached = None
     if cache_dir is not None:
-        stem = Path(cache_dir) / f"{split}-s{seed}-n{n}-px{size}"
+        mix_tag = (
+            ""
+            if not task_mix
+            else "-mix" + hashlib.sha256(",".join(task_mix).encode()).hexdigest()[:8]
+        )
+        stem = Path(cache_dir) / f"{split}-s{seed}-n{n}-px{size}{mix_tag}"
         if (stem.with_suffix(".json")).exists():
             meta = json.loads(stem.with_suffix(".json").read_text())
             # Memory-mapped: two training processes share one copy in the page cache.
@@ -124,7 +134,8 @@ def build_set(
     if cached is None:
         workers = workers or max(1, min(16, (os.cpu_count() or 2) - 1))
         chunk = max(1, min(2000, -(-n // workers)))
-        jobs = [(split, seed, s, min(chunk, n - s), size) for s in range(0, n, chunk)]
+        mix = tuple(task_mix) if task_mix else None
+        jobs = [(split, seed, s, min(chunk, n - s), size, mix) for s in range(0, n, chunk)]
         parts = []
         if workers == 1 or len(jobs) == 1:
             parts = [_render_chunk(j) for j in jobs]

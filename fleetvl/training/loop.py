@@ -6,6 +6,7 @@ import math
 import os
 import time
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -33,12 +34,14 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     overfit: bool = False  # every step sees the same first batch (the smoke test)
+    # Wall-clock seconds for this run's steps (0 = none): after a few timed steps the total is
+    # cut to what fits, before warmup ends, so the cosine schedule still decays to its floor.
+    time_budget_s: float = 0.0
 
 
-def collate(
-    data: FleetSet, idx: np.ndarray, device: torch.device, pad_id: int, cfg: ImageConfig
-) -> dict[str, Any]:
-    """Model inputs for samples ``idx``: right-padded ids, labels, MRoPE positions, pixels."""
+def host_batch(data: FleetSet, idx: np.ndarray, pad_id: int) -> dict[str, torch.Tensor]:
+    """The host half of :func:`collate` (right-padded ids, labels, MRoPE positions, images):
+    safe to run in a thread while the device works on the previous step."""
     seqs = [data.seqs[i] for i in idx]
     length = max(len(s.input_ids) for s in seqs)
     b = len(seqs)
@@ -52,22 +55,39 @@ def collate(
         labels[k, :n] = s.labels
         mask[k, :n] = 1
         pos[:, k, :n] = s.positions
-    images = torch.from_numpy(data.images[idx]).to(device, non_blocking=True)
-    pixel_values = patchify(images, cfg)
-    p = cfg.patch_size
-    grid = torch.tensor([[1, images.shape[1] // p, images.shape[2] // p]] * b, device=device)
-    t = {
-        k: torch.from_numpy(v).to(device)
-        for k, v in {
-            "input_ids": ids,
-            "labels": labels,
-            "attention_mask": mask,
-            "position_ids": pos,
-        }.items()
+    host = {
+        "input_ids": ids,
+        "labels": labels,
+        "attention_mask": mask,
+        "position_ids": pos,
+        "images": data.images[idx],
     }
+    out = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in host.items()}
+    if torch.cuda.is_available():
+        out = {k: v.pin_memory() for k, v in out.items()}  # lets the copies overlap compute
+    return out
+
+
+def to_device(host: dict[str, torch.Tensor], device: torch.device, cfg: ImageConfig) -> dict:
+    """Model inputs on ``device`` from :func:`host_batch`'s tensors (pixels patchified there)."""
+    t = {k: v.to(device, non_blocking=True) for k, v in host.items()}
+    images = t.pop("images")
+    b = images.shape[0]
+    p = cfg.patch_size
+    t["image_grid_thw"] = torch.tensor(
+        [[1, images.shape[1] // p, images.shape[2] // p]] * b, device=device
+    )
+    t["pixel_values"] = patchify(images, cfg)
     # MRoPE positions are given, so transformers' per-sample Python position loop never runs.
-    t.update(pixel_values=pixel_values, image_grid_thw=grid, use_cache=False)
+    t["use_cache"] = False
     return t
+
+
+def collate(
+    data: FleetSet, idx: np.ndarray, device: torch.device, pad_id: int, cfg: ImageConfig
+) -> dict[str, Any]:
+    """Model inputs for samples ``idx``: right-padded ids, labels, MRoPE positions, pixels."""
+    return to_device(host_batch(data, idx, pad_id), device, cfg)
 
 
 def _answer_hits(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -150,6 +170,7 @@ class Trainer:
         self.val_curve: list[tuple[int, float]] = []
         self.eval_set = eval_set
         self.rng = np.random.default_rng(cfg.seed)
+        self._rng_before_draw: dict[str, Any] | None = None
 
     def lr_at(self, step: int) -> float:
         c = self.cfg
@@ -171,8 +192,9 @@ class Trainer:
                 "step": self.step,
                 "losses": self.losses,
                 "val_curve": self.val_curve,
-                "rng": self.rng.bit_generator.state,
+                "rng": self._rng_before_draw or self.rng.bit_generator.state,
                 "config": asdict(self.cfg),
+                "steps": self.cfg.steps,
             },
             tmp,
         )
@@ -191,6 +213,8 @@ class Trainer:
         self.losses = list(state["losses"])
         self.val_curve = [tuple(x) for x in state.get("val_curve", [])]
         self.rng.bit_generator.state = state["rng"]
+        # A budget-cut total is part of the run: resuming keeps its schedule.
+        self.cfg.steps = min(self.cfg.steps, int(state.get("steps", self.cfg.steps)))
         self.say(f"resumed from {self.state_path} at step {self.step}")
         return True
 
@@ -214,12 +238,40 @@ class Trainer:
         t0 = time.perf_counter()
         start = self.step
         pending: list[torch.Tensor] = []
+        timed_from: tuple[int, float] | None = None
+        # The next batch is assembled on the host while the device runs this one. Indices are
+        # drawn here in step order, and a checkpoint keeps the sampler state from before the
+        # batch drawn ahead, so a resumed run sees the same batches.
+        with ThreadPoolExecutor(1, thread_name_prefix="batch") as prefetch:
+            nxt = prefetch.submit(host_batch, self.data, self._draw(), self.pad_id)
+            self._loop(end, start, t0, pending, timed_from, prefetch, nxt)
+        return self.losses
+
+    def _draw(self) -> np.ndarray:
+        self._rng_before_draw = self.rng.bit_generator.state
+        return self._batch_indices()
+
+    def _loop(
+        self,
+        end: int,
+        start: int,
+        t0: float,
+        pending: list[torch.Tensor],
+        timed_from: tuple[int, float] | None,
+        prefetch: ThreadPoolExecutor,
+        nxt: Future[dict[str, torch.Tensor]],
+    ) -> None:
         while self.step < end:
+            if self.cfg.time_budget_s and self.step == start + 10:
+                timed_from = (self.step, time.perf_counter())  # after CUDA/autotune warm-up
+            timed = self.step - timed_from[0] if timed_from else 0
+            if timed in (40, 120) or (timed > 0 and timed % 250 == 0):
+                end = self._fit_budget(timed_from, t0, end)
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step)
-            inputs = collate(
-                self.data, self._batch_indices(), self.device, self.pad_id, self.image_cfg
-            )
+            host = nxt.result()
+            nxt = prefetch.submit(host_batch, self.data, self._draw(), self.pad_id)
+            inputs = to_device(host, self.device, self.image_cfg)
             with _autocast(self.device):
                 loss = self.model(**inputs).loss
             self.opt.zero_grad(set_to_none=True)
@@ -245,10 +297,33 @@ class Trainer:
             ):
                 acc = exact_match(
                     self.model, self.eval_set, self.device, self.pad_id, self.image_cfg
-                )["all"]
-                self.val_curve.append((self.step, acc))
-                self.say(f"step {self.step} val exact match {acc:.3f}")
+                )
+                self.val_curve.append((self.step, acc["all"]))
+                self.say(
+                    f"step {self.step} val exact match "
+                    + ", ".join(f"{k} {v:.3f}" for k, v in acc.items())
+                )
             if self.step % self.cfg.ckpt_every == 0 or self.step == end:
                 self._flush(pending)
                 self.save()
-        return self.losses
+
+    def _fit_budget(self, timed_from: tuple[int, float], t0: float, end: int) -> int:
+        """Cut the total steps to what the time budget allows at the step rate measured so far
+        (evaluations and checkpoints included); called early and again every 250 steps, since
+        a rate read in the first seconds can be optimistic. Past the budget, stop here."""
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        now = time.perf_counter()
+        per_step = (now - timed_from[1]) / (self.step - timed_from[0])
+        left = self.cfg.time_budget_s - (now - t0)
+        fits = self.step + max(0, int(left / (per_step * 1.05)))
+        if fits <= self.step:
+            self.say(f"time budget {self.cfg.time_budget_s:.0f}s used up: finishing at step {fits}")
+            self.cfg.steps = max(fits, self.step)
+        elif fits < self.cfg.steps:
+            self.say(
+                f"time budget {self.cfg.time_budget_s:.0f}s at {per_step * 1000:.1f} ms/step: "
+                f"training {fits} steps instead of {self.cfg.steps}"
+            )
+            self.cfg.steps = fits
+        return min(end, self.cfg.steps)

@@ -9,16 +9,23 @@ The registered name contains "flash" because that is what routes transformers to
 whole packed sequence with ``cu_seqlens``; the computation is plain SDPA, identical to the
 per-chunk loop (tested). Training switches it on for the vision tower only and restores
 the default before saving, so checkpoints never name it.
+
+The vision tower also rebuilds its rotary positions and window order from ``grid_thw`` on
+every forward, in Python loops over the images (thousands of tiny kernels and host syncs for a
+batch of 256). Training batches repeat one grid, so :func:`cache_vision_indices` computes them
+once per distinct grid with transformers' own functions and hands them in as the precomputed
+kwargs those functions accept.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-__all__ = ["NAME", "use_packed_vision_attention"]
+__all__ = ["NAME", "cache_vision_indices", "use_packed_vision_attention"]
 
 NAME = "flash_fleet_packed_sdpa"
 
@@ -64,3 +71,53 @@ def use_packed_vision_attention(model: torch.nn.Module, enabled: bool = True) ->
     AttentionInterface.register(NAME, _packed_sdpa)
     cfg = model.config.vision_config
     cfg._attn_implementation = NAME if enabled else "sdpa"
+
+
+def cache_vision_indices(model: torch.nn.Module) -> Callable[[], None]:
+    """Precompute the vision tower's per-grid indices once; returns a function that undoes it."""
+    from transformers.utils.generic import get_max_seqlen
+    from transformers.vision_utils import (
+        get_vision_attention_seqlens,
+        get_vision_position_ids,
+        get_vision_window_index,
+    )
+
+    visual = model.model.visual
+    cache: dict[tuple, dict[str, Any]] = {}
+
+    def precompute(grid: torch.Tensor) -> dict[str, Any]:
+        pos = get_vision_position_ids(grid, visual.spatial_merge_size)
+        cu, max_len = get_vision_attention_seqlens(grid, visual.config)
+        win, cu_win = get_vision_window_index(
+            grid,
+            spatial_merge_size=visual.spatial_merge_size,
+            window_size=visual.window_size,
+            patch_size=visual.patch_size,
+        )
+        max_win = get_max_seqlen(cu_win, visual.config, kwarg_name="max_window_seqlen")
+        out: dict[str, Any] = {
+            "position_ids": pos,
+            "cu_seqlens": cu,
+            "window_index": win.to(grid.device),
+            "cu_window_seqlens": cu_win,
+        }
+        # None means "not needed by this attention"; passing None would mean "compute it".
+        lengths = {"max_seqlen": max_len, "max_window_seqlen": max_win}
+        out.update({k: v for k, v in lengths.items() if v})
+        return out
+
+    def hook(
+        _module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]
+    ) -> tuple[tuple, dict[str, Any]]:
+        grid = kwargs.get("grid_thw")
+        if grid is None or any(k in kwargs for k in ("position_ids", "window_index")):
+            return args, kwargs
+        key = (str(grid.device), tuple(map(tuple, grid.tolist())))
+        if key not in cache:
+            if len(cache) >= 8:  # training sees one or two grids; never grow without bound
+                cache.pop(next(iter(cache)))
+            cache[key] = precompute(grid)
+        return args, {**kwargs, **cache[key]}
+
+    handle = visual.register_forward_pre_hook(hook, with_kwargs=True)
+    return handle.remove

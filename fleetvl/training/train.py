@@ -41,7 +41,25 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--data-cache", default=None, help="reuse rendered samples across runs")
     p.add_argument("--device", default=None, help="cuda | cpu (default: cuda if available)")
     p.add_argument("--overfit", action="store_true", help="train on one fixed batch (smoke)")
+    p.add_argument(
+        "--task-mix",
+        default=None,
+        help="comma-separated tasks the training samples rotate through; a task named twice "
+        "is drawn twice as often (default: every task once). Validation stays uniform.",
+    )
     p.add_argument("--stop-at", type=int, default=None, help="stop (resumably) at this step")
+    p.add_argument(
+        "--time-budget",
+        type=float,
+        default=0.0,
+        help="seconds of training for this run: the step total is cut to fit (0 = no limit)",
+    )
+    p.add_argument(
+        "--init-from",
+        default=None,
+        help="start from this trained checkpoint directory instead of random weights "
+        "(fresh optimizer and schedule: continues a run whose training state is gone)",
+    )
     p.add_argument(
         "--prepare-only",
         action="store_true",
@@ -55,9 +73,13 @@ def train_model(args: argparse.Namespace) -> dict:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
+    from fleetvl.fleetdata.generator import TASKS
     from fleetvl.training.data import build_set
     from fleetvl.training.loop import TrainConfig, Trainer, exact_match
-    from fleetvl.training.packed_attention import use_packed_vision_attention
+    from fleetvl.training.packed_attention import (
+        cache_vision_indices,
+        use_packed_vision_attention,
+    )
     from fleetvl.vlm.checkpoint import build_checkpoint
     from fleetvl.vlm.image import ImageConfig
     from fleetvl.vlm.presets import get_preset
@@ -70,7 +92,11 @@ def train_model(args: argparse.Namespace) -> dict:
     init_dir = out / "init"
     if not (init_dir / ".complete").exists():
         shutil.rmtree(init_dir, ignore_errors=True)
-        build_checkpoint(get_preset(args.preset), init_dir, seed=args.seed, progress=say)
+        if args.init_from:
+            shutil.copytree(args.init_from, init_dir)
+            say(f"starting from the weights in {args.init_from}")
+        else:
+            build_checkpoint(get_preset(args.preset), init_dir, seed=args.seed, progress=say)
         (init_dir / ".complete").write_text("ok")
     with open(init_dir / "preprocessor_config.json") as f:
         image_cfg = ImageConfig.from_preprocessor_config(json.load(f))
@@ -89,7 +115,10 @@ def train_model(args: argparse.Namespace) -> dict:
         "cache_dir": args.data_cache,
         "progress": say,
     }
-    train = build_set(init_dir, "train", args.train_samples, **common)
+    mix = [t.strip() for t in args.task_mix.split(",")] if args.task_mix else None
+    if mix and (unknown := sorted(set(mix) - set(TASKS))):
+        raise SystemExit(f"--task-mix: unknown task(s) {unknown}; choose from {sorted(TASKS)}")
+    train = build_set(init_dir, "train", args.train_samples, task_mix=mix, **common)
     val = build_set(init_dir, "val", args.val_samples, **common)
     say(
         f"data ready in {time.perf_counter() - t0:.1f}s: {len(train.answers)} train, "
@@ -103,13 +132,15 @@ def train_model(args: argparse.Namespace) -> dict:
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         init_dir, dtype=torch.float32, attn_implementation="sdpa"
     ).to(device)
-    with torch.no_grad():
-        # build_checkpoint randomizes q/k/v biases to stress the exporter; start them at zero.
-        for name, prm in model.named_parameters():
-            if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
-                prm.zero_()
+    if not args.init_from:
+        with torch.no_grad():
+            # build_checkpoint randomizes q/k/v biases to stress the exporter; start at zero.
+            for name, prm in model.named_parameters():
+                if name.endswith(("q_proj.bias", "k_proj.bias", "v_proj.bias")):
+                    prm.zero_()
     # One batched attention call per vision layer instead of one per image (same result).
     use_packed_vision_attention(model)
+    uncache_vision = cache_vision_indices(model)
     n_params = sum(p.numel() for p in model.parameters())
     say(f"{n_params / 1e6:.2f}M parameters on {device}")
 
@@ -123,6 +154,7 @@ def train_model(args: argparse.Namespace) -> dict:
         eval_every=args.eval_every,
         seed=args.seed,
         overfit=args.overfit,
+        time_budget_s=args.time_budget,
     )
     trainer = Trainer(
         model,
@@ -159,6 +191,7 @@ def train_model(args: argparse.Namespace) -> dict:
     metrics["val_exact_match"] = acc
     say("val exact match: " + ", ".join(f"{k} {v:.3f}" for k, v in acc.items()))
     use_packed_vision_attention(model, enabled=False)
+    uncache_vision()
     _save_fp16(model, init_dir, out / "model")
     say(f"saved fp16 checkpoint to {out / 'model'}")
     (out / "metrics.json").write_text(json.dumps(metrics, indent=2))

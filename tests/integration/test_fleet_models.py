@@ -21,11 +21,14 @@ ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = {"edge": ROOT / "models" / "fleet-edge", "cloud": ROOT / "models" / "fleet-cloud"}
 
 
-def _train(run: Path, steps: int, *extra: str, batch: int = 4, samples: int = 4) -> dict:
+def _train(
+    run: Path, steps: int, *extra: str, batch: int = 4, samples: int = 4, overfit: bool = True
+) -> dict:
     args = _parser().parse_args([
         str(run), "--preset", "fleet-edge", "--steps", str(steps), "--batch-size", str(batch),
-        "--train-samples", str(samples), "--val-samples", "4", "--workers", "1", "--overfit",
+        "--train-samples", str(samples), "--val-samples", "4", "--workers", "1",
         "--lr", "3e-3", "--warmup", "2", "--log-every", "100", "--ckpt-every", "100", *extra,
+        *(["--overfit"] if overfit else []),
     ])  # fmt: skip
     return train_model(args)
 
@@ -59,6 +62,32 @@ def test_training_resumes_where_it_stopped_and_loss_falls(tmp_path: Path) -> Non
     with safe_open(str(next(model.glob("*.safetensors"))), "pt") as f:
         names = list(f.keys())  # noqa: SIM118 (safe_open is not iterable)
         assert {str(f.get_tensor(k).dtype) for k in names} == {"torch.float16"}
+
+
+def test_resume_replays_the_same_sampled_batches(tmp_path: Path) -> None:
+    """Batches are drawn one step ahead (host prefetch); a checkpoint still resumes the
+    sampler at the batch the next step needs, so sampled training retraces exactly."""
+    common = {"batch": 2, "samples": 12, "overfit": False}
+    straight = _train(tmp_path / "straight", 6, **common)
+    _train(tmp_path / "resumed", 6, "--stop-at", "3", **common)
+    resumed = _train(tmp_path / "resumed", 6, **common)
+    np.testing.assert_allclose(resumed["losses"], straight["losses"], rtol=1e-4)
+
+
+def test_time_budget_ends_training_with_a_saved_model(tmp_path: Path) -> None:
+    """A run given a wall-clock budget (a lent GPU's command limit) cuts its step total to fit,
+    then evaluates and saves rather than running past the budget."""
+    import time
+
+    t0 = time.perf_counter()
+    metrics = _train(tmp_path / "run", 100_000, "--time-budget", "6", batch=2, samples=8)
+    took = time.perf_counter() - t0
+    assert 40 < metrics["step"] < 100_000
+    assert metrics["steps_total"] == metrics["step"]
+    assert "val_exact_match" in metrics
+    assert (tmp_path / "run" / "model" / "config.json").exists()
+    assert metrics["train_seconds_this_run"] < 6 * 1.5, metrics["train_seconds_this_run"]
+    assert took < 120
 
 
 @pytest.mark.slow
@@ -154,13 +183,17 @@ def test_training_imports_nothing_the_gpu_box_lacks(tmp_path: Path) -> None:
 
 
 def test_packed_vision_attention_equals_transformers_loop(tmp_path: Path) -> None:
-    """Training's batched vision attention gives transformers' loss and gradients."""
+    """Training's batched vision attention and cached vision indices give transformers' loss
+    and gradients."""
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
     from fleetvl.training.data import build_set
     from fleetvl.training.loop import collate
-    from fleetvl.training.packed_attention import use_packed_vision_attention
+    from fleetvl.training.packed_attention import (
+        cache_vision_indices,
+        use_packed_vision_attention,
+    )
     from fleetvl.vlm.checkpoint import build_checkpoint
     from fleetvl.vlm.image import ImageConfig
     from fleetvl.vlm.presets import get_preset
@@ -182,7 +215,11 @@ def test_packed_vision_attention_equals_transformers_loop(tmp_path: Path) -> Non
     ref_loss, ref_grad = loss_and_grad()
     use_packed_vision_attention(model)
     loss, grad = loss_and_grad()
+    uncache = cache_vision_indices(model)
+    cached = [loss_and_grad() for _ in range(2)]  # the second forward reads the cache
+    uncache()
     use_packed_vision_attention(model, enabled=False)
-    assert loss == pytest.approx(ref_loss, rel=1e-5)
-    torch.testing.assert_close(grad, ref_grad, rtol=1e-4, atol=1e-7)
+    for lo, gr in [(loss, grad), *cached]:
+        assert lo == pytest.approx(ref_loss, rel=1e-5)
+        torch.testing.assert_close(gr, ref_grad, rtol=1e-4, atol=1e-7)
     assert model.config.vision_config._attn_implementation == "sdpa"
