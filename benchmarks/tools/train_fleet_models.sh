@@ -44,7 +44,7 @@ args() {  # the preset, its learning rate and (with INIT) the checkpoint to cont
 "$PY" -m fleetvl.training "$WORK/${models[0]}" --prepare-only "${common[@]}" $(args "${models[0]}")
 if [[ -n "${DEADLINE:-}" ]]; then
   # The final evaluation and the fp16 save take well under a minute; keep that much back.
-  common+=(--time-budget $((DEADLINE - $(date +%s) - 60)))
+  common+=(--deadline $((DEADLINE - 60)))
 fi
 pids=()
 for m in "${models[@]}"; do : >"$DEST/$m.log"; done

@@ -267,6 +267,10 @@ class Trainer:
             timed = self.step - timed_from[0] if timed_from else 0
             if timed in (40, 120) or (timed > 0 and timed % 250 == 0):
                 end = self._fit_budget(timed_from, t0, end)
+                if self.step >= end:
+                    self._flush(pending)
+                    self.save()
+                    break
             for g in self.opt.param_groups:
                 g["lr"] = self.lr_at(self.step)
             host = nxt.result()

@@ -55,6 +55,13 @@ def _parser() -> argparse.ArgumentParser:
         help="seconds of training for this run: the step total is cut to fit (0 = no limit)",
     )
     p.add_argument(
+        "--deadline",
+        type=float,
+        default=0.0,
+        help="unix time by which training must end (counts data loading too; the final "
+        "evaluation and save come after it): tightens --time-budget",
+    )
+    p.add_argument(
         "--init-from",
         default=None,
         help="start from this trained checkpoint directory instead of random weights "
@@ -168,6 +175,10 @@ def train_model(args: argparse.Namespace) -> dict:
         eval_set=val.head(512),
     )
     trainer.load()
+    if args.deadline:
+        left = args.deadline - time.time()
+        cfg.time_budget_s = min(cfg.time_budget_s or left, left)
+        say(f"{left:.0f}s to the deadline")
     t1 = time.perf_counter()
     first_step = trainer.step
     trainer.train(until=args.stop_at)

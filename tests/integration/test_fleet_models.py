@@ -1,8 +1,5 @@
-"""Fleet models: training resumes exactly, trained weights answer through edge and cloud.
-
-The shipped-checkpoint test runs once ``models/fleet-edge`` and ``models/fleet-cloud`` exist
-(written by the GPU training run, see benchmarks/README.md); until then it says so and skips.
-"""
+"""Fleet models: training resumes exactly, trained weights answer through edge and cloud,
+and the shipped ``models/fleet-edge`` / ``models/fleet-cloud`` do (they are the demo's)."""
 
 from __future__ import annotations
 
@@ -86,8 +83,17 @@ def test_time_budget_ends_training_with_a_saved_model(tmp_path: Path) -> None:
     assert metrics["steps_total"] == metrics["step"]
     assert "val_exact_match" in metrics
     assert (tmp_path / "run" / "model" / "config.json").exists()
-    assert metrics["train_seconds_this_run"] < 6 * 1.5, metrics["train_seconds_this_run"]
-    assert took < 120
+    # The step rate is first read after 50 steps (10 to warm up, 40 timed): on a loaded machine
+    # the budget can be gone by then, and the run ends right there.
+    secs = metrics["train_seconds_this_run"]
+    assert secs < 6 * 1.5 or metrics["step"] == 50, (secs, metrics["step"])
+    assert took < 180
+    # An absolute deadline (what the GPU script passes) counts the data loading too.
+    ends = time.time() + 10
+    late = _train(tmp_path / "late", 100_000, "--deadline", str(ends), batch=2, samples=8)
+    assert late["step"] < 100_000
+    assert (tmp_path / "late" / "model" / "config.json").exists()
+    assert time.time() < ends + 10 or late["step"] == 50
 
 
 @pytest.mark.slow
@@ -128,12 +134,9 @@ def _easy_questions(n_per_task: int = 2) -> list:
     ]
 
 
-@pytest.mark.skipif(
-    not all((p / "config.json").exists() for p in SHIPPED.values()),
-    reason="trained fleet checkpoints not shipped yet (models/fleet-edge, models/fleet-cloud "
-    "come from the GPU training run in benchmarks/README.md)",
-)
 def test_shipped_checkpoints_export_and_answer(tmp_path: Path) -> None:
+    """The checkpoints in models/ load through the user's path (export to an INT4 bundle for
+    the edge engine, transformers for the cloud engine) and answer fleet questions right."""
     from cloud_worker.engine.engine import CloudEngine, EngineConfig
     from edge_agent.engine import EdgeEngine, SamplingParams, SessionConfig
     from edge_agent.export.bundle import export_bundle
