@@ -1,8 +1,13 @@
-"""The demo checkpoint and INT4 edge bundle: built once, reused while their inputs hold.
+"""The demo models: the cloud worker's checkpoint and the agents' INT4 edge bundle, built once
+and reused while their inputs hold.
 
-They are built by the ordinary ``fleetvl model init`` / ``fleetvl model export`` commands as
-child processes (the launcher imports no tier), into ``cache_dir/<key>`` where the key hashes
-the preset and the code that produces them; a change to the exporter rebuilds them.
+With the trained models (``edge_model`` / ``cloud_model``) the cloud worker serves the cloud
+checkpoint as it is and the bundle is exported from the edge checkpoint into
+``cache_dir/<edge dir name>-<key>/int4``, the key hashing the checkpoint's files and the
+exporter's code. The random-weight fallback builds the ``preset`` checkpoint too, into
+``cache_dir/<preset>-<key>/{hf,int4}``, the key hashing the preset and the code producing both.
+Either is built by the ordinary ``fleetvl model init`` / ``fleetvl model export`` commands as
+child processes (the launcher imports no tier); a change to the exporter rebuilds them.
 """
 
 from __future__ import annotations
@@ -18,15 +23,18 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetvl.errors import FleetVLError
+from fleetvl.launch.config import UpConfig
 
-__all__ = ["DemoArtifacts", "artifact_key", "prepare"]
+__all__ = ["DemoArtifacts", "artifact_key", "fallback_note", "prepare", "prepare_for",
+           "prepare_trained", "trained_key"]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[2]
+_EXPORTER = sorted((ROOT / "edge_agent" / "export").glob("*.py"))
 _PRODUCERS = [
     ROOT / "fleetvl" / "vlm" / "presets.py",
     ROOT / "fleetvl" / "vlm" / "checkpoint.py",
     ROOT / "fleetvl" / "vlm" / "templates" / "qwen2_vl_chat.jinja",
-    *sorted((ROOT / "edge_agent" / "export").glob("*.py")),
+    *_EXPORTER,
 ]
 
 
@@ -34,16 +42,27 @@ _PRODUCERS = [
 class DemoArtifacts:
     hf_dir: Path  # served by the cloud worker
     bundle_dir: Path  # INT4 edge bundle served by every site agent
-    built: bool  # False: both came from the cache
+    built: bool  # False: everything came from the cache
     build_s: float
+    trained: bool = False  # the trained fleet models (False: random-weight preset)
 
 
-def artifact_key(preset: str) -> str:
-    h = hashlib.sha256(preset.encode())
-    for f in _PRODUCERS:
+def _hash_files(seed: bytes, files: list[Path]) -> str:
+    h = hashlib.sha256(seed)
+    for f in files:
         h.update(f.name.encode())
         h.update(f.read_bytes())
     return h.hexdigest()[:16]
+
+
+def artifact_key(preset: str) -> str:
+    return _hash_files(preset.encode(), _PRODUCERS)
+
+
+def trained_key(edge_model: Path) -> str:
+    """The checkpoint's files (weights, config, tokenizer, template) and the exporter."""
+    files = sorted(f for f in edge_model.iterdir() if f.is_file())
+    return _hash_files(b"trained", [*files, *_EXPORTER])
 
 
 def _run(args: list[str], what: str, progress: Callable[[str], None]) -> None:
@@ -83,6 +102,22 @@ def _build_once(path: Path, args: Callable[[Path], list[str]], what: str,
     return True
 
 
+def _export(hf: Path, bundle: Path, progress: Callable[[str], None]) -> bool:
+    return _build_once(
+        bundle, lambda p: ["model", "export", str(hf), str(p), "--precision", "int4"],
+        "exporting the INT4 edge bundle", progress,
+    )  # fmt: skip
+
+
+def prepare_trained(cache_dir: Path, edge_model: Path, cloud_model: Path,
+                    progress: Callable[[str], None]) -> DemoArtifacts:  # fmt: skip
+    t0 = time.monotonic()
+    root = cache_dir / f"{edge_model.name}-{trained_key(edge_model)}"
+    root.mkdir(parents=True, exist_ok=True)
+    built = _export(edge_model, root / "int4", progress)
+    return DemoArtifacts(cloud_model, root / "int4", built, time.monotonic() - t0, trained=True)
+
+
 def prepare(cache_dir: Path, preset: str, progress: Callable[[str], None]) -> DemoArtifacts:
     t0 = time.monotonic()
     root = cache_dir / f"{preset}-{artifact_key(preset)}"
@@ -90,8 +125,28 @@ def prepare(cache_dir: Path, preset: str, progress: Callable[[str], None]) -> De
     hf, bundle = root / "hf", root / "int4"
     built = _build_once(hf, lambda p: ["model", "init", str(p), "--preset", preset],
                         f"building the {preset} checkpoint", progress)  # fmt: skip
-    built |= _build_once(
-        bundle, lambda p: ["model", "export", str(hf), str(p), "--precision", "int4"],
-        "exporting the INT4 edge bundle", progress,
-    )  # fmt: skip
+    built |= _export(hf, bundle, progress)
     return DemoArtifacts(hf, bundle, built, time.monotonic() - t0)
+
+
+def fallback_note(cfg: UpConfig) -> str | None:
+    """The one line ``fleetvl up`` prints when the trained models are missing (None: found)."""
+    if cfg.trained_models() is not None:
+        return None
+    missing = [f"{k} {p} has no config.json" if p is not None else f"{k} not configured"
+               for k, p in (("edge_model", cfg.edge_model), ("cloud_model", cfg.cloud_model))
+               if p is None or not (p / "config.json").is_file()]  # fmt: skip
+    return (f"note: no trained models ({'; '.join(missing)}): falling back to the random-weight "
+            f"'{cfg.preset}' checkpoint; its answers are gibberish and the demo reports no "
+            "accuracy")  # fmt: skip
+
+
+def prepare_for(cfg: UpConfig, progress: Callable[[str], None]) -> DemoArtifacts:
+    """The trained models when both are there, else the ``preset`` fallback (said so)."""
+    trained = cfg.trained_models()
+    if trained is not None:
+        return prepare_trained(cfg.cache_dir, *trained, progress)
+    note = fallback_note(cfg)
+    assert note is not None
+    progress(note)
+    return prepare(cfg.cache_dir, cfg.preset, progress)

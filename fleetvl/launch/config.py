@@ -45,14 +45,29 @@ class AgentDefaults(_Strict):
     threshold_source: str = Field("raw", description="The agents' gate threshold source.")
     min_confidence: dict[str, float] = Field(
         default_factory=dict,
-        description="Per-site min_confidence written over the fleet spec's site policy (demo).",
+        description="Per-site min_confidence written over the fleet spec's site policy, for "
+        "the trained demo models (edge_model / cloud_model).",
+    )
+    min_confidence_random: dict[str, float] = Field(
+        default_factory=dict,
+        description="The same for the random-weight fallback (the preset checkpoint): its "
+        "answers' confidence sits far lower, so it needs bars of its own.",
     )
 
 
 class UpConfig(_Strict):
     base_port: int = Field(18000, ge=1024, le=65000, description="Every port is base + offset.")
     fleet_spec: Path = Field(Path("fleet.yaml"), description="Fleet spec: one agent per site.")
-    preset: str = Field("tiny", description="Demo checkpoint preset (random weights).")
+    edge_model: Path | None = Field(
+        None, description="Trained edge checkpoint (HF dir): exported to the agents' INT4 bundle."
+    )
+    cloud_model: Path | None = Field(
+        None, description="Trained cloud checkpoint (HF dir), served by the cloud worker."
+    )
+    preset: str = Field(
+        "tiny", description="Random-weight checkpoint preset: the fallback when the trained "
+        "models are missing."
+    )  # fmt: skip
     cache_dir: Path = Field(Path(".cache/up"), description="Built checkpoints and bundles.")
     run_dir: Path = Field(Path(".cache/up/run"), description="Generated configs and logs.")
     redis_url: str | None = Field(
@@ -87,10 +102,23 @@ class UpConfig(_Strict):
             raw["base_port"] = int(env["FLEETVL_UP_BASE_PORT"])
         cfg = cls.model_validate(raw)
         base = path.resolve().parent
+        paths = ("fleet_spec", "cache_dir", "run_dir", "edge_model", "cloud_model")
         return cfg.model_copy(
-            update={k: (base / getattr(cfg, k)).resolve() for k in ("fleet_spec", "cache_dir",
-                                                                   "run_dir")}
+            update={k: (base / getattr(cfg, k)).resolve() for k in paths
+                    if getattr(cfg, k) is not None}
         )  # fmt: skip
+
+    def trained_models(self) -> tuple[Path, Path] | None:
+        """(edge, cloud) checkpoint dirs when both are set and hold a ``config.json``; None:
+        the demo falls back to the random-weight ``preset`` checkpoint."""
+        e, c = self.edge_model, self.cloud_model
+        if e is None or c is None or not (e / "config.json").is_file():
+            return None
+        return (e, c) if (c / "config.json").is_file() else None
+
+    def bars(self, trained: bool) -> dict[str, float]:
+        """The per-site ``min_confidence`` for the models in use."""
+        return self.agent.min_confidence if trained else self.agent.min_confidence_random
 
     def port(self, name: str, index: int = 0) -> int:
         return self.base_port + getattr(self.ports, name) + index

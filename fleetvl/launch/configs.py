@@ -9,7 +9,7 @@ every agent already running what it assigns (no downloads); declared rollouts ar
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,8 @@ class FleetPlan:
     serve: dict[str, Any]
     sites: list[SitePlan]
     keys: dict[str, str]  # tenant -> demo API key
+    trained: bool = True  # the trained fleet models (False: the random-weight fallback)
+    bars: dict[str, float] = field(default_factory=dict)  # site -> min_confidence in use
 
     def residency(self, site: SitePlan) -> str:
         """The site's residency as the spec resolves it (the tightest level wins)."""
@@ -73,21 +75,24 @@ class FleetPlan:
         return files
 
 
-def _run_spec(raw: dict[str, Any], digest: str, cfg: UpConfig) -> dict[str, Any]:
+def _run_spec(raw: dict[str, Any], digest: str, bars: dict[str, float]) -> dict[str, Any]:
     spec = copy.deepcopy(raw)
     spec["bundles"] = {name: {"digest": digest} for name in raw.get("bundles") or {"demo": 0}}
     spec.pop("rollouts", None)
     for site in spec["sites"]:
-        bar = cfg.agent.min_confidence.get(site["id"])
+        bar = bars.get(site["id"])
         if bar is not None:
             site["policy"] = {**(site.get("policy") or {}), "min_confidence": bar}
     return spec
 
 
-def plan_fleet(cfg: UpConfig, redis_url: str, hf_dir: Path, bundle_dir: Path,
-               digest: str) -> FleetPlan:  # fmt: skip
+def plan_fleet(cfg: UpConfig, redis_url: str, hf_dir: Path, bundle_dir: Path, digest: str,
+               trained: bool = True) -> FleetPlan:  # fmt: skip
+    """``trained``: the bundle and checkpoint are the trained fleet models (their bars);
+    False: the random-weight fallback (``agent.min_confidence_random``)."""
     raw = yaml.safe_load(cfg.fleet_spec.read_text())
-    spec = _run_spec(raw, digest, cfg)
+    bars = cfg.bars(trained)
+    spec = _run_spec(raw, digest, bars)
     tenants = sorted(spec["tenants"])
     by_tenant = {t: k for k, t in cfg.api_keys.items()}
     missing = [t for t in tenants if t not in by_tenant]
@@ -151,4 +156,4 @@ def plan_fleet(cfg: UpConfig, redis_url: str, hf_dir: Path, bundle_dir: Path,
         }  # fmt: skip
         sites.append(SitePlan(s["id"], s["tenant"], s.get("kind", "site"), p("agents", i),
                               site_cfg))  # fmt: skip
-    return FleetPlan(spec, router, controller, serve, sites, keys)
+    return FleetPlan(spec, router, controller, serve, sites, keys, trained, bars)

@@ -21,6 +21,10 @@ __all__ = ["run_demo", "run_up"]
 def _progress(say: Callable[[str], None]) -> Callable[[int, int, Outcome], None]:
     def show(i: int, total: int, o: Outcome) -> None:
         what = o.served_by if o.answered else f"refused: {o.reason}"
+        if o.correct is not None:
+            what += f" {o.text.strip()!r} " + (
+                "right" if o.correct else f"wrong (expected {o.req.expected!r})"
+            )
         say(f"  [{i:>3}/{total}] {o.req.site:<14} via {o.req.via:<6} {o.req.kind:<8} "
             f"{o.status} {what} ({o.latency_s * 1000:.0f} ms)")  # fmt: skip
 
@@ -42,11 +46,15 @@ def run_demo(endpoints: dict[str, Any], say: Callable[[str], None], json_path: P
             "pip install 'openai>=1.40' (or the project's dev extra)"
         ) from None
     sites = endpoints["sites"]
-    # A per-run tag keeps answers cached by earlier runs from serving this one's first asks.
-    phases = plan_workload(sites, per_site, burst, tag=f" (demo {secrets.token_hex(2)})")
+    trained = bool(endpoints.get("trained"))
+    # A per-run seed keeps answers cached by earlier runs from serving this one's first asks.
+    phases = plan_workload(sites, per_site, burst, run_seed=secrets.randbelow(2**31),
+                           fleet_questions=trained)  # fmt: skip
     total = sum(len(p) for p in phases)
+    what = ("fleet questions with known answers (test split)" if trained else
+            "drawn gauges and shelves (random-weight model: answers are not graded)")  # fmt: skip
     say(f"demo: {total} requests from {len(sites)} sites (steady mix, cloud-side clients, a "
-        f"burst of {burst}), then escalated questions again ...")  # fmt: skip
+        f"burst of {burst}), then escalated questions again; {what} ...")  # fmt: skip
     t0 = time.monotonic()
     outs = run_workload(phases, endpoints, _progress(say))
     summary = summarize(outs, [s["id"] for s in sites])
@@ -65,7 +73,8 @@ def _first_answer(stack: Stack, say: Callable[[str], None]) -> float:
     """Time from the start of ``fleetvl up`` to the first answered demo request."""
     endpoints = stack.endpoints()
     first = plan_workload(endpoints["sites"][:1], per_site=1, burst=0,
-                          tag=f" (first {secrets.token_hex(2)})")[0][0]  # fmt: skip
+                          run_seed=secrets.randbelow(2**31),
+                          fleet_questions=bool(endpoints.get("trained")))[0][0]  # fmt: skip
     out = send(first, endpoints)
     if not out.answered:
         raise FleetVLError(f"the first demo request was refused: {out.status} {out.reason}")

@@ -1,5 +1,6 @@
 """The demo's report: per site and overall, requests, who served them, escalation rate,
-p50/p95 latency, SLA attainment and refusals with their reasons."""
+p50/p95 latency, SLA attainment, accuracy (graded answers: overall and by who served them) and
+refusals with their reasons."""
 
 from __future__ import annotations
 
@@ -11,7 +12,14 @@ import numpy as np
 
 from fleetvl.launch.workload import Outcome
 
-__all__ = ["format_report", "summarize"]
+__all__ = ["accuracy_line", "format_report", "print_report", "summarize"]
+
+
+def _accuracy(outs: Sequence[Outcome]) -> dict[str, Any]:
+    graded = [o.correct for o in outs if o.correct is not None]
+    right = sum(graded)
+    return {"graded": len(graded), "correct": right,
+            "accuracy": right / len(graded) if graded else None}  # fmt: skip
 
 
 def _summary(outs: Sequence[Outcome]) -> dict[str, Any]:
@@ -32,6 +40,9 @@ def _summary(outs: Sequence[Outcome]) -> dict[str, Any]:
         "sla_met": sum(o.met_sla for o in outs),
         "sla_attainment": sum(o.met_sla for o in outs) / len(outs) if outs else None,
         "refused": dict(refused),
+        **_accuracy(answered),
+        "accuracy_by": {k: _accuracy([o for o in answered if o.served_by == k])
+                        for k in ("edge", "cloud", "cache")},
     }  # fmt: skip
 
 
@@ -52,7 +63,8 @@ def _ms(v: float | None) -> str:
 
 def format_report(summary: dict[str, Any], residency: dict[str, str]) -> list[str]:
     head = (f"{'site':<16} {'residency':<12} {'req':>4} {'ok':>4} {'edge':>5} {'cloud':>5} "
-            f"{'cache':>5} {'escal.':>7} {'p50 ms':>7} {'p95 ms':>7} {'SLA':>5}")  # fmt: skip
+            f"{'cache':>5} {'escal.':>7} {'p50 ms':>7} {'p95 ms':>7} {'SLA':>5} "
+            f"{'acc.':>5}")  # fmt: skip
     lines = [head, "-" * len(head)]
     rows = [*summary["sites"].items(), ("overall", summary["overall"])]
     for name, s in rows:
@@ -63,14 +75,27 @@ def format_report(summary: dict[str, Any], residency: dict[str, str]) -> list[st
             f"{name:<16} {residency.get(name, ''):<12} {s['requests']:>4} {s['answered']:>4} "
             f"{sb['edge']:>5} {sb['cloud']:>5} {sb['cache']:>5} {_pct(s['escalation_rate']):>7} "
             f"{_ms(s['latency_p50_ms']):>7} {_ms(s['latency_p95_ms']):>7} "
-            f"{_pct(s['sla_attainment']):>5}"
+            f"{_pct(s['sla_attainment']):>5} {_pct(s['accuracy']):>5}"
         )
+    lines.append(accuracy_line(summary["overall"]))
     refusals = [
         (name, r, n) for name, s in summary["sites"].items() for r, n in s["refused"].items()
     ]
     lines.append("refusals: " + ("none" if not refusals else ""))
     lines += [f"  {name}: {n} x {r}" for name, r, n in refusals]
     return lines
+
+
+def accuracy_line(s: dict[str, Any]) -> str:
+    """Exact-answer accuracy overall and by who served the answer."""
+    if not s["graded"]:
+        return "accuracy: n/a (no graded answers: the random-weight fallback model)"
+    parts = [f"{k} {_pct(a['accuracy'])} ({a['correct']}/{a['graded']})"
+             for k, a in s["accuracy_by"].items() if a["graded"]]  # fmt: skip
+    return (
+        f"accuracy (exact answer): overall {_pct(s['accuracy'])} "
+        f"({s['correct']}/{s['graded']}); " + ", ".join(parts)
+    )
 
 
 def print_report(summary: dict[str, Any], residency: dict[str, str],

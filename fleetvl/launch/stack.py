@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fleetvl.launch.artifacts import DemoArtifacts, prepare
+from fleetvl.launch.artifacts import DemoArtifacts, prepare_for
 from fleetvl.launch.config import UpConfig
 from fleetvl.launch.configs import MODEL, FleetPlan, plan_fleet
 from fleetvl.launch.procs import (
@@ -130,17 +130,21 @@ class Stack:
         cfg.run_dir.mkdir(parents=True, exist_ok=True)
         self._lock_run_dir()
         endpoints_path(cfg).unlink(missing_ok=True)
-        self._step(f"demo model ({cfg.preset} preset) and INT4 edge bundle")
-        self.artifacts = prepare(cfg.cache_dir, cfg.preset, self.say)
+        trained = cfg.trained_models()
+        self._step("demo models: " + (
+            f"trained {trained[0].name} (exported to the INT4 edge bundle) and {trained[1].name} "
+            "(cloud worker)" if trained else f"{cfg.preset} preset (random weights)"))  # fmt: skip
+        self.artifacts = prepare_for(cfg, self.say)
         a = self.artifacts
-        self.say(f"  {'built' if a.built else 'reused (cached)'}: {a.hf_dir.parent} "
+        self.say(f"  {'built' if a.built else 'reused (cached)'}: {a.bundle_dir.parent} "
                  f"({a.build_s:.1f} s)")  # fmt: skip
         self.timings["artifacts_s"] = a.build_s
         self._start_redis()
         from fleetvl.vlm.bundle_archive import archive_digest
 
         digest = archive_digest(a.bundle_dir)
-        self.plan = plan_fleet(cfg, self.redis_url, a.hf_dir, a.bundle_dir, digest)
+        self.plan = plan_fleet(cfg, self.redis_url, a.hf_dir, a.bundle_dir, digest,
+                               trained=a.trained)  # fmt: skip
         files = self.plan.write(cfg.run_dir)
         logs = cfg.run_dir / "logs"
         shutil.rmtree(logs, ignore_errors=True)
@@ -263,6 +267,8 @@ class Stack:
         ctl = f"http://127.0.0.1:{cfg.port('controller_http')}"
         return {
             "model": MODEL,
+            # The demo asks the trained models fleet questions with known answers.
+            "trained": p.trained,
             "base_port": cfg.base_port,
             "redis_url": self.redis_url,
             "router_http": f"http://127.0.0.1:{cfg.port('router_http')}",
@@ -276,7 +282,7 @@ class Stack:
             "api_keys": p.keys,
             "sites": [{"id": s.id, "tenant": s.tenant, "kind": s.kind, "url": s.url,
                        "residency": p.residency(s),
-                       "min_confidence": cfg.agent.min_confidence.get(s.id)} for s in p.sites],
+                       "min_confidence": p.bars.get(s.id)} for s in p.sites],
             "pids": {c.name: c.pid for c in self.children.items},
             "logs": str(cfg.run_dir / "logs"),
         }  # fmt: skip

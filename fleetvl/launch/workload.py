@@ -1,20 +1,31 @@
 """The demo's mixed workload, sent with the stock ``openai`` client through the site agents
-(site applications) and the router (cloud-side clients), and the outcome of every request."""
+(site applications) and the router (cloud-side clients), and the outcome of every request.
+
+With the trained fleet models the pictures and questions come from the fleet VQA generator
+(test split, a fixed seed, substation tasks for substations and retail tasks for stores), each
+with its expected answer, so every answer is graded; the random-weight fallback gets PIL
+drawings of gauges and shelves and no grading.
+"""
 
 from __future__ import annotations
 
 import base64
+import io
 import random
 import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleetvl.launch.images import gauge_png, shelf_png
 
-__all__ = ["Outcome", "Planned", "plan_workload", "repeats_of", "run_workload", "send"]
+__all__ = ["Outcome", "Planned", "normalize", "plan_workload", "repeats_of", "run_workload",
+           "send"]  # fmt: skip
+
+FLEET_SEED = 9  # the demo's fleet questions: samples of the test split drawn with this seed
+FLEET_MAX_TOKENS = 8  # the longest answer ("closed", "normal", three digits) and its end token
 
 GAUGE_QUESTIONS = ["What does the oil-temperature gauge read?", "Is the needle in the red zone?",
                    "Read the pressure gauge.", "What value does the dial show?"]  # fmt: skip
@@ -32,6 +43,12 @@ class Planned:
     image: bytes
     sla: dict[str, Any] = field(default_factory=dict)
     max_tokens: int = 12
+    expected: str | None = None  # the fleet question's exact answer (None: not graded)
+    task: str | None = None  # the fleet generator's task
+    # Greedy answers whatever the seed, but the seed is part of the response-cache key: a
+    # per-run seed keeps answers cached by earlier runs from serving this run's first asks,
+    # without touching the question the model reads.
+    seed: int | None = None
 
 
 @dataclass
@@ -51,34 +68,81 @@ class Outcome:
         return self.status == 200
 
     @property
+    def correct(self) -> bool | None:
+        """Whether the answer is the expected one; None when not graded or not answered."""
+        if self.req.expected is None or not self.answered:
+            return None
+        return normalize(self.text) == normalize(self.req.expected)
+
+    @property
     def met_sla(self) -> bool:
         if not self.answered or self.deadline_ms is None:
             return False
         return self.latency_s * 1000 <= self.deadline_ms
 
 
-def _image_for(kind: str, i: int) -> tuple[bytes, str]:
+def normalize(text: str) -> str:
+    """Answers compare equal up to surrounding and repeated whitespace and case."""
+    return " ".join(text.split()).lower()
+
+
+@dataclass(frozen=True)
+class Question:
+    image: bytes
+    question: str
+    expected: str | None = None
+    task: str | None = None
+
+
+def _drawn(kind: str, i: int) -> Question:
+    """A PIL drawing and a loose question (the random-weight fallback: nothing to grade)."""
     rng = random.Random(i)
     if kind == "substation":
-        return gauge_png(rng.uniform(0, 100), seed=i), GAUGE_QUESTIONS[i % len(GAUGE_QUESTIONS)]
+        return Question(gauge_png(rng.uniform(0, 100), seed=i),
+                        GAUGE_QUESTIONS[i % len(GAUGE_QUESTIONS)])  # fmt: skip
     empty = {rng.randrange(18) for _ in range(rng.randint(0, 3))}
-    return shelf_png(empty, seed=i), SHELF_QUESTIONS[i % len(SHELF_QUESTIONS)]
+    return Question(shelf_png(empty, seed=i), SHELF_QUESTIONS[i % len(SHELF_QUESTIONS)])
+
+
+def fleet_question(kind: str, i: int) -> Question:
+    """Sample ``i`` of the fleet generator's test split (seed ``FLEET_SEED``) from the tasks of
+    the site's kind: substation tasks for substations, retail tasks for everything else."""
+    from fleetvl.fleetdata import TASKS, generate
+
+    site = "substation" if kind == "substation" else "retail"
+    tasks = [t for t, (s, _) in TASKS.items() if s == site]
+    sample = next(generate("test", 1, seed=FLEET_SEED, tasks=tasks, start=i))
+    buf = io.BytesIO()
+    sample.image.save(buf, format="PNG")
+    return Question(buf.getvalue(), sample.question, sample.answer, sample.task)
 
 
 def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 12,
-                  tag: str = "") -> list[list[Planned]]:  # fmt: skip
+                  run_seed: int | None = None,
+                  fleet_questions: bool = False) -> list[list[Planned]]:  # fmt: skip
     """Phases run one after another; requests inside a phase run concurrently.
 
     Per site: loose deadlines, a tight one the local model can hardly make, a critical and a
     batch request; then cloud-side clients through the router for every site (the edge_only
     site's go down its agent's connection); then a burst at one site; then repeats of earlier
-    questions the cloud answered (see :func:`repeats_of`)."""
-    steady: list[Planned] = []
+    questions the cloud answered (see :func:`repeats_of`). ``fleet_questions``: the fleet
+    generator's questions with their expected answers (the trained models), else drawings."""
     n = 0
+
+    def ask(s: dict[str, Any], via: str, kind: str, sla: dict[str, Any] | None = None,
+            i: int | None = None) -> Planned:  # fmt: skip
+        nonlocal n
+        if i is None:
+            n += 1
+            i = n
+        q = fleet_question(s["kind"], i) if fleet_questions else _drawn(s["kind"], i)
+        return Planned(s["id"], s["tenant"], via, kind, q.question, q.image, sla or {},
+                       FLEET_MAX_TOKENS if fleet_questions else 12, q.expected, q.task,
+                       run_seed)  # fmt: skip
+
+    steady: list[Planned] = []
     for s in sites:
         for j in range(per_site):
-            n += 1
-            img, q = _image_for(s["kind"], n)
             kind, sla = "loose", {}
             if j == 1:
                 kind, sla = "tight", {"deadline_ms": 60}
@@ -86,30 +150,18 @@ def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 1
                 kind, sla = "critical", {"priority": "critical"}
             elif j == 3:
                 kind, sla = "batch", {"priority": "batch", "deadline_ms": 20000}
-            steady.append(Planned(s["id"], s["tenant"], "agent", kind, f"{q}{tag}", img, sla))
-    via_router = []
-    for s in sites:
-        for _ in range(2):
-            n += 1
-            img, q = _image_for(s["kind"], n)
-            via_router.append(Planned(s["id"], s["tenant"], "router", "router", f"{q}{tag}", img))
+            steady.append(ask(s, "agent", kind, sla))
+    via_router = [ask(s, "router", "router") for s in sites for _ in range(2)]
     target = next((s for s in sites if s["residency"] != "edge_only" and s["kind"] != "substation"),
                   sites[-1])  # fmt: skip
-    bursts = []
-    for _ in range(burst):
-        n += 1
-        img, q = _image_for(target["kind"], n)
-        bursts.append(Planned(target["id"], target["tenant"], "agent", "burst", f"{q}{tag}", img))
+    bursts = [ask(target, "agent", "burst") for _ in range(burst)]
     # Refused on purpose: a request loosening an edge_only site's residency (422, the level
     # that set it named) and a deadline no backend can meet (503 at admission, at once).
     strict = next((s for s in sites if s["residency"] == "edge_only"), sites[0])
-    img, q = _image_for(strict["kind"], n + 1)
     via_router += [
-        Planned(strict["id"], strict["tenant"], "router", "loosen", f"{q}{tag}", img,
-                {"residency": "cloud_ok"}),
-        Planned(sites[-1]["id"], sites[-1]["tenant"], "router", "too-tight", f"{q}{tag}", img,
-                {"deadline_ms": 1}),
-    ]  # fmt: skip
+        ask(strict, "router", "loosen", {"residency": "cloud_ok"}, n + 1),
+        ask(sites[-1], "router", "too-tight", {"deadline_ms": 1}, n + 1),
+    ]
     return [steady, via_router, bursts]
 
 
@@ -117,7 +169,7 @@ def repeats_of(outs: list[Outcome], limit: int = 4) -> list[Planned]:
     """Escalated questions asked again at their site: the cloud's answers come from the shared
     response cache (``served_by: cache``)."""
     picked = [o.req for o in outs if o.escalated and o.req.kind != "repeat"][:limit]
-    return [Planned(p.site, p.tenant, p.via, "repeat", p.question, p.image, p.sla) for p in picked]
+    return [replace(p, kind="repeat") for p in picked]
 
 
 def refusal_reason(body: object) -> str:
@@ -151,6 +203,7 @@ def send(p: Planned, endpoints: dict[str, Any], timeout: float = 60.0) -> Outcom
     try:
         raw = client.chat.completions.with_raw_response.create(
             model=endpoints["model"], messages=messages, max_tokens=p.max_tokens,  # type: ignore[arg-type]
+            seed=p.seed if p.seed is not None else openai.NOT_GIVEN,
             extra_body=extra_body, extra_headers=headers,
         )  # fmt: skip
     except openai.APIStatusError as exc:

@@ -32,6 +32,8 @@ def _config(tmp: Path, **over: object) -> tuple[Path, int]:
         "fleet_spec": str(ROOT / "examples" / "fleet.yaml"),
         "cache_dir": str(ROOT / ".cache" / "up"),
         "run_dir": str(tmp / "run"),
+        "edge_model": str(ROOT / "models" / "fleet-edge"),
+        "cloud_model": str(ROOT / "models" / "fleet-cloud"),
         **over,
     }
     path = tmp / "up.yaml"

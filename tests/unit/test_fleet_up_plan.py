@@ -11,6 +11,8 @@ from pydantic import ValidationError
 
 from controller.config import ControllerConfig
 from edge_agent.agent.config import AgentConfig
+from fleetvl.fleetdata import TASKS
+from fleetvl.launch.artifacts import fallback_note
 from fleetvl.launch.config import UpConfig
 from fleetvl.launch.configs import plan_fleet
 from fleetvl.launch.report import format_report, summarize
@@ -81,6 +83,70 @@ def test_a_bad_up_config_is_refused_with_the_field(tmp_path: Path) -> None:
     assert "router_htp" in text
 
 
+def test_the_shipped_trained_models_are_the_default() -> None:
+    cfg = UpConfig.load(ROOT / "examples" / "up.yaml", environ={})
+    assert cfg.trained_models() == (ROOT / "models" / "fleet-edge", ROOT / "models" / "fleet-cloud")
+    assert fallback_note(cfg) is None
+    assert cfg.bars(trained=True) == cfg.agent.min_confidence
+    # Bars of both kinds for every site of the spec, and they differ: random weights score ~0.02.
+    sites = {s["id"] for s in yaml.safe_load(cfg.fleet_spec.read_text())["sites"]}
+    assert set(cfg.agent.min_confidence) == set(cfg.agent.min_confidence_random) == sites
+    assert cfg.agent.min_confidence != cfg.agent.min_confidence_random
+
+
+def test_missing_model_dirs_fall_back_to_the_preset_and_say_so(tmp_path: Path) -> None:
+    (tmp_path / "cloud").mkdir()
+    (tmp_path / "cloud" / "config.json").write_text("{}")
+    raw = yaml.safe_load((ROOT / "examples" / "up.yaml").read_text())
+    raw |= {"edge_model": "edge", "cloud_model": "cloud", "fleet_spec": str(ROOT / "examples" /
+            "fleet.yaml"), "preset": "tiny"}  # fmt: skip
+    (tmp_path / "up.yaml").write_text(yaml.safe_dump(raw))
+    cfg = UpConfig.load(tmp_path / "up.yaml", environ={})
+    assert cfg.edge_model == tmp_path / "edge"  # relative to the config file
+    assert cfg.trained_models() is None  # the cloud model alone is not enough
+    note = fallback_note(cfg)
+    assert note is not None
+    assert f"edge_model {tmp_path / 'edge'}" in note
+    assert "cloud_model" not in note  # only what is missing is named
+    assert "random-weight 'tiny' checkpoint" in note
+    # The fallback's agents get the random-weight bars.
+    p = plan_fleet(cfg, "redis://127.0.0.1:1/0", tmp_path / "hf", tmp_path / "int4", DIGEST,
+                   trained=False)  # fmt: skip
+    durham = next(s for s in p.spec["sites"] if s["id"] == "sub-durham-03")
+    assert durham["policy"]["min_confidence"] == cfg.agent.min_confidence_random["sub-durham-03"]
+    assert p.bars == cfg.agent.min_confidence_random
+    assert not p.trained
+    # Not configured at all: the same fallback.
+    bare = cfg.model_copy(update={"edge_model": None, "cloud_model": None})
+    assert bare.trained_models() is None
+    assert "not configured" in (fallback_note(bare) or "")
+
+
+SITES = [
+    {"id": "a", "tenant": "t", "kind": "substation", "residency": "edge_only"},
+    {"id": "b", "tenant": "t", "kind": "retail_store", "residency": "prefer_edge"},
+]
+
+
+def test_fleet_questions_carry_their_answers_and_match_the_site_kind() -> None:
+    phases = plan_workload(SITES, per_site=6, burst=5, run_seed=7, fleet_questions=True)
+    reqs = [r for ph in phases for r in ph]
+    assert all(r.expected and r.task and r.seed == 7 and r.max_tokens == 8 for r in reqs)
+    for r in reqs:
+        assert TASKS[r.task][0] == ("substation" if r.site == "a" else "retail"), r.task
+    # Every task of each kind is asked, and the questions are the generator's own.
+    assert {r.task for r in reqs if r.site == "a"} == {
+        t for t, (site, _) in TASKS.items() if site == "substation"
+    }
+    assert any("gauge" in r.question for r in reqs if r.task == "gauge")
+    again = plan_workload(SITES, per_site=6, burst=5, run_seed=8, fleet_questions=True)
+    assert [(r.question, r.image, r.expected) for ph in again for r in ph] == [
+        (r.question, r.image, r.expected) for r in reqs
+    ]  # deterministic: the same questions every run, only the cache-busting seed differs
+    drawn = [r for ph in plan_workload(SITES, per_site=2, burst=1) for r in ph]
+    assert all(r.expected is None for r in drawn)  # the random-weight fallback: not graded
+
+
 def test_workload_covers_every_site_deadlines_priorities_and_a_burst() -> None:
     sites = [
         {"id": "a", "tenant": "t", "kind": "substation", "residency": "edge_only"},
@@ -121,6 +187,29 @@ def test_report_counts_escalations_latency_sla_and_refusals() -> None:
     assert s["overall"]["requests"] == 5
     text = "\n".join(format_report(s, {"a": "edge_only"}))
     assert "a: 1 x 503 rejected: overloaded" in text
+
+
+def test_report_grades_answers_overall_and_by_who_served_them() -> None:
+    def graded(served: str, text: str, expected: str, status: int = 200) -> Outcome:
+        p = Planned("a", "t", "agent", "loose", "q", b"", expected=expected)
+        return Outcome(p, status, 0.1, served_by=served if status == 200 else None, text=text)
+
+    outs = [graded("edge", " Open\n", "open"), graded("edge", "3", "2"),
+            graded("cloud", "closed", "closed"), graded("cache", "4 2", "4  2"),
+            graded("edge", "", "1", status=503)]  # fmt: skip
+    assert [o.correct for o in outs] == [True, False, True, True, None]  # refusals: ungraded
+    s = summarize(outs, ["a"])["overall"]
+    assert (s["graded"], s["correct"]) == (4, 3)
+    assert s["accuracy"] == pytest.approx(0.75)
+    assert s["accuracy_by"]["edge"] == {"graded": 2, "correct": 1, "accuracy": 0.5}
+    assert s["accuracy_by"]["cloud"]["accuracy"] == 1.0
+    text = "\n".join(format_report(summarize(outs, ["a"]), {}))
+    assert (
+        "accuracy (exact answer): overall 75% (3/4); edge 50% (1/2), cloud 100% (1/1), "
+        "cache 100% (1/1)" in text
+    )
+    ungraded = [_out("a", 200, 100, "edge")]
+    assert "accuracy: n/a" in "\n".join(format_report(summarize(ungraded, ["a"]), {}))
 
 
 def test_refusal_reason_reads_openai_shaped_errors() -> None:
