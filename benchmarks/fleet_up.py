@@ -3,7 +3,7 @@
     python benchmarks/fleet_up.py [--quick] [--json PATH]
 
 Runs the real command (`fleetvl up --demo --exit-after-demo`) twice in a row on its own port
-block: **cold**, with an empty artifact cache (the tiny checkpoint and INT4 bundle are built),
+block: **cold**, with an empty artifact cache (the shipped fleet-edge is exported to INT4),
 then **warm**, reusing them. Each run's start-up phases come from the `timings.json` it writes;
 the demo's report (requests, escalation rate, p50/p95, SLA attainment) from `--json`; the
 peak memory is the summed RSS of the command and all its descendants, sampled every 0.5 s
@@ -55,8 +55,11 @@ def _peak_tree_rss(proc: subprocess.Popen[bytes]) -> float:
 
 def _run(tmp: Path, name: str, cache_dir: Path, demo: bool) -> dict[str, Any]:
     cfg = yaml.safe_load((ROOT / "examples" / "up.yaml").read_text())
+    # Paths in up.yaml are relative to it; this copy lives elsewhere, so they are made absolute.
     cfg |= {"base_port": free_base(), "fleet_spec": str(ROOT / "examples" / "fleet.yaml"),
-            "cache_dir": str(cache_dir), "run_dir": str(tmp / f"run-{name}")}  # fmt: skip
+            "cache_dir": str(cache_dir), "run_dir": str(tmp / f"run-{name}"),
+            "edge_model": str(ROOT / "models" / "fleet-edge"),
+            "cloud_model": str(ROOT / "models" / "fleet-cloud")}  # fmt: skip
     config = tmp / f"up-{name}.yaml"
     config.write_text(yaml.safe_dump(cfg))
     report = tmp / f"demo-{name}.json"
@@ -88,6 +91,9 @@ def _run(tmp: Path, name: str, cache_dir: Path, demo: bool) -> dict[str, Any]:
         "demo_latency_p50_ms": demo.get("latency_p50_ms"),
         "demo_latency_p95_ms": demo.get("latency_p95_ms"),
         "demo_sla_attainment": demo.get("sla_attainment"),
+        "demo_accuracy": demo.get("accuracy"),
+        "demo_accuracy_edge": (demo.get("accuracy_by") or {}).get("edge", {}).get("accuracy"),
+        "demo_accuracy_cloud": (demo.get("accuracy_by") or {}).get("cloud", {}).get("accuracy"),
     }
 
 
@@ -103,13 +109,15 @@ def main() -> None:
         runs["warm"] = _run(tmp, "warm", cache, not args.quick)
     print(f"{'run':<6} {'artifacts s':>12} {'all ready s':>12} {'first answer s':>15} "
           f"{'peak RSS MB':>12} "
-          f"{'demo req':>9} {'escal.':>7} {'p50 ms':>7} {'p95 ms':>7} {'SLA':>6}")  # fmt: skip
+          f"{'demo req':>9} {'escal.':>7} {'p50 ms':>7} {'p95 ms':>7} {'SLA':>6} "
+          f"{'acc.':>6}")  # fmt: skip
     for name, r in runs.items():
         demo = "  (no demo: --quick)"
         if r["demo_requests"] is not None:
             demo = (f"{r['demo_requests']:>9} {100 * (r['demo_escalation_rate'] or 0):>6.0f}% "
                     f"{r['demo_latency_p50_ms']:>7.0f} {r['demo_latency_p95_ms']:>7.0f} "
-                    f"{100 * r['demo_sla_attainment']:>5.0f}%")  # fmt: skip
+                    f"{100 * r['demo_sla_attainment']:>5.0f}% "
+                    f"{100 * (r['demo_accuracy'] or 0):>5.0f}%")  # fmt: skip
         print(f"{name:<6} {r['artifacts_s']:>12.1f} {r['all_ready_s']:>12.1f} "
               f"{r['first_answer_s']:>15.1f} {r['peak_rss_mb']:>12.0f} {demo}")  # fmt: skip
     out = {
