@@ -67,19 +67,6 @@ def _probe_features(ans: Answers, kind: str) -> np.ndarray:
     return np.hstack([ans.hidden, _token_features(ans.confidence)])
 
 
-def _cv_scores(x: np.ndarray, ok: np.ndarray, folds: int = 5) -> np.ndarray:
-    """Out-of-fold probe scores on the validation split (to pick a signal without peeking)."""
-    out = np.zeros(len(ok))
-    idx = np.arange(len(ok))
-    for k in range(folds):
-        test = idx % folds == k
-        if ok[~test].all() or not ok[~test].any():
-            out[test] = float(ok[~test].mean())
-            continue
-        out[test] = HiddenProbe.fit(x[~test], ok[~test]).predict(x[test])
-    return out
-
-
 def signal_scores(val: Answers, test: Answers) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """(val scores, test scores) per signal; probes are fit on all of val for test."""
     out = {}
@@ -94,7 +81,7 @@ def signal_scores(val: Answers, test: Answers) -> dict[str, tuple[np.ndarray, np
             out[kind] = (np.full(len(xv), const), np.full(len(xt), const))
             continue
         probe = HiddenProbe.fit(xv, val.ok)
-        out[kind] = (_cv_scores(xv, val.ok), probe.predict(xt))
+        out[kind] = (HiddenProbe.out_of_fold(xv, val.ok), probe.predict(xt))
     return out
 
 

@@ -22,8 +22,8 @@ from fleetvl.sampling import SamplingParams
 from fleetvl.vlm.calibration import (
     CALIBRATION_FILE,
     Calibration,
+    calibrate_probe,
     calibrate_signal,
-    fit_probe,
     now_utc,
 )
 from fleetvl.vlm.gate import SIGNALS, score
@@ -90,9 +90,8 @@ def calibrate_bundle(
     signals = {s: calibrate_signal(s, v, correct) for s, v in per_signal.items()}
     weights, bias = None, 0.0
     if probe and 0 < sum(correct) < len(correct):
-        p = fit_probe(np.stack(hidden), correct)
+        p, signals["probe"] = calibrate_probe(np.stack(hidden), correct)
         weights, bias = list(p.weights), p.bias
-        signals["probe"] = calibrate_signal("probe", [p(h) for h in hidden], correct)
     cal = Calibration(
         bundle_digest=engine.digest,
         created=now_utc(),

@@ -30,6 +30,7 @@ __all__ = [
     "Calibration",
     "CurvePoint",
     "SignalCalibration",
+    "calibrate_probe",
     "calibrate_signal",
     "fit_probe",
     "load_calibration",
@@ -171,6 +172,23 @@ def fit_probe(hidden: np.ndarray, correct: Sequence[bool], l2: float = 1.0) -> P
             .to_gate_probe()  # fmt: skip
     except ValueError as exc:
         raise InputError(str(exc)) from None
+
+
+def calibrate_probe(
+    hidden: np.ndarray, correct: Sequence[bool], l2: float = 1.0
+) -> tuple[Probe, SignalCalibration]:
+    """The gate's probe fit on every example, with its trade-off curve and thresholds read
+    from cross-fitted scores (each example scored by a probe that never saw it), so the
+    stored AUROC and target thresholds are what the probe does on new questions.
+
+    Raises:
+        InputError: not one hidden state per label, or fewer than two examples.
+    """
+    x = np.asarray(hidden, dtype=np.float64)
+    c = np.asarray(correct, dtype=bool)
+    probe = fit_probe(x, c, l2=l2)
+    held_out = HiddenProbe.out_of_fold(x, c, l2=l2)  # P(correct), like the gate's Probe
+    return probe, calibrate_signal("probe", held_out.tolist(), c.tolist())
 
 
 def now_utc() -> str:

@@ -108,6 +108,29 @@ class HiddenProbe:
                 break
         return cls(mean=mean, std=std, weight=w[:-1], bias=float(w[-1]))
 
+    @classmethod
+    def out_of_fold(
+        cls, x: np.ndarray, correct: np.ndarray, folds: int = 5, l2: float = 1.0
+    ) -> np.ndarray:
+        """Each example's score from a probe fit without it (``folds``-fold, interleaved).
+
+        A probe scored on its own training set looks better than it is (it can memorize a
+        few hundred examples in a few hundred dimensions), so thresholds and AUROC are read
+        from these scores; the probe that serves is then fit on every example.
+        """
+        x = np.asarray(x, dtype=np.float64)
+        y = np.asarray(correct, dtype=bool)
+        out = np.zeros(len(y))
+        idx = np.arange(len(y))
+        for k in range(min(folds, len(y))):
+            held = idx % folds == k
+            train = ~held
+            if y[train].all() or not y[train].any():
+                out[held] = float(y[train].mean())  # one class only: no ranking to learn
+                continue
+            out[held] = cls.fit(x[train], y[train], l2=l2).predict(x[held])
+        return out
+
     def predict(self, x: np.ndarray) -> np.ndarray:
         """P(correct) for each row of ``x``."""
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.std

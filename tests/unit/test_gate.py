@@ -11,6 +11,7 @@ from fleetvl.errors import InputError
 from fleetvl.vlm.calibration import calibrate_signal, fit_probe
 from fleetvl.vlm.confidence import TokenConfidence
 from fleetvl.vlm.gate import Gate, score
+from fleetvl.vlm.gate_signals import auroc
 
 
 def tok(p: float, margin: float = 0.5) -> TokenConfidence:
@@ -77,6 +78,29 @@ def test_probe_learns_a_separable_direction() -> None:
     probe = fit_probe(x, y)
     acc = np.mean([(probe(h) > 0.5) == yi for h, yi in zip(x, y, strict=True)])
     assert acc > 0.9
+
+
+def test_probe_calibration_is_cross_fitted_so_noise_is_not_called_a_signal() -> None:
+    """A probe fit on 200 calibration answers with 64-dim hidden states that carry nothing
+    about correctness separates its own training set; the stored AUROC and thresholds come
+    from held-out scores, so an operator is not told it is a good gate."""
+    from fleetvl.vlm.calibration import calibrate_probe
+    from fleetvl.vlm.gate_signals import HiddenProbe
+
+    rng = np.random.default_rng(7)
+    x = rng.normal(size=(200, 64))
+    y = rng.random(200) < 0.7
+    in_sample = auroc(HiddenProbe.fit(x, y).predict(x), y)
+    probe, cal = calibrate_probe(x, y)
+    assert in_sample > 0.8  # memorized
+    assert cal.auroc is not None
+    assert abs(cal.auroc - 0.5) < 0.12
+    assert len(probe.weights) == 64
+    # And a real signal still shows up after cross-fitting.
+    y2 = x[:, 0] + 0.5 * rng.normal(size=200) > -0.5
+    _, cal2 = calibrate_probe(x, y2)
+    assert cal2.auroc is not None
+    assert cal2.auroc > 0.8
 
 
 def test_the_gate_probe_computes_what_the_fitted_probe_predicts() -> None:
