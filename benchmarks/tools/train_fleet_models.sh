@@ -12,7 +12,8 @@
 # CLOUD_LR (1e-3), PYTHON; DEADLINE (unix seconds): cut the step totals so that training ends
 # by then (a lent GPU's command limit); INIT (a folder with fleet-edge/ and fleet-cloud/):
 # continue from those checkpoints with a fresh optimizer (the earlier run's state is gone);
-# MODELS ("fleet-edge fleet-cloud"): which to train; TASK_MIX: --task-mix for the training split.
+# MODELS ("fleet-edge fleet-cloud"): which to train; TASK_MIX: --task-mix for the training split;
+# PACK (a folder): also write DEST as one tar in 15 MiB parts there (a lent GPU's $OUT).
 set -euo pipefail
 DEST=$(realpath -m "${1:?usage: train_fleet_models.sh DEST [WORK]}")
 WORK=$(realpath -m "${2:-$(dirname "$0")/../../.cache/fleet-train}")
@@ -64,3 +65,10 @@ for m in "${models[@]}"; do
   cp "$WORK/$m/metrics.json" "$DEST/$m.metrics.json"
 done
 du -sh "$DEST"/fleet-*/
+if [[ -n "${PACK:-}" ]]; then
+  # A lent GPU machine returns only a few files of at most 16 MiB: one tar in 15 MiB parts.
+  # Unpack here with: cat PACK/fleet-models.tgz.* | tar xzf - -C DEST
+  mkdir -p "$PACK"
+  tar czf - -C "$DEST" . | split -b 15m - "$PACK/fleet-models.tgz."
+  ls -l "$PACK"
+fi
