@@ -25,13 +25,14 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fleetvl.errors import FleetVLError, InputError, UnsupportedImageFormat
-from fleetvl.policy import PolicyError, PolicyOverride, error_details
-from fleetvl.protocol.image_urls import PayloadTooLarge, check_image, parse_data_url
+from fleetvl.errors import FleetVLError
+from fleetvl.policy import PolicyOverride
+from fleetvl.protocol.image_urls import check_image, parse_data_url
 from fleetvl.protocol.openai_api import (
     ChatCompletionRequest,
     ImageUrlPart,
     SlaHeaderError,
+    client_error,
     request_sla,
 )
 from router import metrics
@@ -402,16 +403,11 @@ def _map_error(exc: BaseException) -> JSONResponse:
         return _error(503, "rejected", str(exc), headers, **detail)
     if isinstance(exc, Expired):
         return _error(504, "deadline_exceeded", str(exc), reason=exc.reason)
-    if isinstance(exc, PolicyError):
-        return _error(422, "invalid_request_error", str(exc), details=error_details(exc, "sla."))
     if isinstance(exc, ModelNotFound):
         return _error(404, "model_not_found", str(exc))
-    if isinstance(exc, PayloadTooLarge):
-        return _error(413, "payload_too_large", str(exc))
-    if isinstance(exc, UnsupportedImageFormat):
-        return _error(415, "unsupported_media_type", str(exc))
-    if isinstance(exc, InputError):
-        return _error(400, "invalid_request_error", str(exc))
+    if (known := client_error(exc)) is not None:
+        status, type_, extra = known
+        return _error(status, type_, str(exc), **extra)
     if isinstance(exc, BackendError | FleetVLError):
         return _error(502, "backend_error", str(exc))
     if isinstance(exc, _ClientGone):

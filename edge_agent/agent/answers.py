@@ -66,6 +66,30 @@ class Answer:
     gate: dict[str, Any] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
 
+    @classmethod
+    def from_cloud(
+        cls, final: Any, *, answer_id: str, model: str, min_confidence: float, **fields: Any
+    ) -> Answer:
+        """The answer in a cloud ``fleetvl.v1`` Final, whether it came back at once or from the
+        spool; ``fields`` are what only the caller knows (why it escalated, the local attempt)."""
+        conf = None if math.isnan(final.confidence) else final.confidence  # NaN: none reported
+        return cls(
+            id=answer_id,
+            model=model,
+            text=final.text,
+            finish_reason=final.finish_reason,
+            served_by=final.served_by or "cloud",
+            confidence=conf,
+            signal=final.confidence_signal,
+            threshold=None,
+            meets_min_confidence=conf is None or conf >= min_confidence,
+            prompt_tokens=final.usage.prompt_tokens,
+            completion_tokens=final.usage.completion_tokens,
+            backend=final.backend or None,
+            replayed=final.replayed,
+            **fields,
+        )
+
 
 @dataclass(frozen=True)
 class Queued:

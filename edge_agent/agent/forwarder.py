@@ -121,25 +121,15 @@ class Forwarder:
 
 
 def _answer(e: SpoolEntry, req: pb.GenerateRequest, f: pb.Final) -> Answer:
-    conf = None if f.confidence != f.confidence else f.confidence  # NaN: none reported
-    return Answer(
-        id=e.id,
+    return Answer.from_cloud(
+        f,
+        answer_id=e.id,
         model=e.meta.get("model", req.model),
-        text=f.text,
-        finish_reason=f.finish_reason,
-        served_by=f.served_by or "cloud",
-        confidence=conf,
-        signal=f.confidence_signal,
-        threshold=None,
-        meets_min_confidence=conf is None or conf >= req.sla.min_confidence,
+        min_confidence=req.sla.min_confidence,
         escalation_reason=f"{e.meta.get('reason', '')}; delivered from the spool",
         local_tokens=int(e.meta.get("local_tokens", 0)),
         local_max_tokens=int(e.meta.get("local_max_tokens", 0)),
-        prompt_tokens=f.usage.prompt_tokens,
-        completion_tokens=f.usage.completion_tokens,
         policy=e.meta.get("policy", {}),
-        backend=f.backend or None,
-        replayed=f.replayed,
         gate=e.meta.get("gate"),
     )
 

@@ -34,10 +34,14 @@ from edge_agent.agent.answers import (
 from edge_agent.agent.engines import LocalRejected
 from edge_agent.agent.requests import parse_chat
 from edge_agent.agent.service import AgentService
-from fleetvl.errors import InputError, UnsupportedImageFormat
-from fleetvl.policy import PolicyError, PolicyOverride, error_details
-from fleetvl.protocol.image_urls import PayloadTooLarge
-from fleetvl.protocol.openai_api import ChatCompletionRequest, SlaHeaderError, request_sla
+from fleetvl.errors import InputError
+from fleetvl.policy import PolicyOverride
+from fleetvl.protocol.openai_api import (
+    ChatCompletionRequest,
+    SlaHeaderError,
+    client_error,
+    request_sla,
+)
 
 __all__ = ["create_app"]
 
@@ -58,14 +62,9 @@ def _map_error(exc: BaseException) -> JSONResponse:
     if isinstance(exc, LocalRejected):
         d = exc.decision
         return _error(503, exc.reason, str(exc), retry_after_s=d.retry_after_s if d else None)
-    if isinstance(exc, PolicyError):
-        return _error(422, "invalid_request_error", str(exc), details=error_details(exc, "sla."))
-    if isinstance(exc, PayloadTooLarge):
-        return _error(413, "payload_too_large", str(exc))
-    if isinstance(exc, UnsupportedImageFormat):
-        return _error(415, "unsupported_media_type", str(exc))
-    if isinstance(exc, InputError):
-        return _error(400, "invalid_request_error", str(exc))
+    if (known := client_error(exc)) is not None:
+        status, type_, extra = known
+        return _error(status, type_, str(exc), **extra)
     log.error("unhandled error", exc_info=exc)
     return _error(500, "internal_error", "internal error; see the agent log")
 

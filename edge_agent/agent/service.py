@@ -24,7 +24,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any
@@ -300,22 +299,14 @@ class AgentService:
         f: Any,
         took: float,
     ) -> Answer:
-        conf = None if math.isnan(f.confidence) else f.confidence
-        return Answer(
-            id=req.id,
+        return Answer.from_cloud(
+            f,
+            answer_id=req.id,
             model=req.model,
-            text=f.text,
-            finish_reason=f.finish_reason,
-            served_by=f.served_by or "cloud",
-            confidence=conf,
-            signal=f.confidence_signal,
-            threshold=None,
-            meets_min_confidence=conf is None or conf >= resolved.policy.min_confidence,
+            min_confidence=resolved.policy.min_confidence,
             escalation_reason=reason,
             local_tokens=attempt.tokens if attempt else 0,
             local_max_tokens=attempt.max_tokens if attempt else 0,
-            prompt_tokens=f.usage.prompt_tokens,
-            completion_tokens=f.usage.completion_tokens,
             timings_ms=self._timings(
                 req,
                 local_s=attempt.total_s if attempt else 0.0,
@@ -323,8 +314,6 @@ class AgentService:
                 escalation_s=took,
             ),
             policy=resolved.explain(),
-            backend=f.backend or None,
-            replayed=f.replayed,
             gate=gate_dict(attempt.verdict) if attempt else None,
         )
 

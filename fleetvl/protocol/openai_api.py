@@ -20,10 +20,13 @@ from pydantic import (
     model_validator,
 )
 
-from fleetvl.policy import PolicyOverride, error_details
+from fleetvl.errors import InputError, UnsupportedImageFormat
+from fleetvl.policy import PolicyError, PolicyOverride, error_details
+from fleetvl.protocol.image_urls import PayloadTooLarge
 
 __all__ = [
     "SLA_HEADERS",
+    "client_error",
     "SlaHeaderError",
     "request_sla",
     "ChatCompletionRequest",
@@ -159,3 +162,18 @@ def request_sla(sla: PolicyOverride | None, headers: Mapping[str, str]) -> Polic
         raise SlaHeaderError(
             [{**d, "field": header.get(d["field"], d["field"])} for d in error_details(exc)]
         ) from None
+
+
+def client_error(exc: BaseException) -> tuple[int, str, dict[str, Any]] | None:
+    """HTTP status, OpenAI error type and extra fields for the request errors every HTTP front
+    (the router, a site agent) answers alike; None for anything else. Subclasses come before
+    the ``InputError`` they extend."""
+    if isinstance(exc, PolicyError):
+        return 422, "invalid_request_error", {"details": error_details(exc, "sla.")}
+    if isinstance(exc, PayloadTooLarge):
+        return 413, "payload_too_large", {}
+    if isinstance(exc, UnsupportedImageFormat):
+        return 415, "unsupported_media_type", {}
+    if isinstance(exc, InputError):
+        return 400, "invalid_request_error", {}
+    return None
