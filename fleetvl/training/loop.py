@@ -6,7 +6,7 @@ import math
 import os
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -34,8 +34,9 @@ class TrainConfig:
     log_every: int = 50
     seed: int = 0
     overfit: bool = False  # every step sees the same first batch (the smoke test)
-    # Wall-clock seconds for this run's steps (0 = none): after a few timed steps the total is
-    # cut to what fits, before warmup ends, so the cosine schedule still decays to its floor.
+    # Wall-clock seconds for this run's steps (0 = none): the total is cut to what fits at the
+    # measured step rate (first after 50 steps, before warmup ends, so the cosine schedule
+    # still decays to its floor; then re-measured every 250), and the run stops at the limit.
     time_budget_s: float = 0.0
 
 
@@ -235,32 +236,23 @@ class Trainer:
         """Run to step ``until`` (default: the configured total); returns the loss per step."""
         end = min(until or self.cfg.steps, self.cfg.steps)
         self.model.train()
-        t0 = time.perf_counter()
-        start = self.step
-        pending: list[torch.Tensor] = []
-        timed_from: tuple[int, float] | None = None
         # The next batch is assembled on the host while the device runs this one. Indices are
         # drawn here in step order, and a checkpoint keeps the sampler state from before the
         # batch drawn ahead, so a resumed run sees the same batches.
         with ThreadPoolExecutor(1, thread_name_prefix="batch") as prefetch:
-            nxt = prefetch.submit(host_batch, self.data, self._draw(), self.pad_id)
-            self._loop(end, start, t0, pending, timed_from, prefetch, nxt)
+            self._loop(end, prefetch)
         return self.losses
 
     def _draw(self) -> np.ndarray:
         self._rng_before_draw = self.rng.bit_generator.state
         return self._batch_indices()
 
-    def _loop(
-        self,
-        end: int,
-        start: int,
-        t0: float,
-        pending: list[torch.Tensor],
-        timed_from: tuple[int, float] | None,
-        prefetch: ThreadPoolExecutor,
-        nxt: Future[dict[str, torch.Tensor]],
-    ) -> None:
+    def _loop(self, end: int, prefetch: ThreadPoolExecutor) -> None:
+        t0 = time.perf_counter()
+        start = self.step
+        pending: list[torch.Tensor] = []
+        timed_from: tuple[int, float] | None = None
+        nxt = prefetch.submit(host_batch, self.data, self._draw(), self.pad_id)
         while self.step < end:
             if self.cfg.time_budget_s and self.step == start + 10:
                 timed_from = (self.step, time.perf_counter())  # after CUDA/autotune warm-up
@@ -322,8 +314,10 @@ class Trainer:
         left = self.cfg.time_budget_s - (now - t0)
         fits = self.step + max(0, int(left / (per_step * 1.05)))
         if fits <= self.step:
-            self.say(f"time budget {self.cfg.time_budget_s:.0f}s used up: finishing at step {fits}")
-            self.cfg.steps = max(fits, self.step)
+            self.say(
+                f"time budget {self.cfg.time_budget_s:.0f}s used up: finishing at step {self.step}"
+            )
+            self.cfg.steps = self.step
         elif fits < self.cfg.steps:
             self.say(
                 f"time budget {self.cfg.time_budget_s:.0f}s at {per_step * 1000:.1f} ms/step: "
