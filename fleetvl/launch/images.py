@@ -8,10 +8,11 @@ import random
 
 from PIL import Image, ImageDraw
 
-__all__ = ["gauge_png", "shelf_png"]
+__all__ = ["gauge_png", "png_bytes", "shelf_png"]
 
 
-def _png(img: Image.Image) -> bytes:
+def png_bytes(img: Image.Image) -> bytes:
+    """The picture as PNG file bytes (what a camera app would upload)."""
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
@@ -34,7 +35,7 @@ def gauge_png(reading: float, seed: int = 0, size: int = 160) -> bytes:
     d.line([c, c, c + 0.75 * r * math.cos(a), c - 0.75 * r * math.sin(a)], fill=(200, 20, 20),
            width=4)  # fmt: skip
     d.text((c - 14, c + r * 0.45), f"{seed:03d}", fill=(60, 60, 60))
-    return _png(img)
+    return png_bytes(img)
 
 
 def shelf_png(empty_slots: set[int], seed: int = 0, width: int = 192, rows: int = 3) -> bytes:
@@ -51,4 +52,4 @@ def shelf_png(empty_slots: set[int], seed: int = 0, width: int = 192, rows: int 
             x = 4 + col * (width - 8) / 6
             color = (rng.randint(30, 230), rng.randint(30, 230), rng.randint(30, 230))
             d.rectangle([x + 2, y + 4, x + (width - 8) / 6 - 3, y + 33], fill=color)
-    return _png(img)
+    return png_bytes(img)

@@ -10,7 +10,6 @@ drawings of gauges and shelves and no grading.
 from __future__ import annotations
 
 import base64
-import io
 import random
 import threading
 import time
@@ -19,7 +18,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fleetvl.launch.images import gauge_png, shelf_png
+from fleetvl.launch.images import gauge_png, png_bytes, shelf_png
 
 __all__ = ["Outcome", "Planned", "normalize", "plan_workload", "repeats_of", "run_workload",
            "send"]  # fmt: skip
@@ -112,9 +111,7 @@ def fleet_question(kind: str, i: int) -> Question:
     site = "substation" if kind == "substation" else "retail"
     tasks = [t for t, (s, _) in TASKS.items() if s == site]
     sample = next(generate("test", 1, seed=FLEET_SEED, tasks=tasks, start=i))
-    buf = io.BytesIO()
-    sample.image.save(buf, format="PNG")
-    return Question(buf.getvalue(), sample.question, sample.answer, sample.task)
+    return Question(png_bytes(sample.image), sample.question, sample.answer, sample.task)
 
 
 def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 12,
