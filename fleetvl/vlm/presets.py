@@ -210,7 +210,7 @@ PRESETS: dict[str, Preset] = {
         bpe_vocab=1000,
         min_pixels=_FLEET_IMAGE,
         max_pixels=_FLEET_IMAGE,
-        description="fleet demo edge model (trained by `fleetvl train`), ~3M parameters",
+        description="fleet demo edge model (trained by `fleetvl train`), 4.1M parameters",
         corpus="fleet",
     ),
     "fleet-cloud": Preset(
@@ -221,7 +221,7 @@ PRESETS: dict[str, Preset] = {
         bpe_vocab=1000,
         min_pixels=_FLEET_IMAGE,
         max_pixels=_FLEET_IMAGE,
-        description="fleet demo cloud model (trained by `fleetvl train`), ~4x fleet-edge",
+        description="fleet demo cloud model (trained by `fleetvl train`), 14.1M parameters",
         corpus="fleet",
     ),
     "qwen2.5-vl-7b": Preset(
