@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.convert import sla_message
+from fleetvl.protocol.convert import sampling_message, sla_message
 from router.backends import BackendRequest, Delta, Event, Final
 
 __all__ = ["event_from_chunk", "to_generate_request"]
@@ -36,14 +36,7 @@ def to_generate_request(
         site=req.site or "",
         model=req.model,
         messages=messages,
-        sampling=pb.Sampling(
-            max_tokens=req.max_tokens,
-            temperature=req.temperature,
-            top_p=req.top_p,
-            top_k=req.top_k,
-            seed=req.seed,
-            stop=req.stop,
-        ),
+        sampling=sampling_message(req),
         # The policy is already resolved here; the remote end must not loosen it.
         sla=sla_message(pol),
     )

@@ -10,7 +10,7 @@ from edge_agent.agent.answers import AgentRequest
 from fleetvl.errors import InputError
 from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.convert import sla_message
+from fleetvl.protocol.convert import sampling_message, sla_message
 from fleetvl.protocol.image_urls import inspect_image, parse_data_url
 from fleetvl.protocol.openai_api import ChatCompletionRequest, ImageUrlPart
 from fleetvl.sampling import SamplingParams
@@ -110,7 +110,6 @@ def to_generate_request(
             else:
                 parts.append(pb.ContentPart(text=p["text"]))
         messages.append(pb.Message(role=m["role"], content=parts))
-    s = req.params
     edge = None
     if attempt is not None:
         edge = pb.EdgeAttempt(
@@ -127,14 +126,7 @@ def to_generate_request(
         site=config.site,
         model=(config.router.model if config.router else None) or req.model,
         messages=messages,
-        sampling=pb.Sampling(
-            max_tokens=s.max_tokens,
-            temperature=s.temperature,
-            top_p=s.top_p,
-            top_k=s.top_k,
-            seed=s.seed,
-            stop=list(s.stop),
-        ),
+        sampling=sampling_message(req.params),
         # Resolved here: the router may tighten but must not loosen it.
         sla=sla_message(pol),
         edge_attempt=edge,

@@ -14,7 +14,7 @@ from fleetvl.sampling import SamplingParams
 if TYPE_CHECKING:
     from fleetvl.policy import SlaPolicy
 
-__all__ = ["chat_inputs", "sampling_params", "sla_message"]
+__all__ = ["chat_inputs", "sampling_message", "sampling_params", "sla_message"]
 
 
 def sampling_params(s: pb.Sampling, default_max_tokens: int = 256) -> SamplingParams:
@@ -26,6 +26,19 @@ def sampling_params(s: pb.Sampling, default_max_tokens: int = 256) -> SamplingPa
         top_k=s.top_k if s.HasField("top_k") else 0,
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
+    )
+
+
+def sampling_message(s: Any) -> pb.Sampling:
+    """The inverse of :func:`sampling_params`: ``s`` is anything with SamplingParams' fields
+    (SamplingParams itself, the router's backend request); a ``None`` seed stays unset."""
+    return pb.Sampling(
+        max_tokens=s.max_tokens,
+        temperature=s.temperature,
+        top_p=s.top_p,
+        top_k=s.top_k,
+        seed=s.seed,
+        stop=list(s.stop),
     )
 
 
