@@ -19,10 +19,9 @@ from typing import Any
 
 import grpc
 
-from fleetvl.errors import InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
-from fleetvl.protocol.convert import chat_inputs, sampling_params
+from fleetvl.protocol.convert import inline_call_inputs
 
 __all__ = ["Uplink", "UplinkConfig", "engine_handler"]
 
@@ -175,11 +174,7 @@ def engine_handler(engine: Any, signal: str = "mean_logprob") -> Handler:
     async def handle(
         req: pb.GenerateRequest, cancel: threading.Event
     ) -> AsyncIterator[pb.GenerateChunk]:
-        # The router sends site-bound calls with their images inline.
-        messages, images, missing = chat_inputs(req.messages, lambda image: image.data)
-        if missing:
-            raise InputError(f"call without the bytes of images {missing}")
-        params = sampling_params(req.sampling)
+        messages, images, params = inline_call_inputs(req)
         loop = asyncio.get_running_loop()
         q: asyncio.Queue[Any] = asyncio.Queue()
         token = CancelToken()

@@ -15,10 +15,9 @@ from collections.abc import AsyncIterator
 
 from edge_agent.agent.answers import AgentRequest
 from edge_agent.agent.service import AgentService
-from fleetvl.errors import InputError
 from fleetvl.policy import PolicyOverride, Residency
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.convert import chat_inputs, sampling_params
+from fleetvl.protocol.convert import inline_call_inputs
 
 __all__ = ["site_call_handler"]
 
@@ -29,11 +28,7 @@ def site_call_handler(service: AgentService):  # noqa: ANN201 - edge_agent.uplin
     async def handle(
         req: pb.GenerateRequest, cancel: threading.Event
     ) -> AsyncIterator[pb.GenerateChunk]:
-        # The router sends site-bound calls with their images inline.
-        messages, images, missing = chat_inputs(req.messages, lambda image: image.data)
-        if missing:
-            raise InputError(f"call without the bytes of images {missing}")
-        params = sampling_params(req.sampling)
+        messages, images, params = inline_call_inputs(req)
         areq = AgentRequest(
             id=req.request_id or f"call-{uuid.uuid4().hex[:20]}",
             tenant=req.tenant or service.config.tenant,

@@ -14,7 +14,13 @@ from fleetvl.sampling import SamplingParams
 if TYPE_CHECKING:
     from fleetvl.policy import SlaPolicy
 
-__all__ = ["chat_inputs", "sampling_message", "sampling_params", "sla_message"]
+__all__ = [
+    "chat_inputs",
+    "inline_call_inputs",
+    "sampling_message",
+    "sampling_params",
+    "sla_message",
+]
 
 
 def sampling_params(s: pb.Sampling, default_max_tokens: int = 256) -> SamplingParams:
@@ -70,6 +76,21 @@ def chat_inputs(
             parts.append({"type": "image"})
         out.append({"role": m.role, "content": parts})
     return out, images, missing
+
+
+def inline_call_inputs(
+    req: pb.GenerateRequest,
+) -> tuple[list[dict[str, Any]], list[bytes], SamplingParams]:
+    """Messages, image bytes and sampling of a site-bound call: the router sends those with
+    their images inline, so an image without bytes is bad input.
+
+    Raises:
+        InputError: an image without its bytes, or bytes that do not match their digest.
+    """
+    messages, images, missing = chat_inputs(req.messages, lambda image: image.data)
+    if missing:
+        raise InputError(f"call without the bytes of images {missing}")
+    return messages, images, sampling_params(req.sampling)
 
 
 def sla_message(policy: SlaPolicy) -> pb.Sla:
