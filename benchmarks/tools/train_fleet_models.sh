@@ -7,6 +7,7 @@
 # Needs only python3 with torch, transformers, numpy, pillow, tokenizers (no install: runs
 # from the repository root). WORK (default .cache/fleet-train) keeps the rendered data and the
 # resumable training state: running the same command again resumes where it stopped.
+# A different INIT needs a new WORK (a run folder resumes only the run it started).
 # Knobs (environment): STEPS (4000), BATCH (128), SAMPLES (120000), VAL (2000), SEED (0: the data
 # draw; a continuation with INIT wants fresh samples), EDGE_LR (2e-3),
 # CLOUD_LR (1e-3), PYTHON; DEADLINE (unix seconds): cut the step totals so that training ends

@@ -97,14 +97,25 @@ def train_model(args: argparse.Namespace) -> dict:
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     init_dir = out / "init"
-    if not (init_dir / ".complete").exists():
+    source = str(Path(args.init_from).resolve()) if args.init_from else f"preset {args.preset}"
+    marker = init_dir / ".complete"
+    if marker.exists():
+        # A run folder resumes its own run; silently resuming it for a call that asks to
+        # start elsewhere would train nothing new (or the wrong weights) and look fine.
+        started = marker.read_text().strip()
+        if started not in ("ok", source):
+            raise SystemExit(
+                f"{out} holds a run started from {started}; to start from {source}, "
+                "use a new output folder"
+            )
+    else:
         shutil.rmtree(init_dir, ignore_errors=True)
         if args.init_from:
             shutil.copytree(args.init_from, init_dir)
             say(f"starting from the weights in {args.init_from}")
         else:
             build_checkpoint(get_preset(args.preset), init_dir, seed=args.seed, progress=say)
-        (init_dir / ".complete").write_text("ok")
+        marker.write_text(source)
     with open(init_dir / "preprocessor_config.json") as f:
         image_cfg = ImageConfig.from_preprocessor_config(json.load(f))
     with open(init_dir / "tokenizer_config.json") as f:

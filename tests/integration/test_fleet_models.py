@@ -71,6 +71,23 @@ def test_resume_replays_the_same_sampled_batches(tmp_path: Path) -> None:
     np.testing.assert_allclose(resumed["losses"], straight["losses"], rtol=1e-4)
 
 
+def test_init_from_continues_a_checkpoint_and_a_run_folder_keeps_its_source(
+    tmp_path: Path,
+) -> None:
+    """--init-from starts from the given weights (its first loss is the trained one, not a
+    random model's); the same command again resumes; the same folder asked to start from other
+    weights is refused instead of silently resuming the old run (a lent GPU's second call)."""
+    first = _train(tmp_path / "a", 8)
+    model = tmp_path / "a" / "model"
+    cont = _train(tmp_path / "b", 2, "--init-from", str(model), "--stop-at", "1")
+    assert cont["losses"][0] < 0.7 * first["losses"][0], (cont["losses"], first["losses"])
+    assert _train(tmp_path / "b", 2, "--init-from", str(model))["step"] == 2
+    with pytest.raises(SystemExit, match="use a new output folder"):
+        _train(tmp_path / "b", 4)
+    with pytest.raises(SystemExit, match="use a new output folder"):
+        _train(tmp_path / "a", 12, "--init-from", str(tmp_path / "b" / "model"))
+
+
 def test_time_budget_ends_training_with_a_saved_model(tmp_path: Path) -> None:
     """A run given a wall-clock budget (a lent GPU's command limit) cuts its step total to fit,
     then evaluates and saves rather than running past the budget."""
