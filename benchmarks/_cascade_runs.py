@@ -1,8 +1,8 @@
 """Model runs for benchmarks/cascade.py: edge bundles per precision, the cloud model.
 
 Each run answers a list of fleet samples and returns, per question, the answer, whether it
-matches the ground truth exactly (after trimming and lower-casing), the token confidence
-aggregates and (edge) the decoder's final hidden state for the probe.
+matches the ground truth (``fleetvl.answers.answer_matches``, the rule calibration uses), the
+token confidence aggregates and (edge) the decoder's final hidden state for the probe.
 """
 
 from __future__ import annotations
@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from fleetvl.answers import answer_matches
 from fleetvl.fleetdata import Sample
 
 MAX_TOKENS = 8  # the longest answer ("closed", "normal", three digits) plus the end token
@@ -30,10 +31,6 @@ class Answers:
     per_task: dict[str, float] = field(default_factory=dict)
 
 
-def normalize(text: str) -> str:
-    return text.strip().strip(".").strip().lower()
-
-
 def _answers(
     samples: list[Sample],
     texts: list[str],
@@ -41,9 +38,7 @@ def _answers(
     hidden: np.ndarray | None,
     seconds: float,
 ) -> Answers:
-    ok = np.array(
-        [normalize(t) == normalize(s.answer) for t, s in zip(texts, samples, strict=True)]
-    )
+    ok = np.array([answer_matches(t, s.answer) for t, s in zip(texts, samples, strict=True)])
     tasks = np.array([s.task for s in samples])
     per_task = {t: float(ok[tasks == t].mean()) for t in sorted(set(tasks))}
     return Answers(list(texts), ok, confs, hidden, seconds, per_task)

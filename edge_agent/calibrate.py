@@ -2,21 +2,21 @@
 
 Input is JSONL, one example per line: ``{"image": "a.png"}`` or ``{"images": [...]}`` (paths
 relative to the file), ``"question"`` and ``"answer"`` (the expected answer). An answer is
-right when, normalised (case, surrounding punctuation and spaces), it equals the expected one
-(``match="exact"``) or contains it (``match="contains"``). The output is the bundle's
+right when, normalised by :func:`fleetvl.answers.normalize_answer`, it equals the expected
+one (``match="exact"``) or contains it (``match="contains"``). The output is the bundle's
 ``calibration.json`` (see :mod:`fleetvl.vlm.calibration`).
 """
 
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
+from fleetvl.answers import answer_matches
 from fleetvl.errors import InputError
 from fleetvl.sampling import SamplingParams
 from fleetvl.vlm.calibration import (
@@ -28,16 +28,7 @@ from fleetvl.vlm.calibration import (
 )
 from fleetvl.vlm.gate import SIGNALS, score
 
-__all__ = ["calibrate_bundle", "is_correct", "read_labelled_set"]
-
-
-def _norm(s: str) -> str:
-    return re.sub(r"\s+", " ", s.strip().strip(".,;:!?\"'").lower())
-
-
-def is_correct(answer: str, expected: str, match: str = "exact") -> bool:
-    a, e = _norm(answer), _norm(expected)
-    return a == e if match == "exact" else bool(e) and e in a
+__all__ = ["calibrate_bundle", "read_labelled_set"]
 
 
 def read_labelled_set(path: Path) -> list[dict[str, Any]]:
@@ -64,7 +55,7 @@ def calibrate_bundle(
     labelled: Path,
     *,
     max_tokens: int = 32,
-    match: str = "exact",
+    match: Literal["exact", "contains"] = "exact",
     probe: bool = True,
     out: Path | None = None,
     progress: Callable[[str], None] = lambda _m: None,
@@ -84,7 +75,7 @@ def calibrate_bundle(
                             params)  # fmt: skip
         for s in per_signal:
             per_signal[s].append(score(s, r.tokens))
-        correct.append(is_correct(r.text, ex["answer"], match))
+        correct.append(answer_matches(r.text, ex["answer"], match))
         hidden.append(r.last_hidden)
         progress(f"[{i}/{len(examples)}] right={correct[-1]} answer={r.text[:40]!r}")
     signals = {s: calibrate_signal(s, v, correct) for s, v in per_signal.items()}

@@ -18,9 +18,10 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+from fleetvl.answers import answer_matches
 from fleetvl.launch.images import gauge_png, png_bytes, shelf_png
 
-__all__ = ["Outcome", "Planned", "normalize", "plan_workload", "repeats_of", "run_workload",
+__all__ = ["Outcome", "Planned", "plan_workload", "repeats_of", "run_workload",
            "send"]  # fmt: skip
 
 FLEET_SEED = 9  # the demo's fleet questions: samples of the test split drawn with this seed
@@ -71,18 +72,13 @@ class Outcome:
         """Whether the answer is the expected one; None when not graded or not answered."""
         if self.req.expected is None or not self.answered:
             return None
-        return normalize(self.text) == normalize(self.req.expected)
+        return answer_matches(self.text, self.req.expected)
 
     @property
     def met_sla(self) -> bool:
         if not self.answered or self.deadline_ms is None:
             return False
         return self.latency_s * 1000 <= self.deadline_ms
-
-
-def normalize(text: str) -> str:
-    """Answers compare equal up to surrounding and repeated whitespace and case."""
-    return " ".join(text.split()).lower()
 
 
 @dataclass(frozen=True)

@@ -25,7 +25,8 @@ import openai
 import pytest
 import yaml
 
-from fleetvl.launch.workload import fleet_question, normalize
+from fleetvl.answers import answer_matches
+from fleetvl.launch.workload import fleet_question
 from tests.e2e.ports import free_base, wait_ready
 from tests.edge_harness import metric, wait_for
 
@@ -35,11 +36,14 @@ pytestmark = pytest.mark.slow
 # only which answers the timing-dependent gate sends where varies. Measured: the INT4 edge
 # bundle is right on all 30 substation questions of this test's traffic and on 14 of its 20
 # retail ones; a run's edge answers scored 28/33 (85%; 74% if every wrong retail answer stayed
-# local), its cloud answers 16/17. `fleetvl demo --per-site 2 --burst 4` scored 14/20 (70%) at
-# the edge, 62% if its routing put every wrong answer there.
+# local). `fleetvl demo --per-site 2 --burst 4` scored 14/20 (70%) at the edge, 62% if its
+# routing put every wrong answer there. The cloud model (models/fleet-cloud, run 5) answers
+# every one of this test's questions right when asked alone (fleet questions 1000-1063 of
+# both kinds: wrong only on retail 1052, 1054 and 1061, which this traffic does not ask);
+# the bar leaves room for batched decoding to flip a close call.
 EDGE_ACCURACY = 0.7
 DEMO_EDGE_ACCURACY = 0.6
-CLOUD_ACCURACY = 0.6
+CLOUD_ACCURACY = 0.85
 
 if not (Path(sys.executable).parent / "ray").exists():
     pytest.skip("`fleetvl up` needs ray[serve] (the cloud extra)", allow_module_level=True)
@@ -194,12 +198,12 @@ def test_the_trained_models_answer_the_fleet_questions(
     assert "falling back" not in fleet.output()
     answered = [r for r in traffic["results"] if r["status"] == 200 and r["label"] not in
                 ("loosen", "too-tight")]  # fmt: skip
-    right = {k: [normalize(r["text"] or "") == normalize(r["expected"]) for r in answered
+    right = {k: [answer_matches(r["text"] or "", r["expected"]) for r in answered
                  if r["served_by"] == k] for k in ("edge", "cloud")}  # fmt: skip
     # Bounds and what they were measured from: see EDGE_ACCURACY.
     assert len(right["edge"]) >= 20
     assert sum(right["edge"]) / len(right["edge"]) >= EDGE_ACCURACY, right
-    substation = [normalize(r["text"] or "") == normalize(r["expected"]) for r in answered
+    substation = [answer_matches(r["text"] or "", r["expected"]) for r in answered
                   if r["served_by"] == "edge" and r["kind"] == "substation"]  # fmt: skip
     assert len(substation) >= 10
     assert sum(substation) / len(substation) >= 0.9
