@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -32,6 +33,12 @@ def _train(
 
 def _ask(question: str) -> list[dict]:
     return [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+
+
+def _answers(engine: Any, samples: list, params: Any) -> list[str]:
+    """What ``engine`` (EdgeEngine or CloudEngine: the same encode/generate calls) answers."""
+    return [engine.generate(engine.encode(_ask(s.question), [s.image]), params).text
+            for s in samples]  # fmt: skip
 
 
 def test_training_resumes_where_it_stopped_and_loss_falls(tmp_path: Path) -> None:
@@ -128,14 +135,10 @@ def test_trained_weights_answer_through_edge_and_cloud_engines(tmp_path: Path) -
     bundle = export_bundle(hf, tmp_path / "fp32", "fp32", progress=lambda _m: None)
     edge = EdgeEngine(bundle, SessionConfig(intra_op_threads=1, max_context=256))
     params = SamplingParams(max_tokens=8)
-    edge_answers = [
-        edge.generate(edge.encode(_ask(s.question), [s.image]), params).text for s in samples
-    ]
+    edge_answers = _answers(edge, samples, params)
     cloud = CloudEngine(hf, EngineConfig(max_slots=4, max_context=256))
     try:
-        cloud_answers = [
-            cloud.generate(cloud.encode(_ask(s.question), [s.image]), params).text for s in samples
-        ]
+        cloud_answers = _answers(cloud, samples, params)
     finally:
         cloud.close()
     truth = [s.answer for s in samples]
@@ -167,19 +170,15 @@ def test_shipped_checkpoints_export_and_answer(tmp_path: Path) -> None:
     params = SamplingParams(max_tokens=8)
     bundle = export_bundle(SHIPPED["edge"], tmp_path / "int4", "int4", progress=lambda _m: None)
     edge = EdgeEngine(bundle, SessionConfig(max_context=256))
-    edge_ok = [
-        edge.generate(edge.encode(_ask(s.question), [s.image]), params).text.strip() == s.answer
-        for s in questions + hard
-    ]
+    asked = questions + hard
+    edge_answers = _answers(edge, asked, params)
     cloud = CloudEngine(SHIPPED["cloud"], EngineConfig(max_slots=8, max_context=256))
     try:
-        cloud_ok = [
-            cloud.generate(cloud.encode(_ask(s.question), [s.image]), params).text.strip()
-            == s.answer
-            for s in questions + hard
-        ]
+        cloud_answers = _answers(cloud, asked, params)
     finally:
         cloud.close()
+    edge_ok = [a.strip() == s.answer for a, s in zip(edge_answers, asked, strict=True)]
+    cloud_ok = [a.strip() == s.answer for a, s in zip(cloud_answers, asked, strict=True)]
     n = len(questions)
     assert sum(cloud_ok[:n]) >= 0.85 * n, f"cloud right on {sum(cloud_ok[:n])} easy questions"
     assert sum(edge_ok[:n]) >= 0.6 * n, f"int4 edge right on {sum(edge_ok[:n])} easy questions"
