@@ -73,7 +73,11 @@ class RunningController:
         self._stop = asyncio.Event()
         ready = asyncio.Event()
         self._task = self.lt.submit(self._main(ready))
-        wait_for(lambda: ready.is_set() or self._task.done(), 20, "controller start")
+        alive = self.lt.thread.is_alive
+        wait_for(lambda: ready.is_set() or self._task.done() or not alive(), 20, "controller start")
+        # uvicorn ends a failed start (a port taken) with SystemExit, which stops the loop
+        # itself: the task never finishes, so waiting for it would only time out.
+        assert alive(), "the controller's event loop died starting up (its error is logged)"
         if self._task.done():
             self._task.result()
 

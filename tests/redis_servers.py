@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 import shutil
 import signal
 import socket
@@ -11,10 +12,34 @@ import time
 import redis
 
 
+def _ephemeral_low() -> int:
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            return int(f.read().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768  # Linux's default
+
+
+# Test servers listen on ports picked here and bound a moment later. A port the kernel hands
+# out for bind(0) lies in its ephemeral range, where any outgoing connection (a Redis or HTTP
+# client, Ray) may take it in between (seen: a controller test failed on "address already in
+# use"). Ports below that range are never given to outgoing connections, and from 20000 up
+# they also miss Ray's default worker ports (10002-19999).
+PORT_RANGE = (20000, max(min(32768, _ephemeral_low()), 25000))
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    """A port on 127.0.0.1 that was free just now, outside the kernel's ephemeral range."""
+    rng = random.Random()
+    for _ in range(200):
+        port = rng.randrange(*PORT_RANGE)
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError(f"no free port in {PORT_RANGE}")
 
 
 class RedisServer:

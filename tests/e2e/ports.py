@@ -8,12 +8,15 @@ import subprocess
 import time
 from pathlib import Path
 
+from tests.redis_servers import PORT_RANGE
+
 
 def free_base() -> int:
     """A base port whose first 20 ports (the fleet's listeners) are all free."""
     rng = random.Random()
     for _ in range(50):
-        base = rng.randrange(20000, 45000, 500)  # blocks of 500: ours, Ray's workers
+        # Blocks of 500 (ours, Ray's workers), below the ephemeral range (see free_port).
+        base = rng.randrange(PORT_RANGE[0], PORT_RANGE[1] - 500, 500)
         try:
             for off in range(20):
                 with socket.socket() as s:
