@@ -14,6 +14,8 @@
 # by then (a lent GPU's command limit); INIT (a folder with fleet-edge/ and fleet-cloud/):
 # continue from those checkpoints with a fresh optimizer (the earlier run's state is gone);
 # MODELS ("fleet-edge fleet-cloud"): which to train; TASK_MIX: --task-mix for the training split;
+# EDGE_MIX / CLOUD_MIX: a task mix for one model only (overrides TASK_MIX for it); FAULTS: the
+# share of training questions seen through a mildly faulty camera (--faults);
 # PACK (a folder): also write DEST as one tar in 15 MiB parts there (a lent GPU's $OUT).
 set -euo pipefail
 DEST=$(realpath -m "${1:?usage: train_fleet_models.sh DEST [WORK]}")
@@ -33,17 +35,21 @@ read -r -a models <<<"$MODELS"
 common=(--steps "$STEPS" --batch-size "$BATCH" --train-samples "$SAMPLES" --val-samples "$VAL"
         --seed "$SEED" --data-cache "$WORK/data" --ckpt-every 500 --log-every 200
         --eval-every 1000 --warmup 200)
-if [[ -n "${TASK_MIX:-}" ]]; then common+=(--task-mix "$TASK_MIX"); fi
-args() {  # the preset, its learning rate and (with INIT) the checkpoint to continue from
-  local lr=$CLOUD_LR
-  if [[ $1 == fleet-edge ]]; then lr=$EDGE_LR; fi
+if [[ -n "${FAULTS:-}" ]]; then common+=(--faults "$FAULTS"); fi
+args() {  # the preset, its learning rate, task mix and (with INIT) the checkpoint to start from
+  local lr=$CLOUD_LR mix=${CLOUD_MIX:-${TASK_MIX:-}}
+  if [[ $1 == fleet-edge ]]; then lr=$EDGE_LR mix=${EDGE_MIX:-${TASK_MIX:-}}; fi
   echo --preset "$1" --lr "$lr"
+  if [[ -n "$mix" ]]; then echo --task-mix "$mix"; fi
   if [[ -n "${INIT:-}" ]]; then echo --init-from "$(realpath "$INIT/$1")"; fi
 }
-# Render once (all cores), then train the models at the same time: each step is short and
-# mostly kernel launches, so two processes share the GPU well.
-# shellcheck disable=SC2046
-"$PY" -m fleetvl.training "$WORK/${models[0]}" --prepare-only "${common[@]}" $(args "${models[0]}")
+# Render first (all cores; models with the same mix share one rendering), then train the
+# models at the same time: each step is short and mostly kernel launches, so two processes
+# share the GPU well.
+for m in "${models[@]}"; do
+  # shellcheck disable=SC2046
+  "$PY" -m fleetvl.training "$WORK/$m" --prepare-only "${common[@]}" $(args "$m")
+done
 if [[ -n "${DEADLINE:-}" ]]; then
   # The final evaluation and the fp16 save take well under a minute; keep that much back.
   common+=(--deadline $((DEADLINE - 60)))

@@ -1,8 +1,11 @@
-"""Deterministic, seeded fleet VQA samples and their train / val / test splits.
+"""Deterministic, seeded fleet VQA samples and their splits.
 
 Sample ``i`` of a split is drawn from its own generator seeded with (split, seed, i): a
 sample never depends on the ones before it, so splits can be generated in parallel, in any
-order, or partially, and still be identical. Splits use disjoint seed streams.
+order, or partially, and still be identical. Splits use disjoint seed streams: ``train``,
+``val`` (model selection), ``test``, ``calib`` (what ``fleetvl calibrate`` fits thresholds
+and the out-of-scope score on) and ``heldout`` (fresh data the gate benchmark only reports
+on: nothing is trained, fitted or chosen on it).
 """
 
 from __future__ import annotations
@@ -16,9 +19,18 @@ from PIL import Image
 
 from fleetvl.fleetdata import retail, substation
 from fleetvl.fleetdata.difficulty import Difficulty, degrade
+from fleetvl.fleetdata.faults import DEV_KINDS, MILD_KINDS, SCENE_KIND, Fault, apply_fault
 from fleetvl.fleetdata.scene import Scene
 
-__all__ = ["SPLITS", "TASKS", "Sample", "generate", "make_sample", "sample_level"]
+__all__ = [
+    "SPLITS",
+    "TASKS",
+    "TRAIN_FAULTS",
+    "Sample",
+    "generate",
+    "make_sample",
+    "sample_level",
+]
 
 SceneFn = Callable[[np.random.Generator, Difficulty, int], Scene]
 
@@ -34,7 +46,11 @@ TASKS: dict[str, tuple[str, SceneFn]] = {
     "missing_tags": ("retail", retail.missing_tags),
 }
 
-SPLITS = {"train": 1, "val": 2, "test": 3}
+SPLITS = {"train": 1, "val": 2, "test": 3, "calib": 4, "heldout": 5}
+# Mild faults training and calibration draw (held-out kinds never: see faults.py); rotation
+# twice, since reading a turned scene is the most to learn.
+TRAIN_FAULTS = (*(k for k in MILD_KINDS if k in DEV_KINDS), "rotation")
+_FAULT_STREAM = 7  # a second generator per sample, so faults leave the scene draw unchanged
 DEFAULT_SIZE = 168  # 6 x 28: a 12 x 12 patch grid, 36 image tokens after the merger
 
 
@@ -51,6 +67,12 @@ class Sample:
     difficulty: Difficulty
     image: Image.Image
     params: dict[str, Any] = field(default_factory=dict)
+    fault: Fault | None = None  # a camera fault applied to the image (faults.py)
+
+    @property
+    def answerable(self) -> bool:
+        """Whether ``answer`` can still be read from ``image`` (False under a severe fault)."""
+        return self.fault is None or self.fault.answerable
 
     def record(self, image_path: str) -> dict[str, Any]:
         """The JSONL line of this sample (the format ``fleetvl calibrate`` reads)."""
@@ -60,9 +82,12 @@ class Sample:
             "question": self.question,
             "answer": self.answer,
             "task": self.task,
+            "scene": SCENE_KIND[self.task],
             "site": self.site,
             "level": round(self.difficulty.level, 4),
             "difficulty": self.difficulty.as_dict(),
+            "answerable": self.answerable,
+            **({"fault": self.fault.as_dict()} if self.fault else {}),
         }
 
 
@@ -113,8 +138,15 @@ def generate(
     size: int = DEFAULT_SIZE,
     tasks: Sequence[str] | None = None,
     start: int = 0,
+    faults: float = 0.0,
 ) -> Iterator[Sample]:
-    """Samples ``start .. start + n - 1`` of ``split``; tasks rotate so splits are balanced."""
+    """Samples ``start .. start + n - 1`` of ``split``; tasks rotate so splits are balanced.
+
+    ``faults``: the share of samples that get a mild (still answerable) camera fault, drawn
+    from ``TRAIN_FAULTS`` on a stream of its own (the scenes are those of ``faults=0``).
+    """
+    if not 0.0 <= faults <= 1.0:
+        raise ValueError(f"faults={faults} must be a share between 0 and 1")
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}; choose one of {sorted(SPLITS)}")
     if size % 28:
@@ -122,6 +154,12 @@ def generate(
     names = list(tasks) if tasks else list(TASKS)
     for i in range(start, start + n):
         rng = np.random.default_rng([SPLITS[split], seed, i])
-        yield make_sample(
+        sample = make_sample(
             names[i % len(names)], rng, size=size, sample_id=f"{split}-{seed}-{i:06d}", split=split
         )
+        if faults:
+            frng = np.random.default_rng([SPLITS[split], seed, i, _FAULT_STREAM])
+            if frng.random() < faults:
+                kind = str(frng.choice(TRAIN_FAULTS))
+                sample = apply_fault(sample, kind, frng, severe=False)
+        yield sample

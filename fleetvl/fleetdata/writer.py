@@ -20,11 +20,14 @@ def write_split(
     size: int = DEFAULT_SIZE,
     tasks: Sequence[str] | None = None,
     progress: Callable[[str], None] | None = None,
+    faults: float = 0.0,
 ) -> Path:
     """Write ``n`` samples of ``split`` under ``out_dir``; returns the JSONL path.
 
     Layout: ``<out_dir>/<split>.jsonl`` and ``<out_dir>/<split>/<id>.png``. Each line holds
-    ``images`` (absolute paths), ``question``, ``answer`` and the task, site and difficulty.
+    ``images`` (absolute paths), ``question``, ``answer``, the task, its ``scene`` (what
+    ``fleetvl calibrate`` fits the out-of-scope score's classes on), site and difficulty, and
+    the camera fault of the ``faults`` share drawn with a mild (answerable) one.
     """
     out = Path(out_dir).resolve()
     img_dir = out / split
@@ -33,7 +36,8 @@ def write_split(
     tmp = jsonl.with_suffix(".jsonl.tmp")
     step = max(1, n // 10)
     with tmp.open("w") as f:
-        for k, sample in enumerate(generate(split, n, seed=seed, size=size, tasks=tasks)):
+        samples = generate(split, n, seed=seed, size=size, tasks=tasks, faults=faults)
+        for k, sample in enumerate(samples):
             path = img_dir / f"{sample.id}.png"
             sample.image.save(path, format="PNG")
             f.write(json.dumps(sample.record(str(path))) + "\n")

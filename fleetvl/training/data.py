@@ -83,11 +83,11 @@ def tokenize(
 
 
 def _render_chunk(
-    args: tuple[str, int, int, int, int, tuple[str, ...] | None],
+    args: tuple[str, int, int, int, int, tuple[str, ...] | None, float],
 ) -> tuple[np.ndarray, list, list, list]:
-    split, seed, start, n, size, mix = args
+    split, seed, start, n, size, mix, faults = args
     imgs, qs, ans, tasks = [], [], [], []
-    for s in generate(split, n, seed=seed, size=size, start=start, tasks=mix):
+    for s in generate(split, n, seed=seed, size=size, start=start, tasks=mix, faults=faults):
         imgs.append(np.asarray(s.image, dtype=np.uint8))
         qs.append(s.question)
         ans.append(s.answer)
@@ -107,6 +107,7 @@ def build_set(
     progress: Callable[[str], None] = print,
     render_only: bool = False,
     task_mix: Sequence[str] | None = None,
+    faults: float = 0.0,
 ) -> FleetSet:
     """Render ``n`` samples of ``split`` (in parallel) and tokenize them for ``model_dir``.
 
@@ -114,6 +115,8 @@ def build_set(
     with the same split, seed, size and count (the edge and cloud runs share one rendering).
     ``render_only`` skips tokenization (the returned set has no sequences). ``task_mix``
     names the tasks samples rotate through; a task named twice is drawn twice as often.
+    ``faults`` is the share of samples with a mild camera fault (still answerable: see
+    :mod:`fleetvl.fleetdata.faults`).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")
@@ -124,7 +127,8 @@ def build_set(
             if not task_mix
             else "-mix" + hashlib.sha256(",".join(task_mix).encode()).hexdigest()[:8]
         )
-        stem = Path(cache_dir) / f"{split}-s{seed}-n{n}-px{size}{mix_tag}"
+        fault_tag = f"-f{faults:g}" if faults else ""
+        stem = Path(cache_dir) / f"{split}-s{seed}-n{n}-px{size}{mix_tag}{fault_tag}"
         if (stem.with_suffix(".json")).exists():
             meta = json.loads(stem.with_suffix(".json").read_text())
             # Memory-mapped: two training processes share one copy in the page cache.
@@ -135,7 +139,9 @@ def build_set(
         workers = workers or max(1, min(16, (os.cpu_count() or 2) - 1))
         chunk = max(1, min(2000, -(-n // workers)))
         mix = tuple(task_mix) if task_mix else None
-        jobs = [(split, seed, s, min(chunk, n - s), size, mix) for s in range(0, n, chunk)]
+        jobs = [
+            (split, seed, s, min(chunk, n - s), size, mix, faults) for s in range(0, n, chunk)
+        ]
         parts = []
         if workers == 1 or len(jobs) == 1:
             parts = [_render_chunk(j) for j in jobs]

@@ -47,6 +47,13 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated tasks the training samples rotate through; a task named twice "
         "is drawn twice as often (default: every task once). Validation stays uniform.",
     )
+    p.add_argument(
+        "--faults",
+        type=float,
+        default=0.0,
+        help="share of training questions shown through a mildly faulty camera (blur, glare, "
+        "dark, tilt, nudged view; still answerable): robustness for site cameras",
+    )
     p.add_argument("--stop-at", type=int, default=None, help="stop (resumably) at this step")
     p.add_argument(
         "--time-budget",
@@ -136,7 +143,11 @@ def train_model(args: argparse.Namespace) -> dict:
     mix = [t.strip() for t in args.task_mix.split(",")] if args.task_mix else None
     if mix and (unknown := sorted(set(mix) - set(TASKS))):
         raise SystemExit(f"--task-mix: unknown task(s) {unknown}; choose from {sorted(TASKS)}")
-    train = build_set(init_dir, "train", args.train_samples, task_mix=mix, **common)
+    if not 0.0 <= args.faults <= 1.0:
+        raise SystemExit(f"--faults {args.faults}: a share between 0 and 1")
+    train = build_set(
+        init_dir, "train", args.train_samples, task_mix=mix, faults=args.faults, **common
+    )
     val = build_set(init_dir, "val", args.val_samples, **common)
     say(
         f"data ready in {time.perf_counter() - t0:.1f}s: {len(train.answers)} train, "
