@@ -22,6 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fleetvl.errors import ImageError, ImageTooLarge, UnsupportedImageFormat
+from fleetvl.vlm.scope import thumbnail
 
 __all__ = [
     "ImageConfig",
@@ -89,6 +90,9 @@ class PreprocessedImage:
     pixel_values: np.ndarray  # float32 [grid_t * grid_h * grid_w, patch_dim]
     grid_thw: tuple[int, int, int]
     digest: str = field(default="")  # sha256 over decoded pixels + preprocessing settings
+    # uint8 [THUMB, THUMB, 3] of the resized image, for the out-of-scope score's camera part
+    # (fleetvl.vlm.scope); None for images built elsewhere.
+    thumb: np.ndarray | None = field(default=None, repr=False)
 
     @property
     def num_patches(self) -> int:
@@ -208,7 +212,12 @@ def preprocess(
         patches[:, :, :, :, :, None, :, :], (*patches.shape[:5], t, *patches.shape[5:])
     )
     flat = np.ascontiguousarray(patches.reshape(gh * gw, 3 * t * p * p), dtype=np.float32)
-    return PreprocessedImage(pixel_values=flat, grid_thw=(1, gh, gw), digest=image_digest(rgb, cfg))
+    return PreprocessedImage(
+        pixel_values=flat,
+        grid_thw=(1, gh, gw),
+        digest=image_digest(rgb, cfg),
+        thumb=thumbnail(arr),
+    )
 
 
 ImageInput = bytes | bytearray | Image.Image | np.ndarray | PreprocessedImage

@@ -89,6 +89,10 @@ class QwenVLProcessor:
             text_cfg.get("max_position_embeddings", 32768)
         )
         self.merge_size = self.image_config.merge_size
+        # Added special tokens (chat markers, vision markers): never part of a question's words.
+        self.special_token_ids = frozenset(
+            i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special
+        )
 
     def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
         """Render chat messages through the model's own template."""

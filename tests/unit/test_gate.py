@@ -60,15 +60,43 @@ def test_hopeless_fires_as_soon_as_a_min_signal_drops() -> None:
 def test_calibration_thresholds_meet_their_targets() -> None:
     scores = [0.1, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95]
     right = [False, False, True, False, True, True, True, True, True, True]
-    cal = calibrate_signal("mean_prob", scores, right, accuracy_targets=(0.9, 1.0),
+    cal = calibrate_signal("mean_prob", scores, right, accuracy_targets=(0.5, 0.9),
                            escalation_targets=(0.2,))  # fmt: skip
-    t = cal.threshold_for_accuracy(1.0)
-    assert t == 0.5  # the first threshold above every wrong answer
-    released = [r for s, r in zip(scores, right, strict=True) if s >= t]
-    assert all(released)
+    t = cal.threshold_for_accuracy(0.5)
+    # From 0.2, 7 of 9 released answers are right: a 95% lower bound of 0.504.
+    assert t == 0.2
+    # Only the all-right tail (6 of 6: bound 0.69) is sure enough for 0.65.
+    assert cal.threshold_for_accuracy(0.65) == 0.5
+    assert math.isinf(cal.threshold_for_accuracy(0.9))  # ten answers cannot show 90%
     assert cal.by_escalation_rate["0.2"] == 0.3  # escalates 0.1 and 0.2 only
     assert 0.5 < cal.auroc < 1.0
     assert math.isinf(calibrate_signal("x", [0.5], [False]).threshold_for_accuracy(0.5))
+
+
+def test_wilson_lower_bound() -> None:
+    from fleetvl.vlm.calibration import wilson_lower
+
+    assert wilson_lower(0, 0) == 0.0
+    assert wilson_lower(95, 100) == pytest.approx(0.9008, abs=1e-3)
+    assert wilson_lower(100, 100) < 1.0
+    assert wilson_lower(950, 1000) > wilson_lower(95, 100)  # more evidence, a tighter bound
+
+
+def test_accuracy_target_holds_on_fresh_answers() -> None:
+    """A threshold picked on 400 answers releases answers that are at least as accurate as
+    asked on 50,000 new ones: the lower bound keeps the target from being met by luck."""
+    rng = np.random.default_rng(3)
+
+    def draw(n: int) -> tuple[np.ndarray, np.ndarray]:
+        s = rng.uniform(0, 1, n)
+        return s, rng.uniform(0, 1, n) < 0.5 + 0.5 * s  # P(right) rises with the score
+
+    for target in (0.8, 0.85, 0.9):
+        s, r = draw(400)
+        t = calibrate_signal("mean_prob", s, r).threshold_for_accuracy(target)
+        assert math.isfinite(t)
+        fs, fr = draw(50_000)
+        assert fr[fs >= t].mean() >= target
 
 
 def test_probe_learns_a_separable_direction() -> None:
