@@ -102,8 +102,9 @@ def _cmd_data_write(args: argparse.Namespace) -> int:
     from fleetvl.fleetdata import write_split
 
     path = write_split(
-        args.out_dir, args.split, args.n, seed=args.seed, size=args.size, progress=print
-    )
+        args.out_dir, args.split, args.n, seed=args.seed, size=args.size, progress=print,
+        faults=args.faults,
+    )  # fmt: skip
     print(f"wrote {path}")
     return 0
 
@@ -174,14 +175,43 @@ def _cmd_edge_run(args: argparse.Namespace) -> int:
     return _run_service(serve(config))
 
 
+def _calibrate_cloud(args: argparse.Namespace) -> int:
+    """The cloud model's out-of-scope score (it has no gate to calibrate)."""
+    from cloud_worker.engine import CloudEngine, EngineConfig
+    from cloud_worker.engine.scope import ScopeExample, fit_scope, write_scope
+    from fleetvl.vlm.bundle_manifest import file_sha256
+    from fleetvl.vlm.labelled_set import read_labelled_set
+
+    examples = [ScopeExample(ex["images"], ex["question"], ex["scene"])
+                for ex in read_labelled_set(Path(args.labelled)) if ex["answerable"]]  # fmt: skip
+    # Without the model's scope while fitting it: a new fit must not need the old one.
+    engine = CloudEngine(args.bundle, EngineConfig(max_slots=16, max_context=1024), scope=False)
+    try:
+        model = fit_scope(engine, examples, alpha=args.alpha, progress=print)
+    finally:
+        engine.close()
+    cal = write_scope(args.bundle, model, file_sha256(Path(args.labelled)), len(examples))
+    assert cal.out_of_scope is not None
+    print(f"out-of-scope score: scenes {', '.join(model.classes)}; cross-fitted false alarms "
+          f"{cal.out_of_scope.cross_fitted_false_alarm:.3f} (alpha {args.alpha})")  # fmt: skip
+    return 0
+
+
 def _cmd_calibrate(args: argparse.Namespace) -> int:
     from edge_agent.calibrate import calibrate_bundle
 
+    if args.cloud:
+        return _calibrate_cloud(args)
     cal = calibrate_bundle(
         Path(args.bundle), Path(args.labelled), max_tokens=args.max_tokens, match=args.match,
-        probe=not args.no_probe, out=Path(args.out) if args.out else None, progress=print,
+        probe=not args.no_probe, alpha=args.alpha, out=Path(args.out) if args.out else None,
+        progress=print,
     )  # fmt: skip
     print(f"base accuracy {cal.base_accuracy:.3f} over {cal.examples} examples")
+    if cal.out_of_scope is not None:
+        s = cal.out_of_scope
+        print(f"out-of-scope score: scenes {', '.join(s.classes)}; cross-fitted false alarms "
+              f"{s.cross_fitted_false_alarm:.3f} (alpha {s.alpha})")  # fmt: skip
     for name, sc in cal.signals.items():
         auroc = f"{sc.auroc:.3f}" if sc.auroc is not None else "n/a"
         print(f"  {name:12s} AUROC {auroc}  thresholds by accuracy {sc.by_accuracy}")
@@ -316,7 +346,11 @@ def _parser() -> argparse.ArgumentParser:
         "write", help="write a split as PNGs + JSONL (images, question, answer)"
     )
     dwrite.add_argument("out_dir")
-    dwrite.add_argument("--split", default="val", choices=["train", "val", "test"])
+    dwrite.add_argument("--split", default="val", choices=["train", "val", "test", "calib",
+                                                           "heldout"])  # fmt: skip
+    dwrite.add_argument("--faults", type=float, default=0.0,
+                        help="share of questions seen through a mildly faulty camera (still "
+                        "answerable); calibration sets use 0.2")  # fmt: skip
     dwrite.add_argument("--n", type=int, default=500, help="number of questions")
     dwrite.add_argument("--seed", type=int, default=0)
     dwrite.add_argument("--size", type=int, default=168, help="image side, a multiple of 28")
@@ -370,12 +404,19 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--json", default=None, help="write the report here")
     demo.set_defaults(func=_cmd_demo)
 
-    cal = sub.add_parser("calibrate", help="calibrate a bundle's confidence gate")
-    cal.add_argument("bundle", help="edge bundle directory (calibration.json is written there)")
+    cal = sub.add_parser(
+        "calibrate", help="calibrate a bundle's confidence gate and out-of-scope score"
+    )
+    cal.add_argument("bundle", help="edge bundle directory (calibration.json and scope.npz are "
+                     "written there), or with --cloud a cloud model directory")  # fmt: skip
     cal.add_argument("labelled", help="JSONL: image/images, question, answer per line")
     cal.add_argument("--max-tokens", type=int, default=32)
     cal.add_argument("--match", default="exact", choices=["exact", "contains"])
     cal.add_argument("--no-probe", action="store_true", help="skip the hidden-state probe")
+    cal.add_argument("--cloud", action="store_true",
+                     help="fit a cloud model's out-of-scope score (its checkpoint directory)")
+    cal.add_argument("--alpha", type=float, default=0.01,
+                     help="share of in-scope inputs the out-of-scope score may refuse")  # fmt: skip
     cal.add_argument("--out", default=None, help="write elsewhere than BUNDLE/calibration.json")
     cal.set_defaults(func=_cmd_calibrate)
     return p

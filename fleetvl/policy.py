@@ -34,6 +34,7 @@ from fleetvl.errors import InputError
 __all__ = [
     "CacheMode",
     "Clamp",
+    "OutOfScopeAction",
     "PolicyError",
     "PolicyLevel",
     "PolicyOverride",
@@ -107,6 +108,14 @@ class UplinkDownAction(StrEnum):
     FAIL = "fail"  # an error at once
 
 
+class OutOfScopeAction(StrEnum):
+    """What a request gets when its input is out of the model's scope (a covered, misaimed or
+    broken camera, a scene of another kind): see :mod:`fleetvl.vlm.scope`."""
+
+    REFUSE = "refuse"  # the verdict ``unanswerable`` with its reason, at once
+    ESCALATE = "escalate"  # let the cloud model judge it (it refuses by its own score too)
+
+
 class CacheMode(StrEnum):
     """Use of the shared response/KV caches for this request."""
 
@@ -143,6 +152,8 @@ _DESC = {
     "on_uplink_down": "Answer for escalations while the site's uplink is down.",
     "max_output_tokens": "Upper bound on generated tokens.",
     "cache": "Use of shared caches: off, read or read_write.",
+    "on_out_of_scope": "An input the model was not trained to answer: refuse (the verdict "
+    "unanswerable, with its reason) or escalate (the cloud model judges it by its own score).",
 }
 
 
@@ -173,6 +184,9 @@ class SlaPolicy(BaseModel):
     )
     max_output_tokens: _Tokens = Field(256, description=_DESC["max_output_tokens"])
     cache: CacheMode = Field(CacheMode.READ_WRITE, description=_DESC["cache"])
+    on_out_of_scope: OutOfScopeAction = Field(
+        OutOfScopeAction.REFUSE, description=_DESC["on_out_of_scope"]
+    )
 
     @field_validator("ttft_target_ms")
     @classmethod
@@ -196,6 +210,7 @@ class PolicyOverride(BaseModel):
     on_uplink_down: UplinkDownAction | None = Field(None, description=_DESC["on_uplink_down"])
     max_output_tokens: _Tokens | None = Field(None, description=_DESC["max_output_tokens"])
     cache: CacheMode | None = Field(None, description=_DESC["cache"])
+    on_out_of_scope: OutOfScopeAction | None = Field(None, description=_DESC["on_out_of_scope"])
 
     @field_validator("ttft_target_ms")
     @classmethod

@@ -104,3 +104,41 @@ def bundle_factory(artifacts: Path) -> Callable[[str, str], Path]:
 @pytest.fixture(scope="session")
 def checkpoint_factory(artifacts: Path) -> Callable[[str], Path]:
     return lambda family: _checkpoint(artifacts, family)
+
+
+# The shipped fleet-edge model as a site runs it: the INT4 bundle, calibrated on questions of
+# the calib split (thresholds and the out-of-scope score). Keyed by the checkpoint too.
+_CALIBRATION_CODE = [
+    *sorted((ROOT / "fleetvl" / "fleetdata").glob("*.py")),
+    ROOT / "fleetvl" / "vlm" / "scope.py",
+    ROOT / "fleetvl" / "vlm" / "calibration.py",
+    ROOT / "fleetvl" / "vlm" / "image.py",
+    ROOT / "edge_agent" / "calibrate.py",
+    ROOT / "models" / "fleet-edge" / "model.safetensors",
+]
+FLEET_CALIBRATION_EXAMPLES = 1500
+
+
+@pytest.fixture(scope="session")
+def fleet_bundle(artifacts: Path) -> Path:
+    """INT4 bundle of models/fleet-edge with calibration.json and scope.npz."""
+    from edge_agent.calibrate import calibrate_bundle
+    from edge_agent.export.bundle import export_bundle
+    from fleetvl.fleetdata import write_split
+
+    edge = ROOT / "models" / "fleet-edge"
+    if not (edge / "config.json").exists():
+        pytest.skip("models/fleet-edge is not in this checkout (see models/README.md)")
+    h = hashlib.sha256()
+    for f in _CALIBRATION_CODE:
+        h.update(f.read_bytes())
+
+    final = artifacts / f"fleet-edge-int4-calibrated-{h.hexdigest()[:12]}"
+    data = final.with_name(final.name + "-data")  # the calibration set, kept beside it
+
+    def build(p: Path) -> None:
+        export_bundle(edge, p, "int4", progress=lambda _m: None)
+        write_split(data, "calib", FLEET_CALIBRATION_EXAMPLES, faults=0.2)
+        calibrate_bundle(p, data / "calib.jsonl", max_tokens=8)
+
+    return _build_once(final, build)

@@ -1,9 +1,12 @@
 """What the agent answers: a request as it parsed it, an answer, a queued receipt, errors.
 
-The HTTP body of an answer is OpenAI's ``chat.completion`` plus a ``fleetvl`` object (who
-served it, the gate's signal, value and threshold, why it escalated, timings, the policy) —
-the same shape as the router's, so a site application can point the ``openai`` client at
-either. Spooled answers are stored in this shape and served as they are when polled.
+The HTTP body of an answer is OpenAI's ``chat.completion`` plus a ``fleetvl`` object (the
+verdict, who served it, the gate's signal, value and threshold, the out-of-scope score, why
+it escalated, timings, the policy) — the same shape as the router's, so a site application
+can point the ``openai`` client at either. An ``unanswerable`` verdict (the input is out of
+the model's scope) comes in OpenAI's refusal shape: ``message.content`` null and
+``message.refusal`` saying why. Spooled answers are stored in this shape and served as they
+are when polled.
 """
 
 from __future__ import annotations
@@ -15,6 +18,8 @@ from typing import Any
 
 from fleetvl.errors import FleetVLError
 from fleetvl.policy import PolicyOverride
+from fleetvl.protocol.convert import scope_dict
+from fleetvl.protocol.openai_api import answer_message
 from fleetvl.sampling import SamplingParams
 
 __all__ = ["AgentError", "AgentRequest", "Answer", "Queued", "completion_body", "gate_dict"]
@@ -38,6 +43,7 @@ class AgentRequest:
     # The images decoded once at the API edge, for the local engine (``images`` keeps the
     # bytes for escalation); empty: the engine decodes ``images``.
     decoded: list[Any] = field(default_factory=list)
+    source: str | None = None  # the camera or application the image comes from
 
 
 @dataclass
@@ -65,6 +71,11 @@ class Answer:
     # {"signal", "value", "threshold", "passed"}; None when no local attempt ran.
     gate: dict[str, Any] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
+    # answer | unanswerable (out of scope: no text, ``out_of_scope`` says why).
+    verdict: str = "answer"
+    # The serving model's out-of-scope verdict ({"score", "threshold", "out_of_scope",
+    # "part", "scene"}); None when no scope model judged the input.
+    out_of_scope: dict[str, Any] | None = None
 
     @classmethod
     def from_cloud(
@@ -73,6 +84,9 @@ class Answer:
         """The answer in a cloud ``fleetvl.v1`` Final, whether it came back at once or from the
         spool; ``fields`` are what only the caller knows (why it escalated, the local attempt)."""
         conf = None if math.isnan(final.confidence) else final.confidence  # NaN: none reported
+        fields.setdefault("verdict", final.verdict or "answer")
+        if final.HasField("scope"):
+            fields["out_of_scope"] = scope_dict(final.scope)
         return cls(
             id=answer_id,
             model=model,
@@ -134,7 +148,7 @@ def completion_body(a: Answer) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": a.text},
+                "message": answer_message(a.text, a.verdict, a.out_of_scope),
                 "finish_reason": _openai_finish(a.finish_reason),
             }
         ],
@@ -149,6 +163,8 @@ def completion_body(a: Answer) -> dict[str, Any]:
 
 def fleetvl_section(a: Answer) -> dict[str, Any]:
     return {
+        "verdict": a.verdict,
+        "out_of_scope": a.out_of_scope,
         "served_by": a.served_by,
         "backend": a.backend,
         "confidence": _num(a.confidence),

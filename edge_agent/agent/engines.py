@@ -32,7 +32,8 @@ from fleetvl.scheduling import (
     SchedulerConfig,
     WorkItem,
 )
-from fleetvl.vlm.calibration import Calibration, load_calibration
+from fleetvl.vlm.calibration import Calibration, load_calibration, load_scope
+from fleetvl.vlm.scope import ScopeModel
 
 __all__ = ["EnginePool", "LocalRejected", "Lease", "LOCAL"]
 
@@ -82,6 +83,7 @@ class _Generation:
     bundle: Path
     digest: str
     calibration: Calibration | None
+    scope: ScopeModel | None  # the bundle's out-of-scope score (from its calibration)
     free: list[Any]
 
 
@@ -111,8 +113,9 @@ class EnginePool:
 
     def _build(self, bundle: Path, number: int) -> _Generation:
         engines = [self.factory(Path(bundle), self.threads) for _ in range(self.size)]
+        cal = load_calibration(Path(bundle))
         return _Generation(
-            number, Path(bundle), engines[0].digest, load_calibration(Path(bundle)), engines
+            number, Path(bundle), engines[0].digest, cal, load_scope(Path(bundle), cal), engines
         )
 
     @property
@@ -127,9 +130,16 @@ class EnginePool:
     def calibration(self) -> Calibration | None:
         return self._current.calibration
 
+    @property
+    def scope(self) -> ScopeModel | None:
+        return self._current.scope
+
     def reload_calibration(self) -> None:
-        """Re-read the current bundle's calibration file (after ``fleetvl calibrate``)."""
-        self._current.calibration = load_calibration(self._current.bundle)
+        """Re-read the current bundle's calibration and scope model (after ``fleetvl
+        calibrate``)."""
+        cal = load_calibration(self._current.bundle)
+        scope = load_scope(self._current.bundle, cal)
+        self._current.calibration, self._current.scope = cal, scope
 
     async def swap(self, bundle: Path) -> None:
         """Serve ``bundle`` from now on without interrupting requests in flight.

@@ -40,6 +40,7 @@ from fleetvl.protocol.openai_api import (
     ChatCompletionRequest,
     SlaHeaderError,
     client_error,
+    refusal_text,
     request_sla,
 )
 
@@ -85,6 +86,8 @@ def _log(fields: dict[str, Any], t0: float, status: int, outcome: str, **more: A
 
 
 def _outcome(a: Answer) -> str:
+    if a.verdict == "unanswerable":
+        return "unanswerable"
     return "low_confidence_local" if a.low_confidence else a.served_by
 
 
@@ -200,7 +203,8 @@ def _respond(
     if result is None:
         _log(fields, t0, 502, "error", error="no answer")
         return _error(502, "no_answer", "the request ended without an answer")
-    _log(fields, t0, 200, _outcome(result), served_by=result.served_by,
+    _log(fields, t0, 200, _outcome(result), served_by=result.served_by, verdict=result.verdict,
+         source=req.source, scope=(result.out_of_scope or {}).get("score"),
          confidence=result.confidence, signal=result.signal, threshold=result.threshold,
          escalation_reason=result.escalation_reason, local_tokens=result.local_tokens)  # fmt: skip
     return JSONResponse(
@@ -240,7 +244,9 @@ async def _sse(
                 yield chunk({}, "stop", fleetvl={"queued": True, "poll": f"/v1/requests/{ev.id}"})
                 break
             else:
-                if ev.text.startswith(sent) and len(ev.text) > len(sent):
+                if ev.verdict == "unanswerable":
+                    yield chunk({"refusal": refusal_text(ev.out_of_scope or {})})
+                elif ev.text.startswith(sent) and len(ev.text) > len(sent):
                     yield chunk({"content": ev.text[len(sent) :]})
                 finish = ev.finish_reason if ev.finish_reason in ("stop", "length") else "stop"
                 yield chunk({}, finish, fleetvl=fleetvl_section(ev))

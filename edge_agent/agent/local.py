@@ -9,6 +9,10 @@ questions, but only while escalating is still possible and affordable (``can_esc
 If either is no, decoding stops at once (``stopped`` says why) and the caller escalates. When
 escalation is not possible (``edge_only``, no budget for a round trip, uplink down with
 ``answer_local``) the attempt always runs to the end, so there is an answer to flag.
+
+Before any of that, the bundle's out-of-scope score (when it has one) judges the input; an
+input out of scope is not answered at all (``stopped="out_of_scope"``, no tokens): the
+caller refuses it or escalates it as the policy says.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ from typing import Any
 from fleetvl.sampling import CancelToken, SamplingParams
 from fleetvl.vlm.confidence import ConfidenceTracker
 from fleetvl.vlm.gate import Gate, GateVerdict
+from fleetvl.vlm.scope import ScopeModel, ScopeScore
 
 __all__ = ["LocalAttempt", "run_local"]
 
@@ -32,15 +37,21 @@ class LocalAttempt:
     tokens: int  # generated
     max_tokens: int
     verdict: GateVerdict
-    stopped: str | None  # why decoding stopped early: low_confidence | deadline | None
+    stopped: str | None  # why decoding stopped early: low_confidence | deadline | out_of_scope
+    scope: ScopeScore | None  # the out-of-scope verdict (None: the bundle has no scope model)
     prompt_tokens: int
     ttft_s: float  # attempt start (image decode included) to the first token
     total_s: float
+    scope_s: float = 0.0  # spent on the out-of-scope score
 
     @property
     def complete(self) -> bool:
         """An answer the model finished (not cut short by the gate or the deadline)."""
         return self.stopped is None
+
+    @property
+    def out_of_scope(self) -> bool:
+        return self.scope is not None and self.scope.out_of_scope
 
 
 def run_local(
@@ -55,6 +66,7 @@ def run_local(
     early: bool = True,
     cancel: CancelToken | None = None,
     clock: Callable[[], float] = time.monotonic,
+    scope: ScopeModel | None = None,
 ) -> LocalAttempt:
     """Generate a local answer under ``gate``. ``deadline`` and ``can_escalate(now)`` use
     ``clock``. Raises what the engine raises for bad input (InputError, PromptError)."""
@@ -82,11 +94,14 @@ def run_local(
                 return True
         return False
 
-    gen = engine.stream(prompt, params, stop_when=stop_when, cancel=cancel)
+    gen = engine.stream(prompt, params, stop_when=stop_when, cancel=cancel, scope=scope,
+                        refuse_out_of_scope=True)  # fmt: skip
     for _ in gen:
         pass
     r = gen.result
     verdict = gate.verdict(r.tokens, r.last_hidden)
+    if r.finish_reason == "out_of_scope":
+        stopped.insert(0, "out_of_scope")
     return LocalAttempt(
         text=r.text,
         finish_reason=r.finish_reason,
@@ -94,8 +109,10 @@ def run_local(
         max_tokens=params.max_tokens,
         verdict=verdict,
         stopped=stopped[0] if stopped else None,
+        scope=r.scope,
         prompt_tokens=len(prompt),
         # From the attempt's start (image decode included) to the first token.
         ttft_s=first[0] - t0 if first else encode_s + r.timings.ttft_s,
+        scope_s=r.timings.scope_s,
         total_s=clock() - t0,
     )

@@ -37,3 +37,29 @@ SPOOL_DELIVERIES = Counter(
 )
 SPOOL_REFUSED = Counter("fleetvl_edge_spool_refused_total", "Waits refused: spool over quota")
 LOCAL_QUEUE = Gauge("fleetvl_edge_local_queue", "Requests waiting for a local engine")
+SCOPE_VERDICTS = Counter(
+    "fleetvl_edge_scope_verdicts_total",
+    "Requests the out-of-scope score judged, by site, image source and verdict "
+    "(in_scope, or the part that found it out of scope: question, vision, camera)",
+    ["site", "source", "verdict"],
+)
+UNANSWERABLE = Counter(
+    "fleetvl_edge_unanswerable_total",
+    "Answers with the verdict unanswerable (out of scope, refused), by site and image source",
+    ["site", "source"],
+)
+
+_MAX_SOURCES = 64
+_sources: set[str] = set()
+
+
+def source_label(source: str | None) -> str:
+    """A bounded label for an image source: the first 64 sources by name, then "other" (a
+    client that invents a source per request must not grow the metric without bound)."""
+    name = source or "unnamed"
+    if name in _sources:
+        return name
+    if len(_sources) < _MAX_SOURCES:
+        _sources.add(name)
+        return name
+    return "other"

@@ -10,7 +10,7 @@ from edge_agent.agent.answers import AgentRequest
 from fleetvl.errors import InputError
 from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.convert import sampling_message, sla_message
+from fleetvl.protocol.convert import sampling_message, scope_message, sla_message
 from fleetvl.protocol.image_urls import inspect_image, parse_data_url
 from fleetvl.protocol.openai_api import ChatCompletionRequest, ImageUrlPart
 from fleetvl.sampling import SamplingParams
@@ -84,6 +84,7 @@ def parse_chat(
         sla=sla,
         prompt_tokens_estimate=text_chars // 4 + 8 * len(messages) + image_tokens,
         webhook=webhook,
+        source=body.source,
     )
 
 
@@ -117,6 +118,7 @@ def to_generate_request(
             confidence=attempt.verdict.value,
             signal=attempt.verdict.signal,
             reason=reason,
+            scope=scope_message(attempt.scope) if attempt.scope is not None else None,
         )
     else:
         edge = pb.EdgeAttempt(reason=reason)
@@ -131,4 +133,5 @@ def to_generate_request(
         sla=sla_message(pol),
         edge_attempt=edge,
         idempotency_key=req.id,
+        source=req.source or "",
     )

@@ -16,6 +16,13 @@ Per request (flows 1-3 of the architecture):
 5. uplink down (or the cloud unreachable): ``on_uplink_down`` decides — the local answer
    flagged ``low_confidence``, the durable spool (202 + id) or an error.
 
+Before any answer, the bundle's out-of-scope score judges the input (a covered, dark or
+misaimed camera, another kind of scene, a question the model never learned). Out of scope,
+``on_out_of_scope`` decides: ``refuse`` answers at once with the verdict ``unanswerable``
+(and its reason), ``escalate`` lets the cloud model judge it by its own score (refused there
+too if it agrees; refused here when escalating is not possible). Each verdict is counted per
+image source and kept in :attr:`AgentService.health` for the controller's health alerts.
+
 ``edge_only`` requests never reach :meth:`_escalate` (checked, and counted if it ever failed).
 """
 
@@ -35,8 +42,11 @@ from edge_agent.agent.engines import EnginePool, LocalRejected
 from edge_agent.agent.escalation import CloudClient, EscalationError
 from edge_agent.agent.local import LocalAttempt, run_local
 from edge_agent.agent.requests import to_generate_request
+from edge_agent.agent.scope_verdicts import count_verdict, unanswerable
+from edge_agent.agent.source_health import SourceHealth
 from edge_agent.agent.spool import Spool, SpoolFull
 from fleetvl.policy import (
+    OutOfScopeAction,
     PolicyOverride,
     Residency,
     ResolvedPolicy,
@@ -76,6 +86,8 @@ class AgentService:
         self.residency_violations = 0  # edge_only requests that reached the escalation path
         self.cloud_calls = 0
         self.spool_wakeup = asyncio.Event()
+        # Recent out-of-scope verdicts per image source (sent to the controller).
+        self.health = SourceHealth()
         # Called with (total_ms, ok, escalated, met_deadline) per finished request.
         self.observers: list[Callable[[float, bool, bool, bool], None]] = []
 
@@ -156,6 +168,15 @@ class AgentService:
             async for ev in self._escalate(req, resolved, deadline, None, "local_busy"):
                 yield ev
             return
+        if attempt.scope is not None:
+            self._count_scope(req, attempt)
+        if attempt.out_of_scope:
+            if pol.on_out_of_scope is OutOfScopeAction.ESCALATE and can_escalate(self.clock()):
+                async for ev in self._escalate(req, resolved, deadline, attempt, "out_of_scope"):
+                    yield ev
+                return
+            yield self._unanswerable(req, resolved, attempt)
+            return
         now = self.clock()
         v = attempt.verdict
         metrics.GATE.labels(v.signal, str(v.passed).lower()).inc()
@@ -191,7 +212,7 @@ class AgentService:
                 req.params, gate,
                 deadline=deadline, can_escalate=can_escalate,
                 early=early and self.config.gate.early_escalation, cancel=cancel,
-                clock=self.clock,
+                clock=self.clock, scope=self.pool.scope,
             ))  # fmt: skip
             try:
                 attempt = await asyncio.shield(work)
@@ -230,7 +251,17 @@ class AgentService:
             policy=resolved.explain(),
             backend=f"edge:{self.config.site}",
             gate=gate_dict(v),
+            out_of_scope=a.scope.as_dict() if a.scope is not None else None,
         )
+
+    def _count_scope(self, req: AgentRequest, a: LocalAttempt) -> None:
+        count_verdict(self.config.site, self.health, req, a)
+
+    def _unanswerable(
+        self, req: AgentRequest, resolved: ResolvedPolicy, a: LocalAttempt, note: str = ""
+    ) -> Answer:
+        timings = self._timings(req, local_s=a.total_s, scope_s=a.scope_s)
+        return unanswerable(req, resolved, a, self.config.site, timings, note)
 
     def _timings(self, req: AgentRequest, **parts: float) -> dict[str, float]:
         out = {k.removesuffix("_s") + "_ms": round(v * 1000, 2) for k, v in parts.items()}
@@ -343,6 +374,10 @@ class AgentService:
                 raise AgentError(507, "spool_full", str(exc)) from None
             self.spool_wakeup.set()
             yield Queued(req.id, time.time() + ttl, f"{reason}; {failure.details}")
+            return
+        if action == "answer_local" and attempt is not None and attempt.out_of_scope:
+            # Nothing to answer locally: the edge model already judged the input out of scope.
+            yield self._unanswerable(req, resolved, attempt, note=f"{reason}; uplink_down")
             return
         if action == "answer_local" and pol.residency is not Residency.CLOUD_ONLY:
             if attempt is None or not attempt.complete:

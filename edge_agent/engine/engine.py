@@ -31,6 +31,7 @@ from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.image import ImageInput, PreprocessedImage, prepare_image
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
+from fleetvl.vlm.scope import ScopeInputs, ScopeModel, question_span, request_inputs
 
 __all__ = ["EdgeEngine", "Generation"]
 
@@ -117,6 +118,8 @@ class EdgeEngine:
         cancel: CancelToken | None = None,
         confidence: bool = True,
         image_features: Mapping[int, np.ndarray] | None = None,
+        scope: ScopeModel | None = None,
+        refuse_out_of_scope: bool = False,
     ) -> Generation:
         """Generate tokens for ``prompt``, yielding them as they are produced.
 
@@ -131,6 +134,10 @@ class EdgeEngine:
             image_features: vision-encoder output by image index (from the cache); those
                 images are not encoded. Features computed are returned in
                 ``result.image_features``.
+            scope: score the input with this out-of-scope model before prefill
+                (``result.scope``; ``result.scope_inputs`` are kept either way for images).
+            refuse_out_of_scope: an input ``scope`` calls out of scope ends at once with
+                ``finish_reason="out_of_scope"`` and no tokens (nothing is prefilled).
 
         Raises:
             PromptError: prompt (with the answer budget) does not fit the context.
@@ -161,6 +168,8 @@ class EdgeEngine:
                 cancel,
                 confidence,
                 image_features,
+                scope,
+                refuse_out_of_scope,
             )
         )
 
@@ -231,6 +240,8 @@ class EdgeEngine:
         cancel: CancelToken | None,
         with_confidence: bool,
         image_features: Mapping[int, np.ndarray] | None,
+        scope: ScopeModel | None,
+        refuse_out_of_scope: bool,
     ) -> Iterator[TokenEvent]:
         b = self.bundle
         eos = set() if params.ignore_eos else set(self.processor.eos_token_ids)
@@ -257,6 +268,17 @@ class EdgeEngine:
             embeds = b.embedding.run(
                 ["inputs_embeds"], {"input_ids": suffix[None, :], "image_features": feats}
             )[0]
+            t_scope = time.perf_counter()
+            inputs = self._scope_inputs(prompt, cached, embeds[0], encoded, image_features or {})
+            verdict = scope.score(inputs) if scope is not None and inputs else None
+            timings.scope_s = time.perf_counter() - t_scope
+            if verdict is not None and verdict.out_of_scope and refuse_out_of_scope:
+                gen.result = GenerationResult(
+                    text="", token_ids=[], finish_reason="out_of_scope",
+                    confidence=ConfidenceTracker().summary(), tokens=[], timings=timings,
+                    image_features=encoded, scope=verdict, scope_inputs=inputs,
+                )  # fmt: skip
+                return
             hidden = self._prefill(embeds, positions[:, None, cached:], len(prompt))
             timings.prefill_s = time.perf_counter() - t_vis
             captured = self._arena.export(capture_prefix) if capture_prefix else None
@@ -320,7 +342,34 @@ class EdgeEngine:
                 last_hidden=hidden[0, -1].copy(),
                 prefix=captured,
                 image_features=encoded,
+                scope=verdict,
+                scope_inputs=inputs,
             )
+
+    def _scope_inputs(
+        self,
+        prompt: Prompt,
+        cached: int,
+        suffix_embeds: np.ndarray,
+        encoded: Mapping[int, np.ndarray],
+        given: Mapping[int, np.ndarray],
+    ) -> list[ScopeInputs]:
+        """What the out-of-scope score reads: the question's embeddings (re-embedded in the
+        rare case a cached prefix reaches into it) and each image's vision output."""
+        if not prompt.images:
+            return []
+        p = self.processor
+        start, end = question_span(prompt.input_ids, p.image_token_id, p.special_token_ids)
+        if start >= cached:
+            question = suffix_embeds[start - cached : end - cached]
+        else:
+            question = self.bundle.embedding.run(
+                ["inputs_embeds"],
+                {"input_ids": prompt.input_ids[None, start:end],
+                 "image_features": self._no_features},
+            )[0][0]  # fmt: skip
+        vision = [encoded.get(i, given.get(i)) for i in range(len(prompt.images))]
+        return request_inputs(question, vision, [img.thumb for img in prompt.images])
 
     def _prefill(self, embeds: np.ndarray, position_ids: np.ndarray, total_len: int) -> np.ndarray:
         """Decoder run over the uncached prompt; logits land in ``self._logits``."""

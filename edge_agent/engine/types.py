@@ -10,6 +10,7 @@ import numpy as np
 from edge_agent.engine.kv_arena import KVPrefix
 from fleetvl.sampling import CancelToken
 from fleetvl.vlm.confidence import AnswerConfidence, ConfidenceTracker, TokenConfidence
+from fleetvl.vlm.scope import ScopeInputs, ScopeScore
 
 __all__ = ["CancelToken", "EarlyStop", "GenerationResult", "TokenEvent", "Timings"]
 
@@ -32,6 +33,7 @@ class Timings:
     vision_s: float = 0.0
     prefill_s: float = 0.0  # embedding + decoder over the prompt (vision excluded)
     ttft_s: float = 0.0  # request start to first token chosen, vision included
+    scope_s: float = 0.0  # the out-of-scope score (inside ttft_s)
     decode_s: float = 0.0  # after the first token, to the last
     prompt_tokens: int = 0
     cached_tokens: int = 0
@@ -48,7 +50,8 @@ class Timings:
 class GenerationResult:
     text: str
     token_ids: list[int]
-    # "stop" (EOS or stop sequence), "length", "low_confidence" (early stop), "cancelled"
+    # "stop" (EOS or stop sequence), "length", "low_confidence" (early stop), "cancelled",
+    # "out_of_scope" (refused before prefill)
     finish_reason: str
     confidence: AnswerConfidence
     tokens: list[TokenConfidence]
@@ -58,3 +61,7 @@ class GenerationResult:
     # Vision features computed by this request, by image index (for the cache to store).
     image_features: dict[int, np.ndarray] = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    # The out-of-scope verdict when the caller passed a scope model (fleetvl.vlm.scope), and
+    # what it read (kept for calibration even without a model; empty without images).
+    scope: ScopeScore | None = None
+    scope_inputs: list[ScopeInputs] = field(default_factory=list)

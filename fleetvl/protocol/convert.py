@@ -13,12 +13,15 @@ from fleetvl.sampling import SamplingParams
 
 if TYPE_CHECKING:
     from fleetvl.policy import SlaPolicy
+    from fleetvl.vlm.scope import ScopeScore
 
 __all__ = [
     "chat_inputs",
     "inline_call_inputs",
     "sampling_message",
     "sampling_params",
+    "scope_dict",
+    "scope_message",
     "sla_message",
 ]
 
@@ -102,4 +105,18 @@ def sla_message(policy: SlaPolicy) -> pb.Sla:
         priority=policy.priority.value,
         max_output_tokens=policy.max_output_tokens,
         cache=policy.cache.value,
+        on_out_of_scope=policy.on_out_of_scope.value,
     )
+
+
+def scope_message(score: ScopeScore) -> pb.OutOfScope:
+    """A scope verdict on the wire (``Final.scope``, ``EdgeAttempt.scope``)."""
+    return pb.OutOfScope(score=score.score, threshold=score.threshold, part=score.part,
+                         scene=score.scene)  # fmt: skip
+
+
+def scope_dict(msg: pb.OutOfScope) -> dict[str, Any]:
+    """A wire scope verdict as the JSON of an answer's ``fleetvl.out_of_scope``."""
+    return {"score": round(msg.score, 4), "threshold": round(msg.threshold, 4),
+            "out_of_scope": msg.score >= msg.threshold, "part": msg.part,
+            "scene": msg.scene}  # fmt: skip

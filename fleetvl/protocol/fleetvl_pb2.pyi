@@ -49,7 +49,7 @@ class Sampling(_message.Message):
     def __init__(self, max_tokens: _Optional[int] = ..., temperature: _Optional[float] = ..., top_p: _Optional[float] = ..., top_k: _Optional[int] = ..., seed: _Optional[int] = ..., stop: _Optional[_Iterable[str]] = ...) -> None: ...
 
 class Sla(_message.Message):
-    __slots__ = ("deadline_ms", "ttft_target_ms", "min_confidence", "residency", "priority", "on_uplink_down", "max_output_tokens", "cache")
+    __slots__ = ("deadline_ms", "ttft_target_ms", "min_confidence", "residency", "priority", "on_uplink_down", "max_output_tokens", "cache", "on_out_of_scope")
     DEADLINE_MS_FIELD_NUMBER: _ClassVar[int]
     TTFT_TARGET_MS_FIELD_NUMBER: _ClassVar[int]
     MIN_CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
@@ -58,6 +58,7 @@ class Sla(_message.Message):
     ON_UPLINK_DOWN_FIELD_NUMBER: _ClassVar[int]
     MAX_OUTPUT_TOKENS_FIELD_NUMBER: _ClassVar[int]
     CACHE_FIELD_NUMBER: _ClassVar[int]
+    ON_OUT_OF_SCOPE_FIELD_NUMBER: _ClassVar[int]
     deadline_ms: float
     ttft_target_ms: float
     min_confidence: float
@@ -66,22 +67,37 @@ class Sla(_message.Message):
     on_uplink_down: str
     max_output_tokens: int
     cache: str
-    def __init__(self, deadline_ms: _Optional[float] = ..., ttft_target_ms: _Optional[float] = ..., min_confidence: _Optional[float] = ..., residency: _Optional[str] = ..., priority: _Optional[str] = ..., on_uplink_down: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., cache: _Optional[str] = ...) -> None: ...
+    on_out_of_scope: str
+    def __init__(self, deadline_ms: _Optional[float] = ..., ttft_target_ms: _Optional[float] = ..., min_confidence: _Optional[float] = ..., residency: _Optional[str] = ..., priority: _Optional[str] = ..., on_uplink_down: _Optional[str] = ..., max_output_tokens: _Optional[int] = ..., cache: _Optional[str] = ..., on_out_of_scope: _Optional[str] = ...) -> None: ...
+
+class OutOfScope(_message.Message):
+    __slots__ = ("score", "threshold", "part", "scene")
+    SCORE_FIELD_NUMBER: _ClassVar[int]
+    THRESHOLD_FIELD_NUMBER: _ClassVar[int]
+    PART_FIELD_NUMBER: _ClassVar[int]
+    SCENE_FIELD_NUMBER: _ClassVar[int]
+    score: float
+    threshold: float
+    part: str
+    scene: str
+    def __init__(self, score: _Optional[float] = ..., threshold: _Optional[float] = ..., part: _Optional[str] = ..., scene: _Optional[str] = ...) -> None: ...
 
 class EdgeAttempt(_message.Message):
-    __slots__ = ("text", "confidence", "signal", "reason")
+    __slots__ = ("text", "confidence", "signal", "reason", "scope")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     CONFIDENCE_FIELD_NUMBER: _ClassVar[int]
     SIGNAL_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     text: str
     confidence: float
     signal: str
     reason: str
-    def __init__(self, text: _Optional[str] = ..., confidence: _Optional[float] = ..., signal: _Optional[str] = ..., reason: _Optional[str] = ...) -> None: ...
+    scope: OutOfScope
+    def __init__(self, text: _Optional[str] = ..., confidence: _Optional[float] = ..., signal: _Optional[str] = ..., reason: _Optional[str] = ..., scope: _Optional[_Union[OutOfScope, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "site", "model", "messages", "sampling", "sla", "edge_attempt", "idempotency_key")
+    __slots__ = ("request_id", "tenant", "site", "model", "messages", "sampling", "sla", "edge_attempt", "idempotency_key", "source")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
@@ -91,6 +107,7 @@ class GenerateRequest(_message.Message):
     SLA_FIELD_NUMBER: _ClassVar[int]
     EDGE_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     site: str
@@ -100,7 +117,8 @@ class GenerateRequest(_message.Message):
     sla: Sla
     edge_attempt: EdgeAttempt
     idempotency_key: str
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., site: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., sla: _Optional[_Union[Sla, _Mapping]] = ..., edge_attempt: _Optional[_Union[EdgeAttempt, _Mapping]] = ..., idempotency_key: _Optional[str] = ...) -> None: ...
+    source: str
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., site: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., sla: _Optional[_Union[Sla, _Mapping]] = ..., edge_attempt: _Optional[_Union[EdgeAttempt, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
 
 class Delta(_message.Message):
     __slots__ = ("text", "index", "token_prob")
@@ -131,7 +149,7 @@ class Timings(_message.Message):
     def __init__(self, queue_ms: _Optional[float] = ..., ttft_ms: _Optional[float] = ..., total_ms: _Optional[float] = ...) -> None: ...
 
 class Final(_message.Message):
-    __slots__ = ("text", "finish_reason", "served_by", "backend", "confidence", "confidence_signal", "escalation_reason", "usage", "timings", "replayed")
+    __slots__ = ("text", "finish_reason", "served_by", "backend", "confidence", "confidence_signal", "escalation_reason", "usage", "timings", "replayed", "verdict", "scope")
     TEXT_FIELD_NUMBER: _ClassVar[int]
     FINISH_REASON_FIELD_NUMBER: _ClassVar[int]
     SERVED_BY_FIELD_NUMBER: _ClassVar[int]
@@ -142,6 +160,8 @@ class Final(_message.Message):
     USAGE_FIELD_NUMBER: _ClassVar[int]
     TIMINGS_FIELD_NUMBER: _ClassVar[int]
     REPLAYED_FIELD_NUMBER: _ClassVar[int]
+    VERDICT_FIELD_NUMBER: _ClassVar[int]
+    SCOPE_FIELD_NUMBER: _ClassVar[int]
     text: str
     finish_reason: str
     served_by: str
@@ -152,7 +172,9 @@ class Final(_message.Message):
     usage: Usage
     timings: Timings
     replayed: bool
-    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., served_by: _Optional[str] = ..., backend: _Optional[str] = ..., confidence: _Optional[float] = ..., confidence_signal: _Optional[str] = ..., escalation_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., replayed: _Optional[bool] = ...) -> None: ...
+    verdict: str
+    scope: OutOfScope
+    def __init__(self, text: _Optional[str] = ..., finish_reason: _Optional[str] = ..., served_by: _Optional[str] = ..., backend: _Optional[str] = ..., confidence: _Optional[float] = ..., confidence_signal: _Optional[str] = ..., escalation_reason: _Optional[str] = ..., usage: _Optional[_Union[Usage, _Mapping]] = ..., timings: _Optional[_Union[Timings, _Mapping]] = ..., replayed: _Optional[bool] = ..., verdict: _Optional[str] = ..., scope: _Optional[_Union[OutOfScope, _Mapping]] = ...) -> None: ...
 
 class NeedImages(_message.Message):
     __slots__ = ("digests",)

@@ -26,6 +26,9 @@ from fleetvl.protocol.image_urls import PayloadTooLarge
 
 __all__ = [
     "SLA_HEADERS",
+    "VERDICTS",
+    "answer_message",
+    "refusal_text",
     "client_error",
     "SlaHeaderError",
     "request_sla",
@@ -96,6 +99,15 @@ class ChatCompletionRequest(BaseModel):
     # FleetVL (extra_body)
     sla: PolicyOverride | None = None
     site: str | None = Field(default=None, min_length=1, max_length=128, pattern=r"^[\w.-]+$")
+    source: str | None = Field(
+        default=None,
+        min_length=1,
+        max_length=128,
+        pattern=r"^[\w.:/-]+$",
+        description="The camera or application the image comes from (e.g. cam-3): "
+        "out-of-scope answers are counted per source and a run of them raises a site health "
+        "alert at the controller.",
+    )
     # Harmless client metadata the openai client may send.
     metadata: dict[str, Any] | None = None
     store: bool | None = None
@@ -133,6 +145,7 @@ SLA_HEADERS = {
     "x-fleetvl-on-uplink-down": "on_uplink_down",
     "x-fleetvl-max-output-tokens": "max_output_tokens",
     "x-fleetvl-cache": "cache",
+    "x-fleetvl-on-out-of-scope": "on_out_of_scope",
 }
 
 
@@ -177,3 +190,33 @@ def client_error(exc: BaseException) -> tuple[int, str, dict[str, Any]] | None:
     if isinstance(exc, InputError):
         return 400, "invalid_request_error", {}
     return None
+
+
+def refusal_text(scope: Mapping[str, Any]) -> str:
+    """The ``message.refusal`` of an ``unanswerable`` answer, from its scope verdict
+    (``score``, ``threshold``, ``part``, ``scene``): what a person reading it needs to act."""
+    what = {
+        "camera": "the image does not look like what this site's camera should show "
+        "(covered, dark, blurred, glare, misaimed or broken)",
+        "vision": "the image shows nothing this model was trained to read",
+        "question": "the question is unlike any this model was trained to answer",
+    }.get(str(scope.get("part")), "the input is out of this model's scope")
+    return (
+        f"unanswerable: {what}; out-of-scope score {float(scope.get('score', 0)):.2f} >= "
+        f"{float(scope.get('threshold', 1)):.2f} ({scope.get('part')} part, the question is "
+        f"about a {scope.get('scene')} scene)"
+    )
+
+
+# An answer's verdict (``fleetvl.verdict``): ``escalate`` never reaches a client, it is what
+# the edge does with an answer it does not release.
+VERDICTS = ("answer", "unanswerable")
+
+
+def answer_message(text: str, verdict: str, scope: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The ``choices[0].message`` of a chat completion: the answer, or for the verdict
+    ``unanswerable`` OpenAI's refusal shape (``content`` null, ``refusal`` says why), which
+    the stock ``openai`` client exposes as ``message.refusal``."""
+    if verdict == "unanswerable":
+        return {"role": "assistant", "content": None, "refusal": refusal_text(scope or {})}
+    return {"role": "assistant", "content": text}
