@@ -21,6 +21,7 @@ from typing import Any
 import grpc
 
 from controller import metrics as m
+from controller.alerts import OUT_OF_SCOPE, SiteAlerts, SourceReport
 from controller.desired import DesiredState, UnknownObject
 from controller.sessions import AgentSession, PendingPush, SessionRegistry
 from controller.store import ControllerStore
@@ -97,6 +98,7 @@ class ControlServicer(cpb_grpc.ControlServicer):
         controller_id: str,
         heartbeat_s: float,
         site_identity: bool = False,
+        alerts: SiteAlerts | None = None,
     ) -> None:
         self.desired = desired
         self.registry = registry
@@ -105,6 +107,7 @@ class ControlServicer(cpb_grpc.ControlServicer):
         self.controller_id = controller_id
         self.heartbeat_s = heartbeat_s
         self.site_identity = site_identity
+        self.alerts = alerts
 
     async def Connect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[cpb.AgentMessage], context: grpc.aio.ServicerContext
@@ -182,7 +185,9 @@ class ControlServicer(cpb_grpc.ControlServicer):
                 kind = msg.WhichOneof("kind")
                 if kind == "heartbeat":
                     m.HEARTBEATS.inc()
-                    self.registry.heartbeat(s, msg.heartbeat, time.time())
+                    now = time.time()
+                    self.registry.heartbeat(s, msg.heartbeat, now)
+                    self._health(s.site, msg.heartbeat, now)
                 elif kind == "ack":
                     await self._ack(s, msg.ack)
         except (grpc.aio.AioRpcError, asyncio.CancelledError):
@@ -192,6 +197,28 @@ class ControlServicer(cpb_grpc.ControlServicer):
         finally:
             with contextlib.suppress(Exception):
                 s.queue.put_nowait(None)
+
+    def _health(self, site: str, hb: cpb.Heartbeat, now: float) -> None:
+        """Site health alerts from the heartbeat's per-source report; one log line per
+        alert raised or cleared (not per heartbeat)."""
+        if self.alerts is None:
+            return
+        reports = [SourceReport.from_proto(x) for x in hb.sources]
+        raised, cleared = self.alerts.observe(site, reports, now)
+        for a in raised:
+            log_line(event="alert.raised", **a.public())
+        for a in cleared:
+            log_line(
+                event="alert.cleared",
+                site=a.site,
+                source=a.source,
+                kind=a.kind,
+                message=a.message,
+                since=a.since,
+                lasted_s=round(now - a.since, 1),
+            )
+        if raised or cleared:
+            m.SITE_ALERTS.labels(OUT_OF_SCOPE).set(self.alerts.count(OUT_OF_SCOPE))
 
     async def _ack(self, s: AgentSession, ack: cpb.Ack) -> None:
         p = s.pending.pop(ack.push_id, None)

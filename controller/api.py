@@ -145,6 +145,13 @@ def create_app(ctl: Controller) -> FastAPI:
     async def status(_who: Admin) -> dict[str, Any]:
         return ctl.status()
 
+    @app.get("/v1/alerts")
+    async def alerts(_who: Admin, site: str | None = None) -> dict[str, Any]:
+        """Site health alerts holding now (of one site with ``?site=``), by site and source:
+        ``{"alerts": [{"site", "source", "kind", "frames", "out_of_scope", "part",
+        "message", "since"}]}``. Soft state: rebuilt from heartbeats after a restart."""
+        return {"alerts": [a.public() for a in ctl.alerts.alerts(site)]}
+
     @app.get("/api/sites")
     async def sites(_who: Admin) -> list[dict[str, Any]]:
         return [s.model_dump(mode="json") for s in ctl.desired.sites().values()]

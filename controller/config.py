@@ -12,11 +12,11 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from controller.spec import FleetSpec, load_spec
 
-__all__ = ["ControllerConfig", "KubeConfig", "TlsConfig"]
+__all__ = ["AlertsConfig", "ControllerConfig", "KubeConfig", "TlsConfig"]
 
 
 class _Strict(BaseModel):
@@ -47,6 +47,36 @@ class KubeConfig(_Strict):
     version: str = Field("v1alpha1", description="API version of the custom resources.")
 
 
+class AlertsConfig(_Strict):
+    """Site health alerts, computed from the per-source verdicts in agents' heartbeats."""
+
+    out_of_scope_min: int = Field(
+        20,
+        ge=1,
+        description="Alert when at least this many of a source's last `out_of_scope_window` "
+        "frames were out of scope (covered, dark, blurred or misaimed camera, another scene). "
+        "A source with fewer frames than this never alerts.",
+    )
+    out_of_scope_window: int = Field(
+        25,
+        ge=1,
+        le=10_000,
+        description="How many of a source's latest frames the rule looks at. Agents keep 25 "
+        "per source by default; when they keep more, only the frames that may fall in this "
+        "window are counted (the count is a lower bound).",
+    )
+
+    @model_validator(mode="after")
+    def _min_fits_window(self) -> AlertsConfig:
+        if self.out_of_scope_min > self.out_of_scope_window:
+            raise ValueError(
+                f"alerts.out_of_scope_min ({self.out_of_scope_min}) is larger than "
+                f"alerts.out_of_scope_window ({self.out_of_scope_window}): no source could "
+                "ever alert; lower the minimum or widen the window"
+            )
+        return self
+
+
 class ControllerConfig(_Strict):
     http_host: str = Field("127.0.0.1", description="Admin API / status page listen address.")
     http_port: int = Field(8090, ge=0, le=65535, description="Admin API port.")
@@ -73,6 +103,9 @@ class ControllerConfig(_Strict):
     rollout_tick_s: float = Field(1.0, gt=0, description="How often rollouts are evaluated.")
     tls: TlsConfig | None = Field(None, description="TLS/mTLS for the agents' gRPC port.")
     kube: KubeConfig = Field(default_factory=KubeConfig, description="Custom-resource watch.")
+    alerts: AlertsConfig = Field(
+        default_factory=AlertsConfig, description="Site health alert rules (docs/controller.md)."
+    )
 
     @classmethod
     def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> ControllerConfig:

@@ -28,3 +28,6 @@ API_REQUESTS = Counter(
     "fleetvl_controller_api_requests_total", "Admin API requests", ["method", "status"]
 )
 API_LATENCY = Histogram("fleetvl_controller_api_seconds", "Admin API request latency", buckets=_LAT)
+SITE_ALERTS = Gauge(
+    "fleetvl_controller_site_alerts", "Site health alerts holding now (controller.alerts)", ["kind"]
+)

@@ -1,7 +1,8 @@
 """The controller's parts wired together (one per process): desired state, sessions, rollouts.
 
 Hard state (Redis): run-time policies, assignments, bundles, sites, rollouts, audit log.
-Soft state (memory): agent sessions and their metrics, rebuilt as agents re-register.
+Soft state (memory): agent sessions and their metrics, rebuilt as agents re-register; site
+health alerts (``controller.alerts``), rebuilt from the agents' heartbeats.
 """
 
 from __future__ import annotations
@@ -13,7 +14,9 @@ import time
 import uuid
 from typing import Any
 
+from controller import metrics as m
 from controller.agent_service import ControlServicer, Pusher
+from controller.alerts import OUT_OF_SCOPE, SiteAlerts
 from controller.bundles import BundleStore
 from controller.config import ControllerConfig
 from controller.desired import DesiredState
@@ -37,6 +40,9 @@ class Controller:
         self.desired.on_change = self.pusher.on_change
         self.rollouts = RolloutManager(self.desired, self.registry, self.store)
         self.bundles = BundleStore(config.bundle_dir)
+        a = config.alerts
+        self.alerts = SiteAlerts(a.out_of_scope_min, a.out_of_scope_window)
+        m.SITE_ALERTS.labels(OUT_OF_SCOPE).set(0)
         self.servicer = ControlServicer(
             self.desired,
             self.registry,
@@ -45,6 +51,7 @@ class Controller:
             self.id,
             config.heartbeat_s,
             site_identity=bool(config.tls and config.tls.site_identity),
+            alerts=self.alerts,
         )
         self._ticker: asyncio.Task[None] | None = None
         self.base_spec = self.desired.spec
@@ -137,6 +144,7 @@ class Controller:
                 self.desired.bundle_name(row["active_bundle"]) if row["active_bundle"] else ""
             )
             row["in_sync"] = bool(ref is None or row["active_bundle"] == ref.digest)
+            row["alerts"] = [a.public() for a in self.alerts.alerts(sid)]
             sites.append(row)
         rollouts = [
             r.public(len(self.rollouts.matching(r.plan))) for r in self.rollouts.rollouts.values()
@@ -146,10 +154,12 @@ class Controller:
             "ts": now,
             "policy_version": self.desired.policy_version,
             "sites": sites,
+            "alerts": [a.public() for a in self.alerts.alerts()],
             "totals": {
                 "sites": len(sites),
                 "connected": sum(1 for s in sites if s["connected"]),
                 "healthy": sum(1 for s in sites if s["healthy"]),
+                "alerts": self.alerts.count(OUT_OF_SCOPE),
             },
             "rollouts": sorted(
                 rollouts, key=lambda r: r["history"][0]["ts"] if r["history"] else 0

@@ -36,6 +36,12 @@ border-radius:5px;overflow:hidden;display:inline-block;vertical-align:middle}
  <div class="card" id="total-connected"><b>{{ s.totals.connected }}</b>connected</div>
  <div class="card" id="total-healthy"><b>{{ s.totals.healthy }}</b>healthy</div>
 </div>
+<h2>Site health alerts</h2>
+{% if not s.alerts %}<div class="muted" id="alerts">none</div>{% else %}
+<table id="alerts"><tr><th>Alert</th><th>Since</th></tr>
+{% for a in s.alerts %}<tr data-site="{{ a.site }}" data-source="{{ a.source }}">
+<td><span class="badge warn">{{ a.kind }}</span> {{ a.message }}</td>
+<td>{{ a.since_text }}</td></tr>{% endfor %}</table>{% endif %}
 <h2>Rollouts</h2>
 {% if not s.rollouts %}<div class="muted">No rollouts.</div>{% else %}
 <table id="rollouts"><tr><th>Rollout</th><th>Bundle</th><th>State</th><th>Wave</th>
@@ -109,7 +115,10 @@ def render_status(
     names: dict[str, str] | None = None,
     audit: list[dict[str, Any]] | None = None,
 ) -> str:
-    """HTML for ``Controller.status()`` and the newest audit entries (newest first)."""
+    """HTML for ``Controller.status()`` and the newest audit entries (newest first).
+
+    The "Site health alerts" section lists ``status["alerts"]`` by message, or says "none".
+    """
     rollouts = []
     for r in status["rollouts"]:
         p = r["progress"]
@@ -123,7 +132,16 @@ def render_status(
                 "last_event": f"{last.get('what', '')}: {last.get('why', '')}"[:120],
             }
         )
-    s = {**status, "rollouts": rollouts, "sites": [_site_row(x) for x in status["sites"]]}
+    alerts = [
+        {**a, "since_text": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(a["since"]))}
+        for a in status.get("alerts", [])
+    ]
+    s = {
+        **status,
+        "rollouts": rollouts,
+        "sites": [_site_row(x) for x in status["sites"]],
+        "alerts": alerts,
+    }
     now = time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime(status["ts"]))
     events = [
         {**e, "when": time.strftime("%H:%M:%S", time.gmtime(e["ts"])), "why": str(e["why"])[:100]}

@@ -1,7 +1,8 @@
 """The running agent as the control plane sees it (the ``ControlHandler`` of
 ``edge_agent.control``): pushed policies, bundle hot-swap, commands, a metrics summary.
 
-The control-plane client calls these from its own task on the agent's event loop;
+The control-plane client calls these from its own task on the agent's event loop, and
+:meth:`source_health` once per heartbeat (the per-source out-of-scope report);
 :meth:`install_bundle` and :meth:`run_command` are synchronous by contract, so they schedule
 the work on the loop when called from it and wait for it when called from another thread.
 """
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.agent.service import AgentService
+from edge_agent.agent.source_health import SourceHealth, SourceStatus
 from fleetvl.policy import PolicyOverride, SlaPolicy
 
 __all__ = ["AgentControl"]
@@ -101,6 +103,12 @@ class AgentControl:
     def bundles_held(self) -> list[str]:
         """The running bundle by its archive address (the control plane's name for it)."""
         return [self.archive_digest] if self.archive_digest else []
+
+    def source_health(self) -> list[SourceStatus]:
+        """Every image source the service keeps, with its recent out-of-scope verdicts (the
+        heartbeat's ``sources``); empty when the service keeps no ``health``."""
+        health: SourceHealth | None = getattr(self.service, "health", None)
+        return health.snapshot() if health is not None else []
 
     def _on_loop(self, coro: Any) -> None:
         try:

@@ -96,6 +96,7 @@ class Agent:
                 tls_key_file=c.tls_key_file, active_bundle=self.control.archive_digest,
             ),
             self.control,
+            sources=self.control.source_health,  # heartbeats carry service.health's snapshot
         )  # fmt: skip
 
     async def _watch_link(self) -> None:

@@ -9,7 +9,7 @@ import logging
 import os
 import platform
 import random
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Iterable
 from pathlib import Path
 from typing import Any, Protocol, runtime_checkable
 
@@ -20,7 +20,7 @@ from edge_agent.control._download import BundleRefused, fetch_bundle
 from fleetvl.protocol import control_pb2 as cpb
 from fleetvl.protocol import control_pb2_grpc as cpb_grpc
 
-__all__ = ["ControlClient", "ControlClientConfig", "ControlHandler"]
+__all__ = ["ControlClient", "ControlClientConfig", "ControlHandler", "SourceSnapshot"]
 
 log = logging.getLogger("fleetvl.agent.control")
 
@@ -68,6 +68,36 @@ class ControlHandler(Protocol):
         """Digests of bundles on disk."""
 
 
+class SourceSnapshot(Protocol):
+    """One image source's recent verdicts (``edge_agent.agent.source_health.SourceStatus``
+    has this shape)."""
+
+    @property
+    def source(self) -> str: ...
+    @property
+    def frames(self) -> int: ...
+    @property
+    def out_of_scope(self) -> int: ...
+    @property
+    def last_part(self) -> str: ...
+
+
+def _int32(x: int) -> int:
+    return max(-(2**31), min(int(x), 2**31 - 1))
+
+
+def _sources(snapshot: Iterable[SourceSnapshot]) -> list[cpb.SourceHealth]:
+    return [
+        cpb.SourceHealth(
+            source=x.source or "",
+            frames=_int32(x.frames),
+            out_of_scope=_int32(x.out_of_scope),
+            last_part=x.last_part or "",
+        )
+        for x in snapshot
+    ]
+
+
 def _hardware() -> cpb.Hardware:
     mem = 0
     with contextlib.suppress(OSError, ValueError, AttributeError):
@@ -84,9 +114,23 @@ class ControlClient:
     kept here, so a resync after a controller restart reinstalls nothing already running.
     """
 
-    def __init__(self, config: ControlClientConfig, handler: ControlHandler) -> None:
+    def __init__(
+        self,
+        config: ControlClientConfig,
+        handler: ControlHandler,
+        sources: Callable[[], Iterable[SourceSnapshot]] | None = None,
+    ) -> None:
+        """Build the client; nothing is dialled before :meth:`run`.
+
+        Args:
+            sources: called on the event loop once per heartbeat (keep it cheap); every
+                image source the agent keeps, with its recent out-of-scope verdicts. The
+                heartbeat carries all of them; the controller turns a run of out-of-scope
+                frames into a site health alert. None: heartbeats report no sources.
+        """
         self.config = config
         self.handler = handler
+        self.sources = sources
         self.active_bundle = config.active_bundle or ""
         self.policy_version = 0
         self.connected = asyncio.Event()
@@ -162,6 +206,7 @@ class ControlClient:
                         seq=self._seq,
                         active_bundle=self.active_bundle,
                         bundles_held=self.handler.bundles_held(),
+                        sources=self._source_health(),
                         metrics=cpb.MetricSummary(
                             **{
                                 k: float(s.get(k, 0.0))
@@ -177,6 +222,15 @@ class ControlClient:
                     )
                 )
             )
+
+    def _source_health(self) -> list[cpb.SourceHealth]:
+        if self.sources is None:
+            return []
+        try:
+            return _sources(self.sources())
+        except Exception:  # a broken health report must not stop the heartbeats
+            log.exception("source health snapshot failed; heartbeat sent without it")
+            return []
 
     async def _session(self) -> None:
         self._out = asyncio.Queue()

@@ -48,17 +48,31 @@ class MetricSummary(_message.Message):
     p95_ms: float
     def __init__(self, requests: _Optional[float] = ..., errors: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., sla_attainment: _Optional[float] = ..., p95_ms: _Optional[float] = ...) -> None: ...
 
+class SourceHealth(_message.Message):
+    __slots__ = ("source", "frames", "out_of_scope", "last_part")
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
+    FRAMES_FIELD_NUMBER: _ClassVar[int]
+    OUT_OF_SCOPE_FIELD_NUMBER: _ClassVar[int]
+    LAST_PART_FIELD_NUMBER: _ClassVar[int]
+    source: str
+    frames: int
+    out_of_scope: int
+    last_part: str
+    def __init__(self, source: _Optional[str] = ..., frames: _Optional[int] = ..., out_of_scope: _Optional[int] = ..., last_part: _Optional[str] = ...) -> None: ...
+
 class Heartbeat(_message.Message):
-    __slots__ = ("seq", "metrics", "active_bundle", "bundles_held")
+    __slots__ = ("seq", "metrics", "active_bundle", "bundles_held", "sources")
     SEQ_FIELD_NUMBER: _ClassVar[int]
     METRICS_FIELD_NUMBER: _ClassVar[int]
     ACTIVE_BUNDLE_FIELD_NUMBER: _ClassVar[int]
     BUNDLES_HELD_FIELD_NUMBER: _ClassVar[int]
+    SOURCES_FIELD_NUMBER: _ClassVar[int]
     seq: int
     metrics: MetricSummary
     active_bundle: str
     bundles_held: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, seq: _Optional[int] = ..., metrics: _Optional[_Union[MetricSummary, _Mapping]] = ..., active_bundle: _Optional[str] = ..., bundles_held: _Optional[_Iterable[str]] = ...) -> None: ...
+    sources: _containers.RepeatedCompositeFieldContainer[SourceHealth]
+    def __init__(self, seq: _Optional[int] = ..., metrics: _Optional[_Union[MetricSummary, _Mapping]] = ..., active_bundle: _Optional[str] = ..., bundles_held: _Optional[_Iterable[str]] = ..., sources: _Optional[_Iterable[_Union[SourceHealth, _Mapping]]] = ...) -> None: ...
 
 class Ack(_message.Message):
     __slots__ = ("push_id", "ok", "error")

@@ -180,7 +180,7 @@ def test_example_custom_resources_match_the_models() -> None:
     assert hull.policy.deadline_ms == 3000
     assert spec.tenants["northgrid"].policy is not None
     assert spec.tenants["northgrid"].policy.residency == "edge_only"
-    assert spec.tenants["northgrid"].policy.min_confidence == 0.7  # the file's field stays
+    assert spec.tenants["northgrid"].policy.min_confidence == 0.95  # the file's field stays
 
 
 def test_session_window_since() -> None:
