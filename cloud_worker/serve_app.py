@@ -7,6 +7,12 @@ scale on ongoing requests; ``max_ongoing_requests`` is twice the engine's batch 
 replica always has the next requests queued when slots free. ``check_health`` fails when the
 engine thread has died, and Serve replaces the replica.
 
+Every ``Final`` carries a verdict: ``unanswerable`` when the engine's out-of-scope score
+refused the input (``finish_reason`` ``out_of_scope``, no text), else ``answer``; ``scope``
+holds the score whenever the engine scored the request. Refusals are counted in
+``fleetvl_cloud_unanswerable_total`` (Ray's metrics, scraped with the replica's), and each
+request ends with one JSON log line (``fleetvl.cloud``) that names its verdict.
+
     serve run cloud_worker/serve_config.yaml        # locally or in a KubeRay RayService
 """
 
@@ -14,18 +20,22 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import json
 import logging
 import math
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 from ray import serve
+from ray.serve.metrics import Counter
 
 from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, StreamEvent
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.convert import chat_inputs, sampling_params
+from fleetvl.protocol.convert import chat_inputs, sampling_params, scope_message
 from fleetvl.sampling import CancelToken, SamplingParams
+from fleetvl.vlm.scope import ScopeScore
 
 __all__ = ["VLMWorker", "build_app"]
 
@@ -55,6 +65,20 @@ class VLMWorker:
             model_dir, EngineConfig(max_slots=max_slots, max_context=max_context)
         )
         self.model_name = model_name
+        # Created in the replica, so Serve tags them with the deployment and replica.
+        self.unanswerable = Counter(
+            "fleetvl_cloud_unanswerable_total",
+            description="Requests refused as out of the model's scope (the verdict "
+            "unanswerable), by the part of the score that said so",
+            tag_keys=("part",),
+        )
+        # Answers stored under one scope model are not answers under another.
+        self.scope_key = ""
+        if self.engine.scope is not None:
+            from cloud_worker.engine.scope import SCOPE_FILE
+            from fleetvl.vlm.bundle_manifest import file_sha256
+
+            self.scope_key = file_sha256(Path(model_dir) / SCOPE_FILE)
         self.blobs = None
         self.responses = None
         if redis_url:
@@ -70,7 +94,8 @@ class VLMWorker:
             ).responses
 
     def stats(self) -> dict[str, int]:
-        return {"running": self.engine.running, "decode_steps": self.engine.decode_steps}
+        return {"running": self.engine.running, "decode_steps": self.engine.decode_steps,
+                "out_of_scope": int(self.engine.timings["out_of_scope"])}  # fmt: skip
 
     def check_health(self) -> None:
         if not self.engine._thread.is_alive():
@@ -89,14 +114,17 @@ class VLMWorker:
         if rdigest is not None and self.responses is not None:
             hit = await asyncio.to_thread(self.responses.get, rdigest)
             if hit is not None:
-                # A deterministic request asked before: the stored answer, no compute.
+                # A deterministic request asked before: the stored answer, no compute (only
+                # answers are stored, never refusals).
                 yield pb.GenerateChunk(delta=pb.Delta(text=hit["text"], index=0))
                 yield pb.GenerateChunk(final=pb.Final(
                     text=hit["text"], finish_reason=hit["finish_reason"], served_by="cache",
                     confidence=hit.get("confidence", {}).get("mean_logprob", math.nan),
-                    confidence_signal="mean_logprob",
+                    confidence_signal="mean_logprob", verdict="answer",
                     usage=pb.Usage(completion_tokens=len(hit["token_ids"])),
                 ))  # fmt: skip
+                _log_line(request, "cache", hit["finish_reason"], "answer", None,
+                          len(hit["token_ids"]), 0.0)  # fmt: skip
                 return
         prompt = await asyncio.to_thread(self.engine.encode, messages, images)
         cancel = CancelToken()
@@ -113,7 +141,13 @@ class VLMWorker:
                         delta=pb.Delta(text=ev.text, index=ev.index, token_prob=prob)
                     )
                 elif isinstance(ev, CloudResult):
-                    yield pb.GenerateChunk(final=_final(ev, time.monotonic() - t0))
+                    total_s = time.monotonic() - t0
+                    final = _final(ev, total_s)
+                    if final.verdict == "unanswerable" and ev.scope is not None:
+                        self.unanswerable.inc(tags={"part": ev.scope.part})
+                    _log_line(request, "cloud", ev.finish_reason, final.verdict, ev.scope,
+                              len(ev.token_ids), total_s)  # fmt: skip
+                    yield pb.GenerateChunk(final=final)
                     if (
                         rdigest is not None
                         and self.responses is not None
@@ -148,6 +182,8 @@ class VLMWorker:
         ]  # fmt: skip
         d = asdict(params)
         d["stop"] = list(params.stop)
+        if self.scope_key:
+            d["scope"] = self.scope_key
         return request_digest(self.engine.digest, messages, d)
 
     def _image_bytes(self, image: pb.Image) -> bytes | None:
@@ -161,18 +197,45 @@ class VLMWorker:
 
 
 def _final(r: CloudResult, total_s: float) -> pb.Final:
+    """The engine's result on the wire: ``verdict`` ``unanswerable`` for a refusal (no
+    text), else ``answer``; ``scope`` set when the request was scored."""
     conf = r.confidence.mean_logprob if r.confidence.num_tokens else math.nan
-    return pb.Final(
+    final = pb.Final(
         text=r.text,
         finish_reason=r.finish_reason,
         served_by="cloud",
         confidence=conf,
         confidence_signal="mean_logprob",
+        verdict="unanswerable" if r.finish_reason == "out_of_scope" else "answer",
         usage=pb.Usage(prompt_tokens=r.prompt_tokens, completion_tokens=len(r.token_ids)),
         timings=pb.Timings(
             queue_ms=r.queue_s * 1000, ttft_ms=r.ttft_s * 1000, total_ms=total_s * 1000
         ),
     )
+    if r.scope is not None:
+        final.scope.CopyFrom(scope_message(r.scope))
+    return final
+
+
+def _log_line(
+    request: pb.GenerateRequest,
+    served_by: str,
+    finish_reason: str,
+    verdict: str,
+    scope: ScopeScore | None,
+    completion_tokens: int,
+    total_s: float,
+) -> None:
+    """One JSON line per answered request."""
+    fields = {
+        "id": request.request_id, "tenant": request.tenant, "site": request.site,
+        "source": request.source, "served_by": served_by, "finish_reason": finish_reason,
+        "verdict": verdict, "completion_tokens": completion_tokens,
+        "total_ms": round(total_s * 1000, 2),
+    }  # fmt: skip
+    if scope is not None:
+        fields.update(scope_score=round(scope.score, 4), scope_part=scope.part)
+    log.info(json.dumps(fields, separators=(",", ":")))
 
 
 def build_app(args: dict[str, Any]) -> serve.Application:

@@ -20,6 +20,7 @@ from typing import Any, Literal, Protocol
 
 from fleetvl.policy import SlaPolicy
 from fleetvl.sampling import CancelToken, SamplingParams
+from fleetvl.vlm.scope import ScopeScore
 
 __all__ = [
     "Backend",
@@ -61,6 +62,7 @@ class BackendRequest:
     deadline: float = 0.0  # absolute, time.monotonic()
     cancel: threading.Event = field(default_factory=threading.Event)
     edge_attempt: dict[str, Any] | None = None
+    source: str | None = None  # the camera or application at the site the image came from
 
 
 @dataclass(frozen=True)
@@ -73,7 +75,7 @@ class Delta:
 @dataclass(frozen=True)
 class Final:
     text: str
-    finish_reason: str  # stop | length | low_confidence | cancelled
+    finish_reason: str  # stop | length | low_confidence | cancelled | out_of_scope
     confidence: float | None
     confidence_signal: str
     prompt_tokens: int
@@ -81,6 +83,10 @@ class Final:
     image_tokens: int = 0
     ttft_s: float = 0.0  # service time to the first token, queue excluded
     served_by: str = ""  # edge | cloud | cache (set by the router if empty)
+    # answer | unanswerable: the serving model refused the input as out of its scope (no
+    # text; ``scope`` says why). An answer, not an error: the backend did its job.
+    verdict: str = "answer"
+    scope: ScopeScore | None = None  # the serving model's out-of-scope score, when it has one
 
 
 Event = Delta | Final
@@ -160,6 +166,7 @@ class EngineBackend:
                         token.cancel()
                 res = gen.result
                 conf = res.confidence.as_dict().get(self.signal) if res.token_ids else None
+                refused = res.finish_reason == "out_of_scope"
                 final = Final(
                     text=res.text,
                     finish_reason=res.finish_reason,
@@ -169,6 +176,8 @@ class EngineBackend:
                     completion_tokens=len(res.token_ids),
                     image_tokens=sum(i.num_tokens(2) for i in prompt.images),
                     ttft_s=res.timings.ttft_s,
+                    verdict="unanswerable" if refused else "answer",
+                    scope=res.scope,
                 )
                 loop.call_soon_threadsafe(events.put_nowait, final)
             except BaseException as exc:  # noqa: BLE001 - handed to the event loop

@@ -29,6 +29,7 @@ from router.agents import agent_backends, serve_agent_stream
 from router.backends import BackendError, Delta, Final, ImageInput
 from router.idempotency import IdempotencyRecord, RedisFinals
 from router.service import Expired, ModelNotFound, Rejected, RoutedRequest, RouterService, log_line
+from router.wire import wire_scope
 
 __all__ = ["RouterServicer", "add_router_servicer"]
 
@@ -176,7 +177,8 @@ class RouterServicer(pb_grpc.RouterServicer):
         log_line(
             **fields, status=code.name, outcome=outcome,
             total_ms=round((time.monotonic() - t0) * 1000, 2),
-            completion_tokens=final.completion_tokens if final else None, error=message or None,
+            completion_tokens=final.completion_tokens if final else None,
+            verdict=final.verdict if final else None, error=message or None,
         )  # fmt: skip
         if code is not grpc.StatusCode.OK:
             raise _Abort(code, message)
@@ -256,6 +258,7 @@ class RouterServicer(pb_grpc.RouterServicer):
             sla=sla,
             edge_attempt=attempt,
             deadline_s=remaining,
+            source=request.source or None,
         )
         return req, missing
 
@@ -270,6 +273,7 @@ class _Abort(Exception):  # noqa: N818 - a control-flow signal, not an error typ
 
 
 def _final(t: Any, f: Final) -> pb.Final:
+    """The backend's answer on the wire, verdict and scope score as they came."""
     o = t.outcome
     return pb.Final(
         text=f.text,
@@ -285,6 +289,8 @@ def _final(t: Any, f: Final) -> pb.Final:
             ttft_ms=(o.ttft_s or 0) * 1000,
             total_ms=(time.monotonic() - t.started) * 1000,
         ),
+        verdict=f.verdict,
+        scope=wire_scope(f),
     )
 
 

@@ -1,7 +1,8 @@
 """OpenAI-compatible HTTP API of the router (FastAPI).
 
 ``POST /v1/chat/completions`` (JSON or SSE streaming), ``GET /v1/models``, ``/healthz``,
-``/readyz``, ``/metrics``. Every answer carries a ``fleetvl`` object: who served it (edge,
+``/readyz``, ``/metrics``. Every answer carries a ``fleetvl`` object: its verdict (an answer,
+or unanswerable in OpenAI's refusal shape: see :mod:`router.answers`), who served it (edge,
 cloud, cache), its confidence and the signal, why it was escalated, its timings and the
 policy that applied. Errors are OpenAI-shaped ``{"error": {...}}`` bodies with a reason:
 400 bad input, 401 bad key, 404 unknown model, 413 too large, 415 image format, 422 invalid
@@ -36,6 +37,14 @@ from fleetvl.protocol.openai_api import (
     request_sla,
 )
 from router import metrics
+from router.answers import (
+    closing_deltas,
+    completion_body,
+    fleetvl_section,
+    openai_finish,
+    served_by,
+    usage,
+)
 from router.backends import BackendError, Delta, Final, ImageInput
 from router.service import (
     Expired,
@@ -201,29 +210,13 @@ def create_app(service: RouterService) -> FastAPI:
             _finish_log(fields, t0, resp.status_code, _outcome_of(exc), exc, ticket)
             resp.headers["server-timing"] = _server_timing(t0)
             return resp
-        served = _served_by(ticket, final)
-        out = {
-            "id": rid,
-            "object": "chat.completion",
-            "created": int(time.time()),
-            "model": body.model,
-            "choices": [
-                {
-                    "index": 0,
-                    "message": {"role": "assistant", "content": text},
-                    "finish_reason": _openai_finish(final.finish_reason),
-                    "logprobs": None,
-                }
-            ],
-            "usage": _usage(final),
-            "fleetvl": _fleetvl(ticket, final, served),
-        }
+        out = completion_body(rid, body.model, ticket, final, text)
         _finish_log(fields, t0, 200, "ok", None, ticket, final)
         return JSONResponse(
             out,
             headers={
                 "x-request-id": rid,
-                "x-fleetvl-served-by": served,
+                "x-fleetvl-served-by": out["fleetvl"]["served_by"],
                 "server-timing": _server_timing(t0),
             },
         )
@@ -287,6 +280,7 @@ def _routed(
         seed=body.seed,
         stop=body.stop_list,
         sla=sla,
+        source=body.source,
     )
 
 
@@ -372,14 +366,16 @@ async def _sse(
                     final = ev
         if final is None:
             raise BackendError("backend ended without a final answer")
-        served = _served_by(t, final)
-        yield chunk({}, _openai_finish(final.finish_reason), fleetvl=_fleetvl(t, final, served))
+        for delta in closing_deltas(final):
+            yield chunk(delta)
+        section = fleetvl_section(t, final, served_by(t, final))
+        yield chunk({}, openai_finish(final), fleetvl=section)
         if body.stream_options and body.stream_options.include_usage:
-            usage = {
+            tail = {
                 "id": rid, "object": "chat.completion.chunk", "created": created,
-                "model": body.model, "choices": [], "usage": _usage(final),
+                "model": body.model, "choices": [], "usage": usage(final),
             }  # fmt: skip
-            yield b"data: " + json.dumps(usage).encode() + b"\n\n"
+            yield b"data: " + json.dumps(tail).encode() + b"\n\n"
     except asyncio.CancelledError:
         status, outcome = 499, "cancelled"
         raise
@@ -423,44 +419,6 @@ def _outcome_of(exc: BaseException) -> str:
     }.get(type(exc), "invalid")  # fmt: skip
 
 
-def _served_by(t: Ticket, final: Final) -> str:
-    return final.served_by or (t.outcome.kind or "cloud")
-
-
-def _openai_finish(reason: str) -> str:
-    # OpenAI's vocabulary; the precise reason is in fleetvl.finish_reason.
-    return "length" if reason == "length" else "stop"
-
-
-def _usage(final: Final) -> dict[str, int]:
-    return {
-        "prompt_tokens": final.prompt_tokens,
-        "completion_tokens": final.completion_tokens,
-        "total_tokens": final.prompt_tokens + final.completion_tokens,
-    }
-
-
-def _fleetvl(t: Ticket, final: Final, served: str) -> dict[str, Any]:
-    o = t.outcome
-    pol = t.policy.policy
-    conf_ok = final.confidence is None or final.confidence >= pol.min_confidence
-    return {
-        "served_by": served,
-        "backend": o.backend,
-        "finish_reason": final.finish_reason,
-        "confidence": final.confidence,
-        "confidence_signal": final.confidence_signal,
-        "meets_min_confidence": conf_ok,
-        "escalation_reason": (t.req.edge_attempt or {}).get("reason"),
-        "timings": {
-            "queue_ms": round(o.queue_s * 1000, 2),
-            "ttft_ms": round((o.ttft_s or 0) * 1000, 2),
-            "total_ms": round((time.monotonic() - t.started) * 1000, 2),
-        },
-        "policy": t.policy.explain(),
-    }
-
-
 def _finish_log(
     fields: dict[str, Any],
     t0: float,
@@ -471,7 +429,7 @@ def _finish_log(
     final: Final | None = None,
 ) -> None:
     elapsed = time.monotonic() - t0
-    served = _served_by(t, final) if t is not None and final is not None else "none"
+    served = served_by(t, final) if t is not None and final is not None else "none"
     metrics.REQUESTS.labels(fields.get("api", "http"), outcome, served).inc()
     metrics.LATENCY.labels(fields.get("api", "http")).observe(elapsed)
     if t is not None and t.outcome.ttft_s is not None:
@@ -491,6 +449,7 @@ def _finish_log(
             prompt_tokens=final.prompt_tokens,
             completion_tokens=final.completion_tokens,
             finish_reason=final.finish_reason,
+            verdict=final.verdict,
             confidence=final.confidence,
         )
     if err is not None:

@@ -25,6 +25,12 @@ LATENCY = Histogram(
 )
 TTFT = Histogram("fleetvl_router_ttft_seconds", "Request start to first token", buckets=_LAT)
 QUEUE = Histogram("fleetvl_router_queue_seconds", "Admission to dispatch", buckets=_LAT)
+UNANSWERABLE = Counter(
+    "fleetvl_router_unanswerable_total",
+    "Answers with the verdict unanswerable (the serving model called the input out of its "
+    "scope), by backend; counted as answered (outcome ok), never as errors",
+    ["backend"],
+)
 IDEMPOTENCY_STORE_ERRORS = Counter(
     "fleetvl_router_idempotency_store_errors_total",
     "Redis calls of the idempotency record that failed (replays then run again)",

@@ -88,6 +88,7 @@ class RoutedRequest:
     sla: PolicyOverride | None = None
     edge_attempt: dict[str, Any] | None = None
     deadline_s: float | None = None  # a caller's own deadline (gRPC), seconds from now
+    source: str | None = None  # the camera or application at the site the image came from
 
 
 @dataclass
@@ -300,6 +301,7 @@ class RouterService:
             policy=t.policy.policy,
             deadline=t.item.deadline,
             edge_attempt=r.edge_attempt,
+            source=r.source,
         )
         gen = backend.generate(breq).__aiter__()
         final: Final | None = None
@@ -319,6 +321,8 @@ class RouterService:
                     t.outcome.ttft_s = first - t.started
                 if isinstance(ev, Final):
                     final = ev
+                    if ev.verdict == "unanswerable":
+                        metrics.UNANSWERABLE.labels(backend.name).inc()
                     # A detokenizer holds back a trailing partial UTF-8 character; the final
                     # text has it (as U+FFFD). Streamed text must add up to the answer.
                     if ev.text.startswith(sent) and len(ev.text) > len(sent):
@@ -347,7 +351,9 @@ class RouterService:
             with contextlib.suppress(Exception):
                 await gen.aclose()
             observed = None
-            if final is not None:
+            # A refusal generated nothing: learning from it would teach the predictor that
+            # answers are short and fast.
+            if final is not None and final.verdict != "unanswerable":
                 ttft = final.ttft_s or ((first or self.clock()) - start)
                 total = max(self.clock() - start, ttft)
                 observed = ObservedTimings(ttft, total, final.completion_tokens)

@@ -6,10 +6,11 @@ from __future__ import annotations
 import math
 
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.convert import sampling_message, sla_message
+from fleetvl.protocol.convert import sampling_message, scope_message, sla_message
+from fleetvl.vlm.scope import ScopeScore
 from router.backends import BackendRequest, Delta, Event, Final
 
-__all__ = ["event_from_chunk", "to_generate_request"]
+__all__ = ["event_from_chunk", "scope_score", "to_generate_request", "wire_scope"]
 
 
 def to_generate_request(
@@ -39,6 +40,7 @@ def to_generate_request(
         sampling=sampling_message(req),
         # The policy is already resolved here; the remote end must not loosen it.
         sla=sla_message(pol),
+        source=req.source or "",
     )
 
 
@@ -60,5 +62,17 @@ def event_from_chunk(chunk: pb.GenerateChunk) -> Event | None:
             ttft_s=f.timings.ttft_ms / 1000,
             # Empty: the router fills in the backend's kind (edge or cloud).
             served_by=f.served_by,
+            verdict=f.verdict or "answer",  # a backend older than the verdict answers
+            scope=scope_score(f.scope) if f.HasField("scope") else None,
         )
     return None
+
+
+def scope_score(msg: pb.OutOfScope) -> ScopeScore:
+    """A wire scope verdict as the core type (its per-part ratios do not travel)."""
+    return ScopeScore(score=msg.score, threshold=msg.threshold, scene=msg.scene, part=msg.part)
+
+
+def wire_scope(f: Final) -> pb.OutOfScope | None:
+    """``f.scope`` on the wire (None when the serving model did not score the input)."""
+    return scope_message(f.scope) if f.scope is not None else None

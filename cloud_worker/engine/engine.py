@@ -1,10 +1,17 @@
 """Continuous batching for Qwen-VL: requests join and leave the running batch between steps.
 
 One engine thread owns the model. Each iteration it admits waiting requests into free slots
-(best priority class first, then earliest deadline), prefills them one by one (vision +
+(best priority class first, then earliest deadline), prefills them together (vision +
 prompt), then runs one batched decode step for every running request, each with its own
 MRoPE offset and KV length. Tokens stream to callers as they are produced; a cancelled,
 stopped or expired request leaves its slot free for the next step.
+
+A model directory with an out-of-scope score (``calibration.json`` + ``scope.npz``, see
+:mod:`cloud_worker.engine.scope`) has every admitted request with images scored right after
+its prefill: one the score calls out of scope finishes at once with
+``finish_reason="out_of_scope"`` and no tokens, and never takes a decode slot. The cloud
+refuses by its own score whatever the policy's ``on_out_of_scope`` says: a request escalated
+for being out of the edge model's scope comes here to be judged by the larger model.
 """
 
 from __future__ import annotations
@@ -19,20 +26,27 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 
 from cloud_worker.engine.decode_step import DecodeStep
-from cloud_worker.engine.model import LoadedModel, load_model, model_digest, prefill
-from cloud_worker.engine.pipeline import DecodePipeline, LaunchedStep, row_stats
+from cloud_worker.engine.model import (
+    LoadedModel,
+    PrefillResult,
+    load_model,
+    model_digest,
+    prefill,
+)
+from cloud_worker.engine.pipeline import DecodePipeline, LaunchedStep, row_stats, token_confidence
 from cloud_worker.engine.requests import CloudResult, EngineConfig, EngineRequest, StreamEvent
+from cloud_worker.engine.scope import check_scorable, load_model_scope
 from cloud_worker.engine.slot_cache import SlotCache
-from fleetvl.errors import PromptError
+from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
 from fleetvl.vlm.confidence import TokenConfidence
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.image import ImageInput, prepare_image
 from fleetvl.vlm.processor import Prompt, QwenVLProcessor
+from fleetvl.vlm.scope import ScopeInputs
 
 __all__ = ["CloudEngine", "CloudResult", "EngineConfig", "StreamEvent", "model_digest"]
 
@@ -41,11 +55,27 @@ log = logging.getLogger("fleetvl.cloud")
 
 class CloudEngine:
     def __init__(
-        self, model_dir: str | Path, config: EngineConfig | None = None, cache: Any = None
+        self,
+        model_dir: str | Path,
+        config: EngineConfig | None = None,
+        cache: Any = None,
+        scope: bool = True,
     ) -> None:
-        """``cache``: a :class:`fleetvl.cache.FleetCache` for vision embeddings (optional)."""
+        """Load ``model_dir`` and start the engine thread.
+
+        Args:
+            cache: a :class:`fleetvl.cache.FleetCache` for vision embeddings (optional).
+            scope: load the directory's out-of-scope score (False: refuse nothing, e.g.
+                while fitting a new one).
+
+        Raises:
+            InputError: the directory's calibration or scope model is broken, or was fitted
+                for another model (a directory without one has ``scope`` None).
+        """
         self.config = cfg = config or EngineConfig()
         self.processor = QwenVLProcessor(model_dir, max_prompt_tokens=cfg.max_context - 1)
+        # Before the weights: a broken one fails fast.
+        self.scope = load_model_scope(model_dir) if scope else None
         self.lm: LoadedModel = load_model(
             model_dir, cfg.device, cfg.dtype, vision_attention=cfg.vision_attention
         )
@@ -81,11 +111,13 @@ class CloudEngine:
         self._pending: LaunchedStep | None = None
         self.decode_steps = 0
         # Where the engine thread's time goes (seconds, cumulative): prefill, launching
-        # steps, waiting for the device, and the host's per-token work.
+        # steps, waiting for the device, the host's per-token work, the out-of-scope score;
+        # and counts: requests prefilled, decode steps slipped into prefills, refusals.
         self.timings = dict.fromkeys(
-            ("prefill_s", "prefill_requests", "interleaved_steps", "launch_s", "wait_s", "host_s"),
+            ("prefill_s", "prefill_requests", "interleaved_steps", "launch_s", "wait_s", "host_s",
+             "scope_s", "out_of_scope"),
             0.0,
-        )
+        )  # fmt: skip
         self.step.warmup()
         self._thread = threading.Thread(target=self._loop, name="cloud-engine", daemon=True)
         self._thread.start()
@@ -107,13 +139,20 @@ class CloudEngine:
         deadline: float | None = None,
         cancel: CancelToken | None = None,
     ) -> Iterator[StreamEvent | CloudResult]:
-        """Queue a request; iterate for its events, the :class:`CloudResult` last."""
+        """Queue a request; iterate for its events, the :class:`CloudResult` last.
+
+        Raises:
+            PromptError: the prompt and ``max_tokens`` do not fit the context.
+            InputError: the engine scores inputs and an image has no thumbnail.
+        """
         params = params or SamplingParams()
         if len(prompt) + params.max_tokens > self.config.max_context:
             raise PromptError(
                 f"prompt ({len(prompt)} tokens) + max_tokens ({params.max_tokens}) exceeds the "
                 f"engine's context of {self.config.max_context} tokens"
             )
+        if self.scope is not None:
+            check_scorable(prompt)
         req = EngineRequest(
             id=next(self._ids), prompt=prompt, params=params, rank=rank,
             deadline=deadline if deadline is not None else float("inf"),
@@ -133,6 +172,28 @@ class CloudEngine:
                 result = ev
         assert result is not None
         return result
+
+    def scope_inputs(self, prompts: Sequence[Prompt]) -> list[list[ScopeInputs]]:
+        """What the out-of-scope score reads for each prompt (one entry per image; empty
+        without images), from a prefill on the engine thread with no decode step; the
+        prompts are queued together, at batch priority, so they are prefilled in batches.
+        For fitting a scope model (:func:`cloud_worker.engine.scope.fit_scope`).
+
+        Raises:
+            InputError: an image has no thumbnail (built outside ``fleetvl.vlm.image``).
+        """
+        for p in prompts:
+            check_scorable(p)
+        params = SamplingParams(max_tokens=1, ignore_eos=True)
+        pending = [self.submit(p, params, rank=2) for p in prompts]
+        out = []
+        for events in pending:
+            result = None
+            for ev in events:
+                result = ev
+            assert isinstance(result, CloudResult)
+            out.append(result.scope_inputs)
+        return out
 
     def close(self) -> None:
         with self._lock:
@@ -200,12 +261,14 @@ class CloudEngine:
         given = self._cached_features([req for _, req in live])
         try:
             results = prefill(self.lm, [req.prompt for _, req in live], given,
-                              between_layers=self._decode_between_layers)  # fmt: skip
+                              between_layers=self._decode_between_layers,
+                              special_ids=self.processor.special_token_ids)  # fmt: skip
         except Exception as exc:
             log.exception("prefill failed")
             for _, req in live:
                 req.out.put(exc)
             return
+        kept: list[tuple[EngineRequest, PrefillResult]] = []
         for (slot, req), pre in zip(live, results, strict=True):
             req.vision_hits = len(req.prompt.images) - len(pre.image_features)
             if self.vision_cache is not None:
@@ -213,6 +276,10 @@ class CloudEngine:
                     self.vision_cache.put_async(
                         req.prompt.images[i].digest, f.float().cpu().numpy()
                     )
+            req.scope_inputs = pre.scope_inputs
+            if self._refused(req):
+                continue
+            kept.append((req, pre))
             self.cache.load(slot, pre.keys, pre.values)
             req.slot = slot
             req.kv_len = len(req.prompt)
@@ -220,7 +287,27 @@ class CloudEngine:
             req.sampler = Sampler(req.params)
             req.detok = IncrementalDetokenizer(self.processor.decode)
             self._slots[slot] = req
-        self._emit([req for _, req in live], torch.stack([pre.logits for pre in results]))
+        if kept:
+            self._emit([r for r, _ in kept], torch.stack([pre.logits for _, pre in kept]))
+
+    def _refused(self, req: EngineRequest) -> bool:
+        """Score a prefilled request (with a scope model and images): an out-of-scope one
+        finishes now, without tokens or a slot. True when it has finished (or failed)."""
+        if self.scope is None or not req.scope_inputs:
+            return False
+        t0 = time.perf_counter()
+        try:
+            req.scope = self.scope.score(req.scope_inputs)
+        except InputError as exc:  # features unlike the model's: fail this request alone
+            req.out.put(exc)
+            return True
+        finally:
+            self.timings["scope_s"] += time.perf_counter() - t0
+        if not req.scope.out_of_scope:
+            return False
+        self.timings["out_of_scope"] += 1
+        self._finish(req, "out_of_scope")
+        return True
 
     def _cached_features(self, reqs: list[EngineRequest]) -> dict[tuple[int, int], torch.Tensor]:
         """Vision features of these requests' images found in the shared cache (one MGET)."""
@@ -297,19 +384,12 @@ class CloudEngine:
                 continue  # finished at an earlier step: this row was wasted work
             r.steps += 1
             if slot in launched.sampled:
-                token, lp = self._sample(r, launched.sampled[slot])
+                token, lp = r.sample(launched.sampled[slot])
             else:
                 token, lp = int(stats[slot, 0]), float(stats[slot, 1])
-            self._advance(r, token, _confidence(token, lp, stats[slot]))
+            self._advance(r, token, token_confidence(token, lp, stats[slot]))
         self.timings["wait_s"] += t1 - t0
         self.timings["host_s"] += time.perf_counter() - t1
-
-    @staticmethod
-    def _sample(r: EngineRequest, row: np.ndarray) -> tuple[int, float]:
-        assert r.sampler is not None
-        token = r.sampler(row)
-        row64 = row.astype(np.float64)
-        return token, float(row64[token] - np.logaddexp.reduce(row64))
 
     def _emit(self, reqs: list, logits: torch.Tensor) -> None:
         """Choose, score and stream the first token of newly prefilled requests.
@@ -320,39 +400,15 @@ class CloudEngine:
         stats = row_stats(logits)[0].cpu().numpy()  # [rows, 4]: argmax, top1, top2, entropy
         for j, r in enumerate(reqs):
             if r.params.temperature > 0:
-                token, lp = self._sample(r, logits[j].float().cpu().numpy())
+                token, lp = r.sample(logits[j].float().cpu().numpy())
             else:
                 token, lp = int(stats[j, 0]), float(stats[j, 1])
-            self._advance(r, token, _confidence(token, lp, stats[j]))
+            self._advance(r, token, token_confidence(token, lp, stats[j]))
             if self._slots[r.slot] is r:  # still running: its inputs for the next step
                 self.pipeline.set_slot(r.slot, token, r.next_pos, r.kv_len)
 
     def _advance(self, r: EngineRequest, token: int, conf: TokenConfidence) -> None:
-        p = r.params
-        if not r.tokens:
-            r.first = time.monotonic()
-        if token in self.eos and not p.ignore_eos:
-            self._finish(r, "stop")
-            return
-        r.tokens.append(token)
-        r.tracker.add(conf)
-        assert r.detok is not None
-        emit = r.detok.push(r.tokens)
-        finish = None
-        if p.stop:
-            at = find_stop(r.text + emit, p.stop, len(r.text))
-            if at is not None:
-                emit = (r.text + emit)[len(r.text) : at]
-                finish = "stop"
-        r.text += emit
-        r.out.put(StreamEvent(len(r.tokens) - 1, token, emit, conf))
-        if finish is None:
-            if len(r.tokens) >= p.max_tokens:
-                finish = "length"
-            elif r.cancel.cancelled:
-                finish = "cancelled"
-            elif time.monotonic() > r.deadline:
-                finish = "deadline"
+        finish = r.advance(token, conf, self.eos)
         if finish is not None:
             self._finish(r, finish)
 
@@ -363,26 +419,4 @@ class CloudEngine:
         if r.params.stop and reason == "stop":
             cut = find_stop(text, r.params.stop, 0)
             text = text[:cut] if cut is not None else text
-        now = time.monotonic()
-        r.out.put(
-            CloudResult(
-                text=text,
-                token_ids=list(r.tokens),
-                finish_reason=reason,
-                confidence=r.tracker.summary(),
-                prompt_tokens=len(r.prompt),
-                ttft_s=(r.first - r.arrival) if r.first else 0.0,
-                total_s=now - r.arrival,
-                queue_s=(r.started - r.arrival) if r.started else now - r.arrival,
-                decode_steps=r.steps,
-                vision_cache_hits=r.vision_hits,
-            )
-        )
-
-
-def _confidence(token: int, logprob: float, stats: np.ndarray) -> TokenConfidence:
-    p1, p2 = float(np.exp(stats[1])), float(np.exp(stats[2]))
-    return TokenConfidence(
-        token_id=token, prob=float(np.exp(logprob)), logprob=logprob, top1_prob=p1,
-        margin=p1 - p2, entropy=max(float(stats[3]), 0.0),
-    )  # fmt: skip
+        r.out.put(r.result(text, reason))

@@ -1,15 +1,16 @@
 """The full Qwen-VL in transformers: loading, per-request prefill, the batched decode step.
 
 Prefill runs transformers' own vision tower and language model over a batch of requests
-(images merged at the placeholder tokens, MRoPE positions from ``fleetvl.vlm.mrope``); the
-batched decode step is in :mod:`cloud_worker.engine.decode_step`.
+(images merged at the placeholder tokens, MRoPE positions from ``fleetvl.vlm.mrope``) and
+hands back what the out-of-scope score reads (:mod:`fleetvl.vlm.scope`); the batched decode
+step is in :mod:`cloud_worker.engine.decode_step`.
 """
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +19,7 @@ import torch
 from cloud_worker.engine.attention import use_varlen_vision_attention
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
+from fleetvl.vlm.scope import ScopeInputs, question_span, request_inputs
 
 __all__ = ["LoadedModel", "PrefillResult", "load_model", "model_digest", "prefill"]
 
@@ -93,6 +95,9 @@ class PrefillResult:
     values: list[torch.Tensor]
     next_position: int  # MRoPE position of the first generated token
     image_features: dict[int, torch.Tensor]  # by image index, computed here (for the cache)
+    # What the out-of-scope score reads, one per image; empty without images, or when an
+    # image has no thumbnail (built outside ``fleetvl.vlm.image``).
+    scope_inputs: list[ScopeInputs] = field(default_factory=list)
 
 
 @torch.inference_mode()
@@ -101,6 +106,7 @@ def prefill(
     prompts: list[Prompt],
     given: dict[tuple[int, int], torch.Tensor] | None = None,
     between_layers: Callable[[], None] | None = None,
+    special_ids: frozenset[int] = frozenset(),
 ) -> list[PrefillResult]:
     """Vision + prompt of several requests in one pass through transformers' modules.
 
@@ -114,14 +120,21 @@ def prefill(
     ``between_layers`` is called before every vision block and decoder layer: an eager
     prefill is bound by the host launching its kernels, so the engine slips decode steps
     of the running requests in there, keeping the device busy.
+
+    Each result's ``scope_inputs`` hold, per image, the mean input embedding of the
+    question's words (:func:`~fleetvl.vlm.scope.question_span`, bounded by ``special_ids``:
+    the processor's ``special_token_ids``) and the image's mean vision feature (computed or
+    ``given``), with its thumbnail: the means are taken on the device and reach the host in
+    one small copy for the whole batch, queued before the language model so that waiting for
+    it never idles the device.
     """
     if between_layers is None:
-        return _prefill(lm, prompts, given)
+        return _prefill(lm, prompts, given, special_ids)
     hook = lambda *_: between_layers()  # noqa: E731
     layers = [*lm.model.model.visual.blocks, *lm.language_model.layers]
     handles = [layer.register_forward_pre_hook(hook) for layer in layers]
     try:
-        return _prefill(lm, prompts, given)
+        return _prefill(lm, prompts, given, special_ids)
     finally:
         for h in handles:
             h.remove()
@@ -131,6 +144,7 @@ def _prefill(
     lm: LoadedModel,
     prompts: list[Prompt],
     given: dict[tuple[int, int], torch.Tensor] | None,
+    special_ids: frozenset[int],
 ) -> list[PrefillResult]:
     m = lm.model
     dev = lm.device
@@ -160,8 +174,10 @@ def _prefill(
         pv = torch.from_numpy(np.concatenate([i.pixel_values for i in imgs])).to(dev, lm.dtype)
         grid = torch.tensor([i.grid_thw for i in imgs], device=dev)
         computed = dict(zip(todo, m.model.get_image_features(pv, grid).pooler_output, strict=True))
+    feats = [computed[k] if k in computed else given[k].to(dev, embeds.dtype) for k in keys]
+    scope_copy = _ScopeCopy(lm, prompts, embeds, dict(zip(keys, feats, strict=True)),
+                            special_ids)  # fmt: skip
     if keys:
-        feats = [computed[k] if k in computed else given[k].to(dev, embeds.dtype) for k in keys]
         # Placeholders appear in the same order as the images: batch row, then position.
         placeholder = ((ids == lm.image_token_id) & (mask == 1))[..., None].expand_as(embeds)
         embeds = embeds.masked_scatter(placeholder, torch.cat(feats).to(embeds.dtype))
@@ -180,6 +196,7 @@ def _prefill(
     ]
     logits = m.lm_head(last).float()
     layers = out.past_key_values.layers
+    scope = scope_copy.inputs()
     results = []
     for b, p in enumerate(prompts):
         n = lengths[b]
@@ -192,9 +209,68 @@ def _prefill(
                 image_features={
                     i: computed[(b, i)] for i in range(len(p.images)) if (b, i) in computed
                 },  # fmt: skip
+                scope_inputs=scope[b],
             )
         )
     return results
+
+
+class _ScopeCopy:
+    """The scope score's per-request means, on their way to the host (see :func:`prefill`).
+
+    Rows: for each request with images, its question's mean embedding, then each image's
+    mean vision feature, in float32.
+    """
+
+    def __init__(
+        self,
+        lm: LoadedModel,
+        prompts: list[Prompt],
+        embeds: torch.Tensor,
+        feats: dict[tuple[int, int], torch.Tensor],
+        special_ids: frozenset[int],
+    ) -> None:
+        self.prompts = prompts
+        self.host: torch.Tensor | None = None
+        self.event: torch.cuda.Event | None = None
+        rows = []
+        for b, p in enumerate(prompts):
+            if not p.images:
+                continue
+            start, end = question_span(p.input_ids, lm.image_token_id, special_ids)
+            if end <= start:  # an image as the prompt's last token: no text to average
+                start, end = len(p) - 1, len(p)
+            rows.append(embeds[b, start:end].float().mean(0))
+            rows += [feats[(b, i)].float().mean(0) for i in range(len(p.images))]
+        if not rows:
+            return
+        dev_rows = torch.stack(rows)
+        if dev_rows.device.type == "cuda":
+            self.host = torch.empty(dev_rows.shape, dtype=torch.float32, pin_memory=True)
+            self.host.copy_(dev_rows, non_blocking=True)
+            self.event = torch.cuda.Event()
+            self.event.record()
+        else:
+            self.host = dev_rows
+
+    def inputs(self) -> list[list[ScopeInputs]]:
+        """Per request its scope inputs (waits for the copy; call after launching the LM)."""
+        if self.host is None:
+            return [[] for _ in self.prompts]
+        if self.event is not None:
+            self.event.synchronize()
+        rows = self.host.numpy()
+        out, at = [], 0
+        for p in self.prompts:
+            n = len(p.images)
+            if not n:
+                out.append([])
+                continue
+            q, vision = rows[at : at + 1], [rows[at + 1 + i][None] for i in range(n)]
+            at += 1 + n
+            thumbs = [img.thumb for img in p.images]
+            out.append([] if any(t is None for t in thumbs) else request_inputs(q, vision, thumbs))
+        return out
 
 
 def model_digest(model_dir: str | Path) -> str:

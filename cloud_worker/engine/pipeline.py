@@ -21,8 +21,9 @@ import numpy as np
 import torch
 
 from cloud_worker.engine.decode_step import DecodeStep
+from fleetvl.vlm.confidence import TokenConfidence
 
-__all__ = ["DecodePipeline", "LaunchedStep", "row_stats"]
+__all__ = ["DecodePipeline", "LaunchedStep", "row_stats", "token_confidence"]
 
 
 def row_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -36,6 +37,15 @@ def row_stats(logits: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
          entropy.double()], dim=-1,
     )  # fmt: skip
     return stats, top.indices[:, 0]
+
+
+def token_confidence(token: int, logprob: float, stats: np.ndarray) -> TokenConfidence:
+    """A chosen token's confidence from its log-probability and its row of :func:`row_stats`."""
+    p1, p2 = float(np.exp(stats[1])), float(np.exp(stats[2]))
+    return TokenConfidence(
+        token_id=token, prob=float(np.exp(logprob)), logprob=logprob, top1_prob=p1,
+        margin=p1 - p2, entropy=max(float(stats[3]), 0.0),
+    )  # fmt: skip
 
 
 @dataclass

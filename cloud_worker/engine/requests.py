@@ -7,10 +7,13 @@ import queue
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
+
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
 from fleetvl.vlm.confidence import AnswerConfidence, ConfidenceTracker, TokenConfidence
-from fleetvl.vlm.detokenize import IncrementalDetokenizer
+from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.processor import Prompt
+from fleetvl.vlm.scope import ScopeInputs, ScopeScore
 
 __all__ = ["CloudResult", "EngineConfig", "StreamEvent"]
 
@@ -43,7 +46,8 @@ class StreamEvent:
 class CloudResult:
     text: str
     token_ids: list[int]
-    finish_reason: str  # stop | length | cancelled | deadline
+    # stop | length | cancelled | deadline | out_of_scope (refused: no tokens, see ``scope``)
+    finish_reason: str
     confidence: AnswerConfidence
     prompt_tokens: int
     ttft_s: float
@@ -51,6 +55,10 @@ class CloudResult:
     queue_s: float
     decode_steps: int  # batched steps this request took part in
     vision_cache_hits: int = 0  # images whose encoder output came from the shared cache
+    # The out-of-scope verdict (fleetvl.vlm.scope): None when the engine has no scope model
+    # or the request has no images. What it was computed from is kept either way.
+    scope: ScopeScore | None = None
+    scope_inputs: list[ScopeInputs] = field(default_factory=list)
 
 
 @dataclass
@@ -77,3 +85,59 @@ class EngineRequest:
     steps: int = 0  # decode steps whose token this request used
     launched: int = 0  # decode steps launched for it (one more than used, at most)
     vision_hits: int = 0
+    scope: ScopeScore | None = None
+    scope_inputs: list[ScopeInputs] = field(default_factory=list)
+
+    def sample(self, row: np.ndarray) -> tuple[int, float]:
+        """A sampled token from a row of logits, and its log-probability."""
+        assert self.sampler is not None
+        token = self.sampler(row)
+        row64 = row.astype(np.float64)
+        return token, float(row64[token] - np.logaddexp.reduce(row64))
+
+    def advance(self, token: int, conf: TokenConfidence, eos: set[int]) -> str | None:
+        """Take the next token: stream its text (stop sequences cut it) and return why the
+        request ends now (stop, length, cancelled, deadline), or None to go on."""
+        p = self.params
+        if not self.tokens:
+            self.first = time.monotonic()
+        if token in eos and not p.ignore_eos:
+            return "stop"
+        self.tokens.append(token)
+        self.tracker.add(conf)
+        assert self.detok is not None
+        emit = self.detok.push(self.tokens)
+        finish = None
+        if p.stop:
+            at = find_stop(self.text + emit, p.stop, len(self.text))
+            if at is not None:
+                emit = (self.text + emit)[len(self.text) : at]
+                finish = "stop"
+        self.text += emit
+        self.out.put(StreamEvent(len(self.tokens) - 1, token, emit, conf))
+        if finish is None:
+            if len(self.tokens) >= p.max_tokens:
+                finish = "length"
+            elif self.cancel.cancelled:
+                finish = "cancelled"
+            elif time.monotonic() > self.deadline:
+                finish = "deadline"
+        return finish
+
+    def result(self, text: str, reason: str) -> CloudResult:
+        """The request's :class:`CloudResult` as of now (``text``: its final answer)."""
+        now = time.monotonic()
+        return CloudResult(
+            text=text,
+            token_ids=list(self.tokens),
+            finish_reason=reason,
+            confidence=self.tracker.summary(),
+            prompt_tokens=len(self.prompt),
+            ttft_s=(self.first - self.arrival) if self.first else 0.0,
+            total_s=now - self.arrival,
+            queue_s=(self.started - self.arrival) if self.started else now - self.arrival,
+            decode_steps=self.steps,
+            vision_cache_hits=self.vision_hits,
+            scope=self.scope,
+            scope_inputs=self.scope_inputs,
+        )
