@@ -8,6 +8,11 @@ exporter's code. The random-weight fallback builds the ``preset`` checkpoint too
 ``cache_dir/<preset>-<key>/{hf,int4}``, the key hashing the preset and the code producing both.
 Either is built by the ordinary ``fleetvl model init`` / ``fleetvl model export`` commands as
 child processes (the launcher imports no tier); a change to the exporter rebuilds them.
+
+The trained bundle is then calibrated as a site's would be: ``fleetvl data write --split
+calib`` (fleet questions no training run or benchmark uses, a fifth through a mildly faulty
+camera) and ``fleetvl calibrate``, which stores the gate's thresholds and the out-of-scope
+score in the bundle. That step is keyed by the code it runs too.
 """
 
 from __future__ import annotations
@@ -30,6 +35,13 @@ __all__ = ["DemoArtifacts", "artifact_key", "fallback_note", "prepare", "prepare
 
 ROOT = Path(__file__).resolve().parents[2]
 _EXPORTER = sorted((ROOT / "edge_agent" / "export").glob("*.py"))
+_CALIBRATION = [
+    *sorted((ROOT / "fleetvl" / "fleetdata").glob("*.py")),
+    ROOT / "fleetvl" / "vlm" / "scope.py",
+    ROOT / "fleetvl" / "vlm" / "calibration.py",
+    ROOT / "edge_agent" / "calibrate.py",
+]
+CALIBRATION_EXAMPLES = 1500
 _PRODUCERS = [
     ROOT / "fleetvl" / "vlm" / "presets.py",
     ROOT / "fleetvl" / "vlm" / "checkpoint.py",
@@ -109,12 +121,32 @@ def _export(hf: Path, bundle: Path, progress: Callable[[str], None]) -> bool:
     )  # fmt: skip
 
 
+def _calibrate(bundle: Path, root: Path, progress: Callable[[str], None]) -> bool:
+    """Calibrate ``bundle`` on a calibration split (written once into ``root``); keyed by the
+    bundle's manifest and the calibration code, in the bundle's ``.calibrated`` marker."""
+    key = _hash_files(b"calibration", [bundle / "manifest.json", *_CALIBRATION])
+    marker = bundle / ".calibrated"
+    if marker.exists() and marker.read_text() == key:
+        return False
+    data = root / "calib-data"
+    _build_once(
+        data, lambda p: ["data", "write", str(p), "--split", "calib", "--faults", "0.2",
+                         "--n", str(CALIBRATION_EXAMPLES)],
+        f"writing {CALIBRATION_EXAMPLES} calibration questions", progress,
+    )  # fmt: skip
+    _run(["calibrate", str(bundle), str(data / "calib.jsonl"), "--max-tokens", "8"],
+         "calibrating the gate and the out-of-scope score", progress)  # fmt: skip
+    marker.write_text(key)
+    return True
+
+
 def prepare_trained(cache_dir: Path, edge_model: Path, cloud_model: Path,
                     progress: Callable[[str], None]) -> DemoArtifacts:  # fmt: skip
     t0 = time.monotonic()
     root = cache_dir / f"{edge_model.name}-{trained_key(edge_model)}"
     root.mkdir(parents=True, exist_ok=True)
     built = _export(edge_model, root / "int4", progress)
+    built |= _calibrate(root / "int4", root, progress)
     return DemoArtifacts(cloud_model, root / "int4", built, time.monotonic() - t0, trained=True)
 
 
