@@ -161,11 +161,11 @@ def test_shipped_checkpoints_export_and_answer(tmp_path: Path) -> None:
     from edge_agent.engine import EdgeEngine, SamplingParams, SessionConfig
     from edge_agent.export.bundle import export_bundle
 
-    size = sum(f.stat().st_size for p in SHIPPED.values() for f in p.glob("*.safetensors"))
-    assert size <= 40e6, f"shipped weights are {size / 1e6:.1f} MB, over the 40 MB budget"
+    size = sum(f.stat().st_size for p in SHIPPED.values() for f in p.glob("*"))
+    assert size <= 50e6, f"shipped models are {size / 1e6:.1f} MB, over the 50 MB budget"
     questions = _easy_questions()
-    # Test-split counting questions: the edge model is weak at them and the cloud model is
-    # not, which is the gap the cascade recovers (measured 11 vs 21 of 24).
+    # Test-split counting questions, the hardest tasks: both retrained models count now
+    # (measured: int4 edge 22, cloud 23 of 24; the edge was at 11 before run 6).
     hard = list(generate("test", 24, seed=0, tasks=["colour_count", "missing_tags"]))
     params = SamplingParams(max_tokens=8)
     bundle = export_bundle(SHIPPED["edge"], tmp_path / "int4", "int4", progress=lambda _m: None)
@@ -183,8 +183,8 @@ def test_shipped_checkpoints_export_and_answer(tmp_path: Path) -> None:
     assert sum(cloud_ok[:n]) >= 0.85 * n, f"cloud right on {sum(cloud_ok[:n])} easy questions"
     assert sum(edge_ok[:n]) >= 0.6 * n, f"int4 edge right on {sum(edge_ok[:n])} easy questions"
     cloud_hard, edge_hard = sum(cloud_ok[n:]), sum(edge_ok[n:])
-    assert cloud_hard >= 18, f"cloud right on {cloud_hard} of 24 counting questions"
-    assert cloud_hard >= edge_hard + 6, f"cloud {cloud_hard} vs int4 edge {edge_hard} of 24"
+    assert cloud_hard >= 20, f"cloud right on {cloud_hard} of 24 counting questions"
+    assert edge_hard >= 19, f"int4 edge right on {edge_hard} of 24 counting questions"
 
 
 def test_training_imports_nothing_the_gpu_box_lacks(tmp_path: Path) -> None:
