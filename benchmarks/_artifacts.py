@@ -48,3 +48,14 @@ def ensure_artifacts(
             export_bundle(hf, b, p, progress=lambda m: print("  " + m, flush=True))
         out[p] = b
     return out
+
+
+def finite(x: object) -> object:
+    """``x`` with every non-finite float replaced by None (JSON has no NaN or infinity)."""
+    import math
+
+    if isinstance(x, dict):
+        return {k: finite(v) for k, v in x.items()}
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    return x

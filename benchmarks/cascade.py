@@ -28,6 +28,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks._artifacts import finite  # noqa: E402
 from benchmarks._cascade_runs import (  # noqa: E402
     Answers,
     export_bundles,
@@ -120,14 +121,6 @@ def calibrate(val_scores, val_edge, val_cloud, test_scores, test_edge, test_clou
         "test_accuracy": acc,
         "test_accuracy_over_cloud": acc / max(test_cloud.ok.mean(), 1e-9),
     }
-
-
-def _finite(x: object) -> object:
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 def plot(path: Path, curves: dict, cloud_acc: float) -> None:
@@ -320,11 +313,11 @@ def main() -> int:
             f"  {n:20} {auc:6.3f} {r['apgr']:6.3f} "
             f"{_pct(r['escalated_fraction_to_reach_95pct_cloud_accuracy']):>6}"
         )
-    print("targets (int4):", json.dumps(_finite(res["targets_int4"])))
+    print("targets (int4):", json.dumps(finite(res["targets_int4"])))
     if args.json:
         path = Path(args.json)
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps(_finite(res), indent=2) + "\n")
+        path.write_text(json.dumps(finite(res), indent=2) + "\n")
         print(f"wrote {path}")
     plot_path = (
         Path(args.plot)

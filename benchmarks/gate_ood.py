@@ -39,6 +39,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks import _ood_families as fam  # noqa: E402
+from benchmarks._artifacts import finite  # noqa: E402
 from benchmarks._cascade_runs import export_bundles, quick_models, run_cloud  # noqa: E402
 from fleetvl.answers import answer_matches  # noqa: E402
 from fleetvl.fleetdata import Sample, write_split  # noqa: E402
@@ -225,21 +226,13 @@ def main() -> int:
     _print_tables(res)
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(_finite(res), indent=2) + "\n")
+        Path(args.json).write_text(json.dumps(finite(res), indent=2) + "\n")
         print(f"wrote {args.json}")
     plot = Path(args.plot) if args.plot else (
         Path(args.json).with_suffix(".png") if args.json else CACHE / "gate_ood.png")  # fmt: skip
     _plot(plot, scores, kinds)
     print(f"plot: {plot}")
     return 0
-
-
-def _finite(x: object) -> object:
-    if isinstance(x, dict):
-        return {k: _finite(v) for k, v in x.items()}
-    if isinstance(x, float) and not np.isfinite(x):
-        return None
-    return x
 
 
 def _print_tables(res: dict) -> None:
