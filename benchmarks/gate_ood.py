@@ -96,7 +96,7 @@ class EdgeRun:
         so the edge model's own accuracy is known too."""
         from fleetvl.sampling import SamplingParams
         from fleetvl.vlm.gate import score
-        from fleetvl.vlm.scope import thumbnail
+        from fleetvl.vlm.scope import camera_vector, thumbnail
 
         params = SamplingParams(max_tokens=MAX_TOKENS)
         rows = []
@@ -112,9 +112,9 @@ class EdgeRun:
                 first = first or time.perf_counter()
             r = gen.result
             first = first or time.perf_counter()
-            rgb = np.asarray(it.image.convert("RGB"))
+            rgb = np.asarray(it.image.convert("RGB").resize((168, 168)))
             t1 = time.perf_counter()
-            thumbnail(rgb)  # what preprocessing spent on the score's thumbnail
+            camera_vector(thumbnail(rgb))  # what preprocessing spent on the score
             thumb_s = time.perf_counter() - t1
             ok = it.answer is not None and answer_matches(r.text, it.answer)
             rows.append((ok, r.scope.score, r.scope.out_of_scope, score(SIGNAL, r.tokens),

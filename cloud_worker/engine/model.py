@@ -269,7 +269,9 @@ class _ScopeCopy:
             q, vision = rows[at : at + 1], [rows[at + 1 + i][None] for i in range(n)]
             at += 1 + n
             thumbs = [img.thumb for img in p.images]
-            out.append([] if any(t is None for t in thumbs) else request_inputs(q, vision, thumbs))
+            cams = [img.camera for img in p.images]
+            out.append([] if any(t is None for t in thumbs)
+                       else request_inputs(q, vision, thumbs, cams))  # fmt: skip
         return out
 
 

@@ -369,7 +369,8 @@ class EdgeEngine:
                  "image_features": self._no_features},
             )[0][0]  # fmt: skip
         vision = [encoded.get(i, given.get(i)) for i in range(len(prompt.images))]
-        return request_inputs(question, vision, [img.thumb for img in prompt.images])
+        return request_inputs(question, vision, [img.thumb for img in prompt.images],
+                              [img.camera for img in prompt.images])  # fmt: skip
 
     def _prefill(self, embeds: np.ndarray, position_ids: np.ndarray, total_len: int) -> np.ndarray:
         """Decoder run over the uncached prompt; logits land in ``self._logits``."""

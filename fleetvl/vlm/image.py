@@ -22,7 +22,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fleetvl.errors import ImageError, ImageTooLarge, UnsupportedImageFormat
-from fleetvl.vlm.scope import thumbnail
+from fleetvl.vlm.scope import camera_vector, thumbnail
 
 __all__ = [
     "ImageConfig",
@@ -93,6 +93,7 @@ class PreprocessedImage:
     # uint8 [THUMB, THUMB, 3] of the resized image, for the out-of-scope score's camera part
     # (fleetvl.vlm.scope); None for images built elsewhere.
     thumb: np.ndarray | None = field(default=None, repr=False)
+    camera: np.ndarray | None = field(default=None, repr=False)  # scope.camera_vector(thumb)
 
     @property
     def num_patches(self) -> int:
@@ -212,11 +213,13 @@ def preprocess(
         patches[:, :, :, :, :, None, :, :], (*patches.shape[:5], t, *patches.shape[5:])
     )
     flat = np.ascontiguousarray(patches.reshape(gh * gw, 3 * t * p * p), dtype=np.float32)
+    thumb = thumbnail(arr)
     return PreprocessedImage(
         pixel_values=flat,
         grid_thw=(1, gh, gw),
         digest=image_digest(rgb, cfg),
-        thumb=thumbnail(arr),
+        thumb=thumb,
+        camera=camera_vector(thumb),
     )
 
 

@@ -48,6 +48,7 @@ __all__ = [
     "ScopeInputs",
     "ScopeModel",
     "ScopeScore",
+    "camera_vector",
     "question_span",
     "request_inputs",
     "thumbnail",
@@ -75,7 +76,7 @@ def thumbnail(rgb: np.ndarray) -> np.ndarray:
     return np.asarray(img.resize((THUMB, THUMB), Image.Resampling.BOX))
 
 
-def _camera_vector(thumb: np.ndarray) -> np.ndarray:
+def camera_vector(thumb: np.ndarray) -> np.ndarray:
     """Global features, then the layout ``[_CELLS, _CELLS, (lum, |dx|, |dy|)]`` flattened.
 
     Global: per-channel mean and std, luminance 1st/50th/99th percentiles, saturated and
@@ -142,6 +143,9 @@ class ScopeInputs:
     question: np.ndarray  # [D] mean input embedding of the prompt text after the image
     vision: np.ndarray | None  # [D] mean of the image's vision-tower output
     thumb: np.ndarray  # [THUMB, THUMB, 3] uint8
+    # camera_vector(thumb), when preprocessing already computed it (while the image was
+    # still in the CPU's caches); None: computed from ``thumb`` when scored.
+    camera: np.ndarray | None = None
 
 
 def question_span(
@@ -167,10 +171,12 @@ def request_inputs(
     question_embeds: np.ndarray,
     vision: Sequence[np.ndarray | None],
     thumbs: Sequence[np.ndarray | None],
+    cameras: Sequence[np.ndarray | None] | None = None,
 ) -> list[ScopeInputs]:
     """The scope inputs of one request: ``question_embeds`` ``[T, D]`` are the input
     embeddings of :func:`question_span`; ``vision[i]`` the vision-tower output
-    ``[tokens, D]`` of image ``i`` (None: not computed here); ``thumbs[i]`` its thumbnail.
+    ``[tokens, D]`` of image ``i`` (None: not computed here); ``thumbs[i]`` its thumbnail and
+    ``cameras[i]`` its :func:`camera_vector` if preprocessing computed it.
 
     Raises:
         InputError: an image without a thumbnail (built outside ``fleetvl.vlm.image``).
@@ -179,9 +185,10 @@ def request_inputs(
         raise InputError("the scope score needs each image's thumbnail (preprocess it with "
                          "fleetvl.vlm.image.preprocess)")  # fmt: skip
     q = np.asarray(question_embeds, dtype=np.float32).mean(0)
+    cams = list(cameras) if cameras is not None else [None] * len(thumbs)
     return [
-        ScopeInputs(q, None if v is None else np.asarray(v, dtype=np.float32).mean(0), t)
-        for v, t in zip(vision, thumbs, strict=True)
+        ScopeInputs(q, None if v is None else np.asarray(v, dtype=np.float32).mean(0), t, c)
+        for v, t, c in zip(vision, thumbs, cams, strict=True)
         if t is not None
     ]
 
@@ -275,13 +282,14 @@ def _features(
     if len(inputs) == 1:  # every served request: skip the stacking
         x = inputs[0]
         vis = np.full(vision_dim, np.nan, np.float32) if x.vision is None else x.vision
-        cam = _camera_vector(x.thumb).astype(np.float32)
+        cam = (camera_vector(x.thumb) if x.camera is None else x.camera).astype(np.float32)
         return (np.asarray(x.question, np.float32)[None], np.asarray(vis, np.float32)[None],
                 cam[_TURNS][None])  # fmt: skip
     q = np.stack([np.asarray(x.question, dtype=np.float32) for x in inputs])
     v = np.stack([np.full(vision_dim, np.nan, dtype=np.float32) if x.vision is None
                   else np.asarray(x.vision, dtype=np.float32) for x in inputs])  # fmt: skip
-    cam = np.stack([_camera_vector(x.thumb) for x in inputs]).astype(np.float32)
+    cam = np.stack([camera_vector(x.thumb) if x.camera is None else x.camera
+                    for x in inputs]).astype(np.float32)  # fmt: skip
     return q, v, cam[:, _TURNS]
 
 
