@@ -96,7 +96,6 @@ class EdgeRun:
         so the edge model's own accuracy is known too."""
         from fleetvl.sampling import SamplingParams
         from fleetvl.vlm.gate import score
-        from fleetvl.vlm.scope import camera_vector, thumbnail
 
         params = SamplingParams(max_tokens=MAX_TOKENS)
         rows = []
@@ -112,13 +111,9 @@ class EdgeRun:
                 first = first or time.perf_counter()
             r = gen.result
             first = first or time.perf_counter()
-            rgb = np.asarray(it.image.convert("RGB").resize((168, 168)))
-            t1 = time.perf_counter()
-            camera_vector(thumbnail(rgb))  # what preprocessing spent on the score
-            thumb_s = time.perf_counter() - t1
             ok = it.answer is not None and answer_matches(r.text, it.answer)
             rows.append((ok, r.scope.score, r.scope.out_of_scope, score(SIGNAL, r.tokens),
-                         (first - t0) * 1e3, (r.timings.scope_s + thumb_s) * 1e3))  # fmt: skip
+                         (first - t0) * 1e3, r.timings.scope_s * 1e3))  # fmt: skip
         a = np.asarray(rows, dtype=np.float64).reshape(-1, 6)
         out = {"ok": a[:, 0] > 0, "score": a[:, 1], "oos": a[:, 2] > 0, "gate": a[:, 3],
                "ttft_ms": a[:, 4], "ood_ms": a[:, 5]}  # fmt: skip

@@ -271,7 +271,10 @@ class EdgeEngine:
             t_scope = time.perf_counter()
             inputs = self._scope_inputs(prompt, cached, embeds[0], encoded, image_features or {})
             verdict = scope.score(inputs) if scope is not None and inputs else None
-            timings.scope_s = time.perf_counter() - t_scope
+            # With what preprocessing spent on the score's thumbnail and camera features.
+            timings.scope_s = time.perf_counter() - t_scope + sum(
+                img.scope_s for img in prompt.images
+            )
             if verdict is not None and verdict.out_of_scope and refuse_out_of_scope:
                 gen.result = GenerationResult(
                     text="", token_ids=[], finish_reason="out_of_scope",

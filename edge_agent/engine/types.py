@@ -33,7 +33,7 @@ class Timings:
     vision_s: float = 0.0
     prefill_s: float = 0.0  # embedding + decoder over the prompt (vision excluded)
     ttft_s: float = 0.0  # request start to first token chosen, vision included
-    scope_s: float = 0.0  # the out-of-scope score (inside ttft_s)
+    scope_s: float = 0.0  # the out-of-scope score, its preprocessing part included
     decode_s: float = 0.0  # after the first token, to the last
     prompt_tokens: int = 0
     cached_tokens: int = 0

@@ -15,6 +15,7 @@ import hashlib
 import io
 import json
 import math
+import time
 import warnings
 from dataclasses import dataclass, field
 
@@ -94,6 +95,7 @@ class PreprocessedImage:
     # (fleetvl.vlm.scope); None for images built elsewhere.
     thumb: np.ndarray | None = field(default=None, repr=False)
     camera: np.ndarray | None = field(default=None, repr=False)  # scope.camera_vector(thumb)
+    scope_s: float = 0.0  # time preprocessing spent on the two fields above
 
     @property
     def num_patches(self) -> int:
@@ -213,13 +215,16 @@ def preprocess(
         patches[:, :, :, :, :, None, :, :], (*patches.shape[:5], t, *patches.shape[5:])
     )
     flat = np.ascontiguousarray(patches.reshape(gh * gw, 3 * t * p * p), dtype=np.float32)
+    t0 = time.perf_counter()
     thumb = thumbnail(arr)
+    camera = camera_vector(thumb)
     return PreprocessedImage(
         pixel_values=flat,
         grid_thw=(1, gh, gw),
         digest=image_digest(rgb, cfg),
         thumb=thumb,
-        camera=camera_vector(thumb),
+        camera=camera,
+        scope_s=time.perf_counter() - t0,
     )
 
 
