@@ -25,7 +25,8 @@ def write_split(
     """Write ``n`` samples of ``split`` under ``out_dir``; returns the JSONL path.
 
     Layout: ``<out_dir>/<split>.jsonl`` and ``<out_dir>/<split>/<id>.png``. Each line holds
-    ``images`` (absolute paths), ``question``, ``answer``, the task, its ``scene`` (what
+    ``images`` (paths relative to the JSONL file, so the folder can move and its digest does not
+    depend on where it lies), ``question``, ``answer``, the task, its ``scene`` (what
     ``fleetvl calibrate`` fits the out-of-scope score's classes on), site and difficulty, and
     the camera fault of the ``faults`` share drawn with a mild (answerable) one.
     """
@@ -40,7 +41,7 @@ def write_split(
         for k, sample in enumerate(samples):
             path = img_dir / f"{sample.id}.png"
             sample.image.save(path, format="PNG")
-            f.write(json.dumps(sample.record(str(path))) + "\n")
+            f.write(json.dumps(sample.record(f"{split}/{path.name}")) + "\n")
             if progress and ((k + 1) % step == 0 or k + 1 == n):
                 progress(f"{split}: {k + 1}/{n} samples")
     tmp.replace(jsonl)

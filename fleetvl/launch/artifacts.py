@@ -128,7 +128,7 @@ def _calibrate(bundle: Path, root: Path, progress: Callable[[str], None]) -> boo
     marker = bundle / ".calibrated"
     if marker.exists() and marker.read_text() == key:
         return False
-    data = root / "calib-data"
+    data = root / f"calib-data-{key}"
     _build_once(
         data, lambda p: ["data", "write", str(p), "--split", "calib", "--faults", "0.2",
                          "--n", str(CALIBRATION_EXAMPLES)],

@@ -22,7 +22,7 @@ def test_data_write_produces_a_calibration_split(tmp_path: Path) -> None:
     for rec in lines:
         assert rec["answer"]
         assert rec["question"].endswith(("?", "."))
-        assert Path(rec["images"][0]).is_file()
+        assert (tmp_path / rec["images"][0]).is_file()  # relative to the JSONL
 
 
 def test_data_write_refuses_a_bad_size_with_a_reason(tmp_path: Path) -> None:

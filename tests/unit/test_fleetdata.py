@@ -209,4 +209,5 @@ def test_write_split_writes_pngs_and_jsonl(tmp_path) -> None:
         assert rec["answer"] == s.answer
         assert rec["task"] == s.task
         assert len(rec["images"]) == 1
-        assert np.array_equal(np.asarray(Image.open(rec["images"][0])), np.asarray(s.image))
+        img = Image.open(path.parent / rec["images"][0])
+        assert np.array_equal(np.asarray(img), np.asarray(s.image))
