@@ -42,6 +42,18 @@ def new_namespace() -> str:
     return f"test-{uuid.uuid4().hex[:10]}"
 
 
+def drop_namespace(ns: str) -> None:
+    """Delete a test controller's Redis namespace (its hard state)."""
+    from controller.store import ControllerStore
+
+    async def drop() -> None:
+        store = ControllerStore("redis://127.0.0.1:6379/0", ns)
+        await store.drop_all()
+        await store.close()
+
+    asyncio.run(drop())
+
+
 class LoopThread:
     """An asyncio loop on a daemon thread; ``call`` runs a coroutine there and waits."""
 

@@ -28,9 +28,10 @@ import numpy as np
 
 from cloud_worker.engine.model import model_digest
 from fleetvl.errors import InputError
+from fleetvl.vlm.camera import THUMB
 from fleetvl.vlm.image import ImageInput
 from fleetvl.vlm.processor import Prompt
-from fleetvl.vlm.scope import THUMB, ScopeInputs, ScopeModel
+from fleetvl.vlm.scope import ScopeInputs, ScopeModel
 
 if TYPE_CHECKING:
     from cloud_worker.engine.engine import CloudEngine

@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image, UnidentifiedImageError
 
 from fleetvl.errors import ImageError, ImageTooLarge, UnsupportedImageFormat
-from fleetvl.vlm.scope import camera_vector, thumbnail
+from fleetvl.vlm.camera import camera_vector, thumbnail
 
 __all__ = [
     "ImageConfig",

@@ -5,7 +5,6 @@ controller, which raises and clears the alert on ``GET /v1/alerts``, the status 
 
 from __future__ import annotations
 
-import asyncio
 import json
 import logging
 import re
@@ -15,7 +14,6 @@ from typing import Any
 
 import pytest
 
-from controller.store import ControllerStore
 from edge_agent.agent import Agent, AgentConfig
 from edge_agent.agent.source_health import SourceHealth
 from edge_agent.control import ControlClient, ControlClientConfig
@@ -23,6 +21,7 @@ from tests.controller_harness import (
     LoopThread,
     RecordingHandler,
     RunningController,
+    drop_namespace,
     new_namespace,
     wait_for,
 )
@@ -52,13 +51,7 @@ def controller(tmp_path: Path) -> Iterator[RunningController]:
     )
     yield rc
     rc.close()
-
-    async def drop() -> None:
-        store = ControllerStore("redis://127.0.0.1:6379/0", ns)
-        await store.drop_all()
-        await store.close()
-
-    asyncio.run(drop())
+    drop_namespace(ns)
 
 
 class SiteAgent:

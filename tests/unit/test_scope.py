@@ -17,7 +17,8 @@ from fleetvl.vlm.calibration import (
     load_calibration,
     load_scope,
 )
-from fleetvl.vlm.scope import THUMB, ScopeInputs, ScopeModel, request_inputs, thumbnail
+from fleetvl.vlm.camera import THUMB, thumbnail
+from fleetvl.vlm.scope import ScopeInputs, ScopeModel, request_inputs
 
 D = 16
 CLASSES = ("stripes", "disc", "checker")
@@ -154,10 +155,10 @@ def test_stored_model_scores_the_same_and_tampering_is_refused(
 def test_the_camera_layout_turns_with_the_image() -> None:
     """Turning the thumbnail a quarter turn permutes its camera vector exactly (the camera
     part compares all four turns, so a sideways camera costs nothing)."""
-    from fleetvl.vlm.scope import _TURNS, camera_vector
+    from fleetvl.vlm.camera import TURNS, camera_vector
 
     t = np.random.default_rng(7).integers(0, 256, (THUMB, THUMB, 3), dtype=np.uint8)
     upright = camera_vector(t)
     for k in (1, 2, 3):
         turned = camera_vector(np.ascontiguousarray(np.rot90(t, k)))
-        assert min(np.abs(upright[_TURNS[j]] - turned).max() for j in range(4)) < 1e-5
+        assert min(np.abs(upright[TURNS[j]] - turned).max() for j in range(4)) < 1e-5
