@@ -111,6 +111,7 @@ def checkpoint_factory(artifacts: Path) -> Callable[[str], Path]:
 _CALIBRATION_CODE = [
     *sorted((ROOT / "fleetvl" / "fleetdata").glob("*.py")),
     ROOT / "fleetvl" / "vlm" / "scope.py",
+    ROOT / "fleetvl" / "vlm" / "camera.py",
     ROOT / "fleetvl" / "vlm" / "calibration.py",
     ROOT / "fleetvl" / "vlm" / "image.py",
     ROOT / "edge_agent" / "calibrate.py",

@@ -38,6 +38,7 @@ _EXPORTER = sorted((ROOT / "edge_agent" / "export").glob("*.py"))
 _CALIBRATION = [
     *sorted((ROOT / "fleetvl" / "fleetdata").glob("*.py")),
     ROOT / "fleetvl" / "vlm" / "scope.py",
+    ROOT / "fleetvl" / "vlm" / "camera.py",
     ROOT / "fleetvl" / "vlm" / "calibration.py",
     ROOT / "edge_agent" / "calibrate.py",
 ]
