@@ -1,4 +1,4 @@
-"""``fleetvl calibrate``: run a model over a labelled set and store its gate calibration.
+"""``fleetvl calibrate``: run a bundle over a labelled set and store its gate calibration.
 
 Input is JSONL, one example per line: ``{"image": "a.png"}`` or ``{"images": [...]}`` (paths
 relative to the file), ``"question"`` and ``"answer"`` (the expected answer), and optionally
@@ -8,8 +8,7 @@ are not in scope and are skipped). An answer is right when, normalised by
 :func:`fleetvl.answers.normalize_answer`, it equals the expected one (``match="exact"``) or
 contains it (``match="contains"``).
 
-Output, in the model's directory (an edge bundle, or a cloud model directory with
-``--cloud``): ``calibration.json`` (see :mod:`fleetvl.vlm.calibration`) and ``scope.npz``,
+Output, in the bundle: ``calibration.json`` (see :mod:`fleetvl.vlm.calibration`) and ``scope.npz``,
 the out-of-scope score fitted on these examples (see :mod:`fleetvl.vlm.scope`), whose
 summary in ``calibration.json`` names the labelled set's sha256. The confidence thresholds
 are read from the examples the scope score keeps (an input it refuses never reaches the
@@ -19,10 +18,9 @@ gate when served). Use a calibration split that no training run and no benchmark
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import numpy as np
 
@@ -38,49 +36,11 @@ from fleetvl.vlm.calibration import (
     now_utc,
     save_scope,
 )
-from fleetvl.vlm.confidence import TokenConfidence
 from fleetvl.vlm.gate import SIGNALS, score
 from fleetvl.vlm.labelled_set import read_labelled_set
 from fleetvl.vlm.scope import ScopeInputs, ScopeModel
 
-__all__ = ["Answered", "CalibrationEngine", "calibrate_bundle", "calibrate_model"]
-
-
-
-@dataclass(frozen=True)
-class Answered:
-    """What calibration needs from one answer."""
-
-    text: str
-    tokens: Sequence[TokenConfidence]
-    hidden: np.ndarray | None  # final hidden state for the probe (None: the engine has none)
-    scope_inputs: list[ScopeInputs]
-
-
-class CalibrationEngine(Protocol):
-    """An engine calibration can run: the edge engine or the cloud worker's."""
-
-    @property
-    def digest(self) -> str: ...
-
-    def answer(self, messages: list[dict[str, Any]], images: list[bytes],
-               params: SamplingParams) -> Answered: ...  # fmt: skip
-
-
-class _EdgeAnswers:
-    def __init__(self, bundle: Path) -> None:
-        from edge_agent.engine import EdgeEngine
-
-        self.engine = EdgeEngine(bundle)
-
-    @property
-    def digest(self) -> str:
-        return self.engine.digest
-
-    def answer(self, messages: list[dict[str, Any]], images: list[bytes],
-               params: SamplingParams) -> Answered:  # fmt: skip
-        r = self.engine.generate(self.engine.encode(messages, images), params)
-        return Answered(r.text, r.tokens, r.last_hidden, r.scope_inputs)
+__all__ = ["calibrate_bundle"]
 
 
 def calibrate_bundle(
@@ -94,30 +54,16 @@ def calibrate_bundle(
     out: Path | None = None,
     progress: Callable[[str], None] = lambda _m: None,
 ) -> Calibration:
-    """Calibrate an edge bundle (see the module docstring)."""
-    return calibrate_model(_EdgeAnswers(Path(bundle)), Path(bundle), labelled,
-                           max_tokens=max_tokens, match=match, probe=probe, alpha=alpha,
-                           out=out, progress=progress)  # fmt: skip
-
-
-def calibrate_model(
-    engine: CalibrationEngine,
-    model_dir: Path,
-    labelled: Path,
-    *,
-    max_tokens: int = 32,
-    match: Literal["exact", "contains"] = "exact",
-    probe: bool = True,
-    alpha: float = 0.01,
-    out: Path | None = None,
-    progress: Callable[[str], None] = lambda _m: None,
-) -> Calibration:
-    """Run ``engine`` over the labelled set; write ``calibration.json`` (to ``out`` if given)
-    and ``scope.npz`` beside it.
+    """Run the bundle over the labelled set; write ``calibration.json`` (to ``out`` if given)
+    and ``scope.npz`` beside it. (A cloud model's scope score: ``fleetvl calibrate --cloud``,
+    :mod:`cloud_worker.engine.scope`.)
 
     Raises:
-        InputError: a bad labelled set, or too few examples of a scene for the scope score.
+        InputError: a bad labelled set.
     """
+    from edge_agent.engine import EdgeEngine
+
+    engine = EdgeEngine(bundle)
     every = read_labelled_set(labelled)
     examples = [ex for ex in every if ex["answerable"]]
     if len(examples) < len(every):
@@ -134,17 +80,18 @@ def calibrate_model(
     for i, ex in enumerate(examples):
         content: list[dict[str, Any]] = [{"type": "image"} for _ in ex["images"]]
         content.append({"type": "text", "text": ex["question"]})
-        r = engine.answer([{"role": "user", "content": content}], ex["images"], params)
+        r = engine.generate(engine.encode([{"role": "user", "content": content}], ex["images"]),
+                            params)  # fmt: skip
         for s in per_signal:
             per_signal[s].append(score(s, r.tokens))
         correct.append(answer_matches(r.text, ex["answer"], match))
-        hidden.append(r.hidden)
+        hidden.append(r.last_hidden)
         scope_inputs += r.scope_inputs
         scenes += [ex["scene"]] * len(r.scope_inputs)
         owner += [i] * len(r.scope_inputs)
         if (i + 1) % 100 == 0 or i + 1 == len(examples):
             progress(f"[{i + 1}/{len(examples)}] accuracy so far {sum(correct) / (i + 1):.3f}")
-    dest = Path(out) if out else Path(model_dir) / CALIBRATION_FILE
+    dest = Path(out) if out else Path(bundle) / CALIBRATION_FILE
     keep = np.ones(len(examples), dtype=bool)
     summary = None
     model = _fit_scope(scope_inputs, scenes, alpha, progress)
@@ -160,8 +107,8 @@ def calibrate_model(
     signals = {s: calibrate_signal(s, [x for x, k in zip(v, keep, strict=True) if k], kept)
                for s, v in per_signal.items()}  # fmt: skip
     weights, bias = None, 0.0
-    hidden_kept = [h for h, k in zip(hidden, keep, strict=True) if k and h is not None]
-    if probe and len(hidden_kept) == len(kept) and 0 < sum(kept) < len(kept):
+    if probe and 0 < sum(kept) < len(kept):
+        hidden_kept = [h for h, k in zip(hidden, keep, strict=True) if k]
         p, signals["probe"] = calibrate_probe(np.stack(hidden_kept), kept)
         weights, bias = list(p.weights), p.bias
     cal = Calibration(

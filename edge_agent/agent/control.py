@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from edge_agent.agent.service import AgentService
-from edge_agent.agent.source_health import SourceHealth, SourceStatus
+from edge_agent.agent.source_health import SourceStatus
 from fleetvl.policy import PolicyOverride, SlaPolicy
 
 __all__ = ["AgentControl"]
@@ -106,9 +106,8 @@ class AgentControl:
 
     def source_health(self) -> list[SourceStatus]:
         """Every image source the service keeps, with its recent out-of-scope verdicts (the
-        heartbeat's ``sources``); empty when the service keeps no ``health``."""
-        health: SourceHealth | None = getattr(self.service, "health", None)
-        return health.snapshot() if health is not None else []
+        heartbeat's ``sources``)."""
+        return self.service.health.snapshot()
 
     def _on_loop(self, coro: Any) -> None:
         try:

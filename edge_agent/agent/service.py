@@ -17,7 +17,7 @@ Per request (flows 1-3 of the architecture):
    flagged ``low_confidence``, the durable spool (202 + id) or an error.
 
 Before any answer, the bundle's out-of-scope score judges the input (a covered, dark or
-misaimed camera, another kind of scene, a question the model never learned). Out of scope,
+misaimed camera, another kind of scene). Out of scope,
 ``on_out_of_scope`` decides: ``refuse`` answers at once with the verdict ``unanswerable``
 (and its reason), ``escalate`` lets the cloud model judge it by its own score (refused there
 too if it agrees; refused here when escalating is not possible). Each verdict is counted per
@@ -168,8 +168,7 @@ class AgentService:
             async for ev in self._escalate(req, resolved, deadline, None, "local_busy"):
                 yield ev
             return
-        if attempt.scope is not None:
-            self._count_scope(req, attempt)
+        count_verdict(self.config.site, self.health, req, attempt)
         if attempt.out_of_scope:
             if pol.on_out_of_scope is OutOfScopeAction.ESCALATE and can_escalate(self.clock()):
                 async for ev in self._escalate(req, resolved, deadline, attempt, "out_of_scope"):
@@ -253,9 +252,6 @@ class AgentService:
             gate=gate_dict(v),
             out_of_scope=a.scope.as_dict() if a.scope is not None else None,
         )
-
-    def _count_scope(self, req: AgentRequest, a: LocalAttempt) -> None:
-        count_verdict(self.config.site, self.health, req, a)
 
     def _unanswerable(
         self, req: AgentRequest, resolved: ResolvedPolicy, a: LocalAttempt, note: str = ""

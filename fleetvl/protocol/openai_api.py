@@ -26,7 +26,6 @@ from fleetvl.protocol.image_urls import PayloadTooLarge
 
 __all__ = [
     "SLA_HEADERS",
-    "VERDICTS",
     "answer_message",
     "refusal_text",
     "client_error",
@@ -199,18 +198,12 @@ def refusal_text(scope: Mapping[str, Any]) -> str:
         "camera": "the image does not look like what this site's camera should show "
         "(covered, dark, blurred, glare, misaimed or broken)",
         "vision": "the image shows nothing this model was trained to read",
-        "question": "the question is unlike any this model was trained to answer",
     }.get(str(scope.get("part")), "the input is out of this model's scope")
     return (
         f"unanswerable: {what}; out-of-scope score {float(scope.get('score', 0)):.2f} >= "
         f"{float(scope.get('threshold', 1)):.2f} ({scope.get('part')} part, the question is "
         f"about a {scope.get('scene')} scene)"
     )
-
-
-# An answer's verdict (``fleetvl.verdict``): ``escalate`` never reaches a client, it is what
-# the edge does with an answer it does not release.
-VERDICTS = ("answer", "unanswerable")
 
 
 def answer_message(text: str, verdict: str, scope: Mapping[str, Any] | None) -> dict[str, Any]:
