@@ -43,15 +43,19 @@ __all__ = [
     "fault_image",
 ]
 
-# Faults the score and the thresholds were developed against.
-DEV_KINDS = ("blur", "glare", "dark", "cover", "rotation", "crop", "other_scene")
+# Faults the score and the thresholds were developed against. motion_blur was held out until
+# its held-out result was reported (session 6: the score missed it); it was then developed
+# against, and rain and night_noise, defined before any score saw them, took its place.
+DEV_KINDS = ("blur", "glare", "dark", "cover", "rotation", "crop", "other_scene", "motion_blur")
 # Faults only the benchmark draws, and only to report (never to choose anything).
-HELD_OUT_KINDS = ("fog", "motion_blur")
+HELD_OUT_KINDS = ("fog", "rain", "night_noise")
 KINDS = DEV_KINDS + HELD_OUT_KINDS
 # Kinds with a mild (answerable) band; cover and other_scene are severe only, rotation is
 # mild only (a turned view still shows the answer).
-MILD_KINDS = ("blur", "glare", "dark", "rotation", "crop", "fog", "motion_blur")
-SEVERE_KINDS = ("blur", "glare", "dark", "cover", "crop", "other_scene", "fog", "motion_blur")
+MILD_KINDS = ("blur", "glare", "dark", "rotation", "crop", "motion_blur", "fog", "rain",
+              "night_noise")  # fmt: skip
+SEVERE_KINDS = ("blur", "glare", "dark", "cover", "crop", "other_scene", "motion_blur", "fog",
+                "rain", "night_noise")  # fmt: skip
 
 # What a camera looks at, per task: the five substation tasks each have their own piece of
 # equipment, the three retail tasks share one shelving unit. A question about one scene kind
@@ -198,6 +202,39 @@ def _motion_blur(
     return out / steps, {"length_px": length}
 
 
+def _rain(img: Image.Image, rng: np.random.Generator, severe: bool) -> tuple[np.ndarray, dict]:
+    # Water on the lens: each drop shows the scene defocused and a little brighter, with a
+    # sharp rim. Mild: a few small drops, lightly defocused (the detail shows through).
+    # Severe: the lens is sheeted with drops, strongly defocused (nothing is legible).
+    n = img.size[0]
+    s = n / 168
+    drops, (r_lo, r_hi), sigma = (
+        (int(rng.integers(60, 90)), (0.12, 0.22), rng.uniform(18.0, 28.0) * s) if severe
+        else (int(rng.integers(3, 7)), (0.03, 0.06), rng.uniform(1.0, 2.0) * s)
+    )  # fmt: skip
+    yy, xx = np.mgrid[:n, :n].astype(np.float32)
+    mask = np.zeros((n, n), dtype=bool)
+    for _ in range(drops):
+        cx, cy = rng.uniform(0, n, 2)
+        r = rng.uniform(r_lo, r_hi) * n
+        mask |= (xx - cx) ** 2 + (yy - cy) ** 2 < r * r
+    wet = _arr(img.filter(ImageFilter.GaussianBlur(sigma))) * 1.08 + 6
+    a = np.where(mask[..., None], wet, _arr(img))
+    return a, {"wet_frac": float(mask.mean()), "sigma_px": sigma}
+
+
+def _night_noise(
+    img: Image.Image, rng: np.random.Generator, severe: bool
+) -> tuple[np.ndarray, dict]:
+    # A camera at night turns its gain up: a dim scene under strong sensor noise. Severe: the
+    # signal is a few grey levels under noise many times larger (and clipped at black).
+    exposure, sigma = ((rng.uniform(0.04, 0.08), rng.uniform(60.0, 90.0)) if severe
+                       else (rng.uniform(0.6, 0.85), rng.uniform(6.0, 12.0)))  # fmt: skip
+    a = _arr(img) * exposure
+    a = a + rng.normal(0.0, sigma, a.shape).astype(np.float32)
+    return a, {"exposure": exposure, "noise_sigma": sigma}
+
+
 _FAULTS: dict[str, Callable[[Image.Image, np.random.Generator, bool], tuple[np.ndarray, dict]]] = {
     "blur": _blur,
     "glare": _glare,
@@ -207,6 +244,8 @@ _FAULTS: dict[str, Callable[[Image.Image, np.random.Generator, bool], tuple[np.n
     "crop": _crop,
     "fog": _fog,
     "motion_blur": _motion_blur,
+    "rain": _rain,
+    "night_noise": _night_noise,
 }
 
 
