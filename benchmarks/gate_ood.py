@@ -58,15 +58,18 @@ def _png(img) -> bytes:  # noqa: ANN001 - a PIL image
 
 
 def calibrated_bundle(bundle: Path, n: int, tag: str) -> Path:
-    """A copy of ``bundle`` calibrated on ``n`` questions of the calib split (cached)."""
+    """A copy of ``bundle`` calibrated on ``n`` questions of the calib split (cached by the
+    bundle and the code that calibrates it)."""
     import shutil
 
     from edge_agent.calibrate import calibrate_bundle
+    from fleetvl.launch.artifacts import calibration_key
 
-    out = CACHE / f"{bundle.parent.name}-{tag}-calib{n}"
+    key = calibration_key(bundle)
+    out = CACHE / f"{bundle.parent.name}-{tag}-calib{n}-{key}"
     if (out / "calibration.json").exists():
         return out
-    data = CACHE / f"calib-data-{n}"
+    data = CACHE / f"calib-data-{n}-{key}"
     if not (data / "calib.jsonl").exists():
         print(f"writing {n} calibration questions", flush=True)
         write_split(data, "calib", n, faults=0.2)

@@ -97,6 +97,9 @@ def check_scorable(prompt: Prompt) -> None:
                          "with fleetvl.vlm.image.preprocess (CloudEngine.encode does)")  # fmt: skip
 
 
+_CHUNK = 250  # examples per progress line
+
+
 def fit_scope(
     engine: CloudEngine,
     examples: Sequence[ScopeExample],
@@ -122,11 +125,13 @@ def fit_scope(
         content: list[dict[str, Any]] = [{"type": "image"} for _ in ex.images]
         content.append({"type": "text", "text": ex.question})
         prompts.append(engine.encode([{"role": "user", "content": content}], ex.images))
-    progress(f"computing scope inputs of {len(prompts)} examples")
     inputs, scenes = [], []
-    for ex, got in zip(examples, engine.scope_inputs(prompts), strict=True):
-        inputs += got
-        scenes += [ex.scene] * len(got)
+    for start in range(0, len(prompts), _CHUNK):
+        progress(f"scope inputs: {start}/{len(prompts)} examples")
+        part = engine.scope_inputs(prompts[start : start + _CHUNK])
+        for ex, got in zip(examples[start : start + _CHUNK], part, strict=True):
+            inputs += got
+            scenes += [ex.scene] * len(got)
     model = ScopeModel.fit(inputs, scenes, alpha=alpha)
     progress(f"fitted on {len(inputs)} images of {len(model.classes)} scenes")
     return model

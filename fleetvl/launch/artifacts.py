@@ -30,8 +30,8 @@ from pathlib import Path
 from fleetvl.errors import FleetVLError
 from fleetvl.launch.config import UpConfig
 
-__all__ = ["DemoArtifacts", "artifact_key", "fallback_note", "prepare", "prepare_for",
-           "prepare_trained", "trained_key"]  # fmt: skip
+__all__ = ["DemoArtifacts", "artifact_key", "calibration_key", "fallback_note", "prepare",
+           "prepare_for", "prepare_trained", "trained_key"]  # fmt: skip
 
 ROOT = Path(__file__).resolve().parents[2]
 _EXPORTER = sorted((ROOT / "edge_agent" / "export").glob("*.py"))
@@ -122,10 +122,16 @@ def _export(hf: Path, bundle: Path, progress: Callable[[str], None]) -> bool:
     )  # fmt: skip
 
 
+def calibration_key(bundle: Path) -> str:
+    """What a calibration of ``bundle`` depends on: its manifest and the code that writes the
+    calibration split, computes the gate signals and fits the out-of-scope score."""
+    return _hash_files(b"calibration", [bundle / "manifest.json", *_CALIBRATION])
+
+
 def _calibrate(bundle: Path, root: Path, progress: Callable[[str], None]) -> bool:
-    """Calibrate ``bundle`` on a calibration split (written once into ``root``); keyed by the
-    bundle's manifest and the calibration code, in the bundle's ``.calibrated`` marker."""
-    key = _hash_files(b"calibration", [bundle / "manifest.json", *_CALIBRATION])
+    """Calibrate ``bundle`` on a calibration split (written once into ``root``); keyed by
+    :func:`calibration_key`, in the bundle's ``.calibrated`` marker."""
+    key = calibration_key(bundle)
     marker = bundle / ".calibrated"
     if marker.exists() and marker.read_text() == key:
         return False

@@ -46,7 +46,7 @@ __all__ = ["PARTS", "ScopeInputs", "ScopeModel", "ScopeScore", "question_span", 
 
 PARTS = ("vision", "camera")
 _SHRINK = 0.1  # covariance shrinkage towards a scaled identity
-FORMAT = 5
+FORMAT = 6
 
 
 @dataclass(frozen=True)
@@ -123,6 +123,15 @@ class ScopeScore:
     @property
     def out_of_scope(self) -> bool:
         return self.score >= self.threshold
+
+    def with_part(self, part: str, ratio: float) -> ScopeScore:
+        """This verdict with one more part measured outside the model (the agent's frozen-feed
+        check): ``ratio`` 1.0 or more is out of scope, and the larger ratio decides."""
+        parts = {**self.parts, part: ratio}
+        score = ratio * self.threshold
+        if score > self.score:
+            return ScopeScore(score, self.threshold, self.scene, part, parts)
+        return ScopeScore(self.score, self.threshold, self.scene, self.part, parts)
 
     def as_dict(self) -> dict[str, object]:
         """The JSON of an answer's ``fleetvl.out_of_scope`` (the keys of

@@ -162,3 +162,20 @@ def test_the_camera_layout_turns_with_the_image() -> None:
     for k in (1, 2, 3):
         turned = camera_vector(np.ascontiguousarray(np.rot90(t, k)))
         assert min(np.abs(upright[TURNS[j]] - turned).max() for j in range(4)) < 1e-5
+
+
+def test_flat_and_streaked_frames_have_finite_camera_vectors() -> None:
+    """A dead feed (one colour everywhere) must score, not crash the request; a frame smeared
+    in one direction reads as less sharp along it than across it."""
+    from fleetvl.vlm.camera import _GLOBAL, camera_vector
+
+    for value in (0, 1, 128, 254, 255):
+        v = camera_vector(np.full((THUMB, THUMB, 3), value, dtype=np.uint8))
+        assert np.isfinite(v).all(), value
+    rng = np.random.default_rng(3)
+    sharp = rng.integers(0, 256, (THUMB, THUMB, 3), dtype=np.uint8)
+    # Averaging along rows (a horizontal smear) removes the horizontal differences.
+    smeared = np.repeat(sharp.mean(axis=1, keepdims=True), THUMB, axis=1).astype(np.uint8)
+    smeared = (smeared + rng.integers(0, 3, smeared.shape)).astype(np.uint8)
+    weakest = _GLOBAL - 4  # the sharpness in the weakest direction, full scale
+    assert camera_vector(smeared)[weakest] < camera_vector(sharp)[weakest] - 2
