@@ -65,6 +65,11 @@ class GateConfig(_Strict):
         True, description="Stop decoding as soon as the answer can no longer pass the gate "
         "(or the deadline cannot be met locally) and escalate at once."
     )  # fmt: skip
+    frozen_after_s: float = Field(
+        120.0, ge=0, description="A named source (the request's `source`) that has sent the "
+        "identical image for this many seconds, at least 3 times, is a frozen camera: its "
+        "questions are out of scope (part `frozen`), like a covered one. 0 turns the check off."
+    )  # fmt: skip
 
     @model_validator(mode="after")
     def _known(self) -> GateConfig:

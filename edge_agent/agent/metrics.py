@@ -40,7 +40,7 @@ LOCAL_QUEUE = Gauge("fleetvl_edge_local_queue", "Requests waiting for a local en
 SCOPE_VERDICTS = Counter(
     "fleetvl_edge_scope_verdicts_total",
     "Requests the out-of-scope score judged, by site, image source and verdict "
-    "(in_scope, or the part that found it out of scope: vision, camera)",
+    "(in_scope, or the part that found it out of scope: vision, camera, frozen)",
     ["site", "source", "verdict"],
 )
 UNANSWERABLE = Counter(

@@ -3,22 +3,35 @@
 Every request the bundle's scope model judged is counted per image source (Prometheus, and
 the :class:`~edge_agent.agent.source_health.SourceHealth` the controller's alerts read). An
 input judged out of scope and not escalated gets the verdict ``unanswerable``: no text, the
-scope verdict as its reason, served by the edge.
+scope verdict as its reason, served by the edge. A named source whose feed froze (the same
+image for ``gate.frozen_after_s``) is judged out of scope too, with the part ``frozen``.
 """
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from edge_agent.agent import metrics
 from edge_agent.agent.answers import AgentRequest, Answer
+from fleetvl.vlm.scope import ScopeScore
 
 if TYPE_CHECKING:
     from edge_agent.agent.local import LocalAttempt
     from edge_agent.agent.source_health import SourceHealth
     from fleetvl.policy import ResolvedPolicy
 
-__all__ = ["count_verdict", "unanswerable"]
+__all__ = ["count_verdict", "frozen_verdict", "unanswerable"]
+
+
+def frozen_verdict(a: LocalAttempt, unchanged_s: float, after_s: float) -> LocalAttempt:
+    """``a`` with the frozen-feed part added to its scope verdict: the source has sent the same
+    image for ``unchanged_s`` seconds, out of scope from ``after_s`` (0: the check is off)."""
+    if after_s <= 0 or unchanged_s <= 0:
+        return a
+    ratio = unchanged_s / after_s
+    scope = a.scope or ScopeScore(0.0, 1.0, "", "frozen", {})
+    return replace(a, scope=scope.with_part("frozen", ratio))
 
 
 def count_verdict(site: str, health: SourceHealth, req: AgentRequest, a: LocalAttempt) -> None:

@@ -42,7 +42,7 @@ from edge_agent.agent.engines import EnginePool, LocalRejected
 from edge_agent.agent.escalation import CloudClient, EscalationError
 from edge_agent.agent.local import LocalAttempt, run_local
 from edge_agent.agent.requests import to_generate_request
-from edge_agent.agent.scope_verdicts import count_verdict, unanswerable
+from edge_agent.agent.scope_verdicts import count_verdict, frozen_verdict, unanswerable
 from edge_agent.agent.source_health import SourceHealth
 from edge_agent.agent.spool import Spool, SpoolFull
 from fleetvl.policy import (
@@ -160,6 +160,7 @@ class AgentService:
             # wants the local answer finished.
             return pol.on_uplink_down is not UplinkDownAction.ANSWER_LOCAL
 
+        unchanged_s = self.health.unchanged(req.source, "|".join(req.digests))
         try:
             attempt = await self._local(req, pol, deadline, gate, can_escalate, early=True)
         except LocalRejected as exc:
@@ -168,6 +169,7 @@ class AgentService:
             async for ev in self._escalate(req, resolved, deadline, None, "local_busy"):
                 yield ev
             return
+        attempt = frozen_verdict(attempt, unchanged_s, self.config.gate.frozen_after_s)
         count_verdict(self.config.site, self.health, req, attempt)
         if attempt.out_of_scope:
             if pol.on_out_of_scope is OutOfScopeAction.ESCALATE and can_escalate(self.clock()):

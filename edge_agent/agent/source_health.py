@@ -6,6 +6,10 @@ its last ``window`` images (out of scope or not, and which part of the score sai
 control client sends a snapshot with every heartbeat; the controller turns a run of
 out-of-scope frames into a site health alert ("cam-3: 20 of the last 25 frames out of scope").
 
+It also remembers each named source's latest frame (the images' digests) and since when the
+source has sent nothing else: a camera whose feed froze keeps delivering the same picture,
+which the out-of-scope score cannot tell from a live one (see :meth:`SourceHealth.unchanged`).
+
 Bounded: at most ``max_sources`` sources are kept, the least recently seen dropped first, so a
 client that invents a source per request cannot grow the agent's memory.
 """
@@ -35,6 +39,9 @@ class _Recent:
     verdicts: deque[bool]
     last_part: str = ""
     updated: float = 0.0
+    frame: str = ""  # the latest frame's image digests
+    frame_since: float = 0.0  # when that frame was first sent
+    frame_count: int = 0  # times sent since
 
 
 class SourceHealth:
@@ -49,18 +56,38 @@ class SourceHealth:
         self._sources: OrderedDict[str, _Recent] = OrderedDict()
         self._lock = threading.Lock()
 
+    def unchanged(self, source: str | None, frame: str, min_frames: int = 3) -> float:
+        """Note that ``source`` sent ``frame`` now; return for how many seconds it has sent
+        nothing else (0.0 until it has sent the frame ``min_frames`` times: a client that
+        asks several questions about one snapshot, or retries, is not a frozen camera).
+        Unnamed sources and requests without images are never judged (0.0)."""
+        if not source or not frame:
+            return 0.0
+        now = self._clock()
+        with self._lock:
+            recent = self._touch(source)
+            if recent.frame != frame:
+                recent.frame, recent.frame_since, recent.frame_count = frame, now, 0
+            recent.frame_count += 1
+            return now - recent.frame_since if recent.frame_count >= min_frames else 0.0
+
+    def _touch(self, key: str) -> _Recent:
+        """The source's record, moved to the most recently seen end (the lock is held)."""
+        recent = self._sources.pop(key, None) or _Recent(deque(maxlen=self.window))
+        self._sources[key] = recent
+        while len(self._sources) > self.max_sources:
+            self._sources.popitem(last=False)
+        return recent
+
     def record(self, source: str | None, out_of_scope: bool, part: str | None = None) -> None:
         """One image's verdict (call once per scored request)."""
         key = source or ""
         with self._lock:
-            recent = self._sources.pop(key, None) or _Recent(deque(maxlen=self.window))
+            recent = self._touch(key)
             recent.verdicts.append(out_of_scope)
             if out_of_scope and part:
                 recent.last_part = part
             recent.updated = self._clock()
-            self._sources[key] = recent
-            while len(self._sources) > self.max_sources:
-                self._sources.popitem(last=False)
 
     def snapshot(self) -> list[SourceStatus]:
         """Every kept source, most recently seen last."""

@@ -198,11 +198,12 @@ def refusal_text(scope: Mapping[str, Any]) -> str:
         "camera": "the image does not look like what this site's camera should show "
         "(covered, dark, blurred, glare, misaimed or broken)",
         "vision": "the image shows nothing this model was trained to read",
+        "frozen": "this camera has sent the identical picture for too long (a frozen feed)",
     }.get(str(scope.get("part")), "the input is out of this model's scope")
+    about = f", the question is about a {scope['scene']} scene" if scope.get("scene") else ""
     return (
         f"unanswerable: {what}; out-of-scope score {float(scope.get('score', 0)):.2f} >= "
-        f"{float(scope.get('threshold', 1)):.2f} ({scope.get('part')} part, the question is "
-        f"about a {scope.get('scene')} scene)"
+        f"{float(scope.get('threshold', 1)):.2f} ({scope.get('part')} part{about})"
     )
 
 

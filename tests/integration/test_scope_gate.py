@@ -9,6 +9,7 @@ from __future__ import annotations
 import base64
 import io
 import json
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -19,12 +20,13 @@ import openai
 import pytest
 from PIL import Image
 
-from fleetvl.fleetdata import generate
+from fleetvl.fleetdata import Sample, generate
 from fleetvl.vlm.bundle_manifest import file_sha256
 from fleetvl.vlm.calibration import load_calibration, load_scope
 from tests.edge_harness import FakeWanLink, metric, start_agent, start_router, wait_for
 
 SITE = "scope-site"
+FROZEN_S = 1.5  # the agent's frozen-feed window (short: the test waits it out)
 
 
 def _png(img: Image.Image) -> bytes:
@@ -95,7 +97,7 @@ def test_engine_refuses_noise_before_prefill_and_answers_fleet_questions(
 def agent(fleet_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     tmp = tmp_path_factory.mktemp("scope-agent")
     cfg = {"site": SITE, "bundle": str(fleet_bundle), "model": "edge",
-           "spool": {"path": str(tmp / "spool.sqlite")},
+           "spool": {"path": str(tmp / "spool.sqlite")}, "gate": {"frozen_after_s": FROZEN_S},
            "policies": {"global": {"min_confidence": 0.9, "residency": "edge_only"}}}  # fmt: skip
     proc, url = start_agent(tmp, cfg)
     yield url
@@ -128,6 +130,31 @@ def test_out_of_scope_frame_is_refused_with_its_reason_and_counted(agent: str) -
     refused = client.chat.completions.create(**_body(_noise(2), sample.question))
     assert refused.choices[0].message.content is None
     assert "out-of-scope score" in (refused.choices[0].message.refusal or "")
+
+
+def test_a_frozen_feed_is_refused_until_the_picture_changes(agent: str) -> None:
+    first, second = generate("heldout", 2, seed=9)
+
+    def ask(sample: Sample) -> dict[str, Any]:
+        r = httpx.post(agent + "/v1/chat/completions", timeout=30,
+                       json=_body(sample.image, sample.question, source="cam-frozen"))  # fmt: skip
+        assert r.status_code == 200, r.text
+        return r.json()
+
+    # Several questions about one snapshot are not a frozen camera.
+    for _ in range(3):
+        assert ask(first)["fleetvl"].get("verdict") != "unanswerable"
+    time.sleep(FROZEN_S + 0.2)
+    stale = ask(first)
+    assert stale["fleetvl"]["verdict"] == "unanswerable"
+    assert stale["fleetvl"]["out_of_scope"]["part"] == "frozen"
+    assert stale["choices"][0]["message"]["content"] is None
+    assert metric(agent, "fleetvl_edge_scope_verdicts_total", source="cam-frozen",
+                  part="frozen") >= 1  # fmt: skip
+    # A new picture from the same camera is answered again.
+    live = ask(second)
+    assert live["fleetvl"].get("verdict") != "unanswerable"
+    assert live["choices"][0]["message"]["content"] == second.answer
 
 
 def test_streamed_refusal_comes_as_a_refusal_delta(agent: str) -> None:
