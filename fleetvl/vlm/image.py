@@ -215,13 +215,14 @@ def preprocess(
         patches[:, :, :, :, :, None, :, :], (*patches.shape[:5], t, *patches.shape[5:])
     )
     flat = np.ascontiguousarray(patches.reshape(gh * gw, 3 * t * p * p), dtype=np.float32)
+    digest = image_digest(rgb, cfg)
     t0 = time.perf_counter()
     thumb = thumbnail(arr)
     camera = camera_vector(thumb)
     return PreprocessedImage(
         pixel_values=flat,
         grid_thw=(1, gh, gw),
-        digest=image_digest(rgb, cfg),
+        digest=digest,
         thumb=thumb,
         camera=camera,
         scope_s=time.perf_counter() - t0,
