@@ -29,8 +29,8 @@ def ensure_artifacts(
 ) -> dict[str, Path]:
     """Build (or reuse) the preset's checkpoint and the asked-for bundles under ``cache``."""
     from edge_agent.export.bundle import export_bundle
-    from fleetvl.vlm.checkpoint import build_checkpoint
-    from fleetvl.vlm.presets import get_preset
+    from fleetvl_tools.checkpoint import build_checkpoint
+    from fleetvl_tools.presets import get_preset
 
     base = cache / preset
     hf = base / "hf"

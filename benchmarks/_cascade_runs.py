@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from fleetvl.answers import answer_matches
-from fleetvl.fleetdata import Sample
+from fleetvl_tools.fleetdata import Sample
 
 MAX_TOKENS = 8  # the longest answer ("closed", "normal", three digits) plus the end token
 
@@ -110,7 +110,7 @@ def export_bundles(hf: Path, precisions: list[str], cache: Path) -> dict[str, Pa
 
 def quick_models(cache: Path) -> tuple[Path, Path]:
     """Under-trained fleet-edge and fleet-cloud (a few CPU steps): a real path, no accuracy."""
-    from fleetvl.training.train import _parser, train_model
+    from fleetvl_tools.training.train import _parser, train_model
 
     dirs = []
     for preset, steps in (("fleet-edge", 30), ("fleet-cloud", 30)):

@@ -9,7 +9,7 @@ Out-of-scope families (each image asked a fleet question of the held-out split):
   scikit-learn's two sample photos, Matplotlib's sample photograph, and scikit-image's
   LFW face crops): a camera pointed at the wrong thing;
 * ``degraded``: fleet scenes through a severe camera fault (the answer is gone: see
-  :mod:`fleetvl.fleetdata.faults`), every severe kind;
+  :mod:`fleetvl_tools.fleetdata.faults`), every severe kind;
 * ``wrong_scene``: a scene of another kind than the question is about.
 
 ``TUNED_ON`` names what the score's design was developed against; every other family and
@@ -25,14 +25,14 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from fleetvl.fleetdata import Sample, generate, make_sample
-from fleetvl.fleetdata.faults import (
+from fleetvl_tools.fleetdata import Sample, generate, make_sample
+from fleetvl_tools.fleetdata.faults import (
     DEV_KINDS,
     MILD_KINDS,
     SEVERE_KINDS,
     apply_fault,
 )
-from fleetvl.fleetdata.generator import TASKS
+from fleetvl_tools.fleetdata.generator import TASKS
 
 __all__ = ["FAMILIES", "TUNED_ON", "Item", "degraded_kind", "family", "hard_mix", "in_scope"]
 

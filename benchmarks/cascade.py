@@ -36,7 +36,6 @@ from benchmarks._cascade_runs import (  # noqa: E402
     run_cloud,
     run_edge,
 )
-from fleetvl.fleetdata import generate  # noqa: E402
 from fleetvl.vlm.cascade_metrics import (  # noqa: E402
     CascadeCurve,
     cascade_curve,
@@ -44,6 +43,7 @@ from fleetvl.vlm.cascade_metrics import (  # noqa: E402
     random_curve,
 )
 from fleetvl.vlm.gate_signals import TOKEN_SIGNALS, HiddenProbe, auroc, token_signal  # noqa: E402
+from fleetvl_tools.fleetdata import generate  # noqa: E402
 
 PRECISIONS = ["fp32", "int8", "int4"]
 CACHE = ROOT / ".cache" / "bench" / "cascade"

@@ -76,8 +76,8 @@ def copy_rate_gb_s() -> float:
 
 
 def build(preset: str, cache: Path) -> Path:
-    from fleetvl.vlm.checkpoint import build_checkpoint
-    from fleetvl.vlm.presets import get_preset
+    from fleetvl_tools.checkpoint import build_checkpoint
+    from fleetvl_tools.presets import get_preset
 
     out = cache / preset
     if (out / "config.json").exists() and (out / "chat_template.jinja").exists():

@@ -195,7 +195,7 @@ def run_variant(
         [
             sys.executable,
             "-m",
-            "fleetvl.cli",
+            "fleetvl_tools.cli",
             "controller",
             "run",
             "--config",

@@ -79,7 +79,7 @@ def _spawn(args: list[str], config: dict[str, Any], tmp: Path, name: str) -> sub
     path.write_text(yaml.safe_dump(config))
     log = open(tmp / f"{name}.log", "wb")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(
-        [sys.executable, "-m", "fleetvl.cli", *args, "--config", str(path)],
+        [sys.executable, "-m", "fleetvl_tools.cli", *args, "--config", str(path)],
         cwd=ROOT, stdout=log, stderr=subprocess.STDOUT,
     )  # fmt: skip
 

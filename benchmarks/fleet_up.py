@@ -68,7 +68,7 @@ def _run(tmp: Path, name: str, cache_dir: Path, demo: bool) -> dict[str, Any]:
     out_log = tmp / f"up-{name}.log"
     with open(out_log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetvl.cli", "up", "--config", str(config),
+            [sys.executable, "-m", "fleetvl_tools.cli", "up", "--config", str(config),
              "--exit-after-demo", *(["--demo", "--json", str(report)] if demo else [])],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT,
         )  # fmt: skip

@@ -42,9 +42,9 @@ from benchmarks import _ood_families as fam  # noqa: E402
 from benchmarks._artifacts import finite  # noqa: E402
 from benchmarks._cascade_runs import export_bundles, quick_models, run_cloud  # noqa: E402
 from fleetvl.answers import answer_matches  # noqa: E402
-from fleetvl.fleetdata import Sample, write_split  # noqa: E402
-from fleetvl.fleetdata.faults import KINDS  # noqa: E402
 from fleetvl.vlm.gate_signals import auroc  # noqa: E402
+from fleetvl_tools.fleetdata import Sample, write_split  # noqa: E402
+from fleetvl_tools.fleetdata.faults import KINDS  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench" / "gate_ood"
 SIGNAL = "mean_prob"  # the agent's default gate signal
@@ -63,7 +63,7 @@ def calibrated_bundle(bundle: Path, n: int, tag: str) -> Path:
     import shutil
 
     from edge_agent.calibrate import calibrate_bundle
-    from fleetvl.launch.artifacts import calibration_key
+    from fleetvl_tools.launch.artifacts import calibration_key
 
     key = calibration_key(bundle)
     out = CACHE / f"{bundle.parent.name}-{tag}-calib{n}-{key}"

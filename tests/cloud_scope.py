@@ -20,13 +20,15 @@ def scoped_checkpoint(src: Path, dest: Path) -> Path:
     ``CALIBRATION_IMAGES`` images of the ``calib`` split, as ``fleetvl calibrate --cloud``
     would (``calibration.json`` + ``scope.npz``)."""
     from cloud_worker.engine import CloudEngine, EngineConfig, ScopeExample, fit_scope, write_scope
-    from fleetvl.fleetdata import generate
+    from fleetvl_tools.fleetdata import generate
+    from fleetvl_tools.fleetdata.faults import SCENE_KIND
 
     shutil.copytree(src, dest)
     samples = list(generate("calib", CALIBRATION_IMAGES, tasks=TASKS))
     engine = CloudEngine(dest, EngineConfig(max_slots=4, max_context=512))
     try:
-        model = fit_scope(engine, [ScopeExample.from_sample(s) for s in samples])
+        model = fit_scope(engine, [ScopeExample([s.image], s.question, SCENE_KIND[s.task])
+                                   for s in samples])
     finally:
         engine.close()
     labelled = hashlib.sha256("\n".join(s.id for s in samples).encode()).hexdigest()
@@ -36,7 +38,7 @@ def scoped_checkpoint(src: Path, dest: Path) -> Path:
 
 def in_scope(n: int) -> list:
     """``n`` fresh scenes of the calibrated kinds (samples the fit never saw)."""
-    from fleetvl.fleetdata import generate
+    from fleetvl_tools.fleetdata import generate
 
     return list(generate("calib", n, tasks=TASKS, start=10_000))
 

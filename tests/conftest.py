@@ -17,8 +17,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 _PRODUCERS = [
-    ROOT / "fleetvl" / "vlm" / "presets.py",
-    ROOT / "fleetvl" / "vlm" / "checkpoint.py",
+    ROOT / "fleetvl_tools" / "presets.py",
+    ROOT / "fleetvl_tools" / "checkpoint.py",
     ROOT / "fleetvl" / "vlm" / "templates" / "qwen2_vl_chat.jinja",
     *sorted((ROOT / "edge_agent" / "export").glob("*.py")),
 ]
@@ -62,8 +62,8 @@ def artifacts() -> Path:
 
 
 def _checkpoint(artifacts: Path, family: str) -> Path:
-    from fleetvl.vlm.checkpoint import build_checkpoint
-    from fleetvl.vlm.presets import get_preset
+    from fleetvl_tools.checkpoint import build_checkpoint
+    from fleetvl_tools.presets import get_preset
 
     return _build_once(
         artifacts / f"tiny-{family}",
@@ -109,7 +109,7 @@ def checkpoint_factory(artifacts: Path) -> Callable[[str], Path]:
 # The shipped fleet-edge model as a site runs it: the INT4 bundle, calibrated on questions of
 # the calib split (thresholds and the out-of-scope score). Keyed by the checkpoint too.
 _CALIBRATION_CODE = [
-    *sorted((ROOT / "fleetvl" / "fleetdata").glob("*.py")),
+    *sorted((ROOT / "fleetvl_tools" / "fleetdata").glob("*.py")),
     ROOT / "fleetvl" / "vlm" / "scope.py",
     ROOT / "fleetvl" / "vlm" / "camera.py",
     ROOT / "fleetvl" / "vlm" / "calibration.py",
@@ -125,7 +125,7 @@ def fleet_bundle(artifacts: Path) -> Path:
     """INT4 bundle of models/fleet-edge with calibration.json and scope.npz."""
     from edge_agent.calibrate import calibrate_bundle
     from edge_agent.export.bundle import export_bundle
-    from fleetvl.fleetdata import write_split
+    from fleetvl_tools.fleetdata import write_split
 
     edge = ROOT / "models" / "fleet-edge"
     if not (edge / "config.json").exists():

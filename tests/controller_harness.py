@@ -162,7 +162,7 @@ class ControllerProcess:
                 [
                     sys.executable,
                     "-m",
-                    "fleetvl.cli",
+                    "fleetvl_tools.cli",
                     "controller",
                     "run",
                     "--config",

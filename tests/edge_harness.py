@@ -123,7 +123,7 @@ class Proc:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log, "ab") as out:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "fleetvl.cli", *self.args], cwd=ROOT, env=env,
+                [sys.executable, "-m", "fleetvl_tools.cli", *self.args], cwd=ROOT, env=env,
                 stdout=out, stderr=subprocess.STDOUT,
             )  # fmt: skip
         return self

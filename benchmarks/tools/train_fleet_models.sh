@@ -48,7 +48,7 @@ args() {  # the preset, its learning rate, task mix and (with INIT) the checkpoi
 # share the GPU well.
 for m in "${models[@]}"; do
   # shellcheck disable=SC2046
-  "$PY" -m fleetvl.training "$WORK/$m" --prepare-only "${common[@]}" $(args "$m")
+  "$PY" -m fleetvl_tools.training "$WORK/$m" --prepare-only "${common[@]}" $(args "$m")
 done
 if [[ -n "${DEADLINE:-}" ]]; then
   # The final evaluation and the fp16 save take well under a minute; keep that much back.
@@ -58,7 +58,7 @@ pids=()
 for m in "${models[@]}"; do : >"$DEST/$m.log"; done
 for m in "${models[@]}"; do
   # shellcheck disable=SC2046
-  "$PY" -m fleetvl.training "$WORK/$m" "${common[@]}" $(args "$m") > "$DEST/$m.log" 2>&1 &
+  "$PY" -m fleetvl_tools.training "$WORK/$m" "${common[@]}" $(args "$m") > "$DEST/$m.log" 2>&1 &
   pids+=($!)
 done
 tail -n +1 -f --pid "${pids[-1]}" "$DEST/${models[-1]}.log" &

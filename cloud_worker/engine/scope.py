@@ -7,7 +7,7 @@ engine reads them at start (:func:`load_model_scope`); ``fleetvl calibrate --clo
 tests write them with :func:`fit_scope` then :func:`write_scope`:
 
     engine = CloudEngine(model_dir)
-    model = fit_scope(engine, [ScopeExample.from_sample(s) for s in samples])
+    model = fit_scope(engine, [ScopeExample([image], question, scene), ...])
     write_scope(model_dir, model, labelled_sha256=digest_of_the_set, examples=len(samples))
 
 The inputs are computed by the engine itself (its own embeddings and vision tower), so a
@@ -47,18 +47,11 @@ __all__ = ["ScopeExample", "check_scorable", "fit_scope", "load_model_scope", "w
 @dataclass(frozen=True)
 class ScopeExample:
     """One in-scope calibration example: its images, its question, and the scene class it
-    is about (e.g. ``fleetvl.fleetdata.faults.SCENE_KIND[task]``)."""
+    is about (a labelled set's ``scene`` field)."""
 
     images: Sequence[ImageInput]
     question: str
     scene: str
-
-    @classmethod
-    def from_sample(cls, sample: Any) -> ScopeExample:
-        """From a :class:`fleetvl.fleetdata.Sample` (its scene class from its task)."""
-        from fleetvl.fleetdata.faults import SCENE_KIND
-
-        return cls([sample.image], sample.question, SCENE_KIND[sample.task])
 
 
 def load_model_scope(model_dir: str | Path) -> ScopeModel | None:

@@ -44,7 +44,7 @@ def _config(tmp: Path, **over: object) -> tuple[Path, int]:
 def _up(config: Path, timeout: float) -> subprocess.CompletedProcess[str]:
     env = {k: v for k, v in os.environ.items() if k != "FLEETVL_REDIS_URL"}
     return subprocess.run(
-        [sys.executable, "-m", "fleetvl.cli", "up", "--config", str(config)],
+        [sys.executable, "-m", "fleetvl_tools.cli", "up", "--config", str(config)],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout,
     )  # fmt: skip
 
@@ -104,7 +104,7 @@ def test_killing_fleetvl_up_takes_its_components_along(tmp_path: Path) -> None:
     log = tmp_path / "up.log"
     with open(log, "wb") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetvl.cli", "up", "--config", str(config)],
+            [sys.executable, "-m", "fleetvl_tools.cli", "up", "--config", str(config)],
             cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
         )  # fmt: skip
     endpoints = tmp_path / "run" / "endpoints.json"
@@ -126,7 +126,7 @@ def test_killing_fleetvl_up_takes_its_components_along(tmp_path: Path) -> None:
 def test_demo_without_a_running_fleet_says_what_to_start(tmp_path: Path) -> None:
     config, _ = _config(tmp_path)
     r = subprocess.run(
-        [sys.executable, "-m", "fleetvl.cli", "demo", "--config", str(config)],
+        [sys.executable, "-m", "fleetvl_tools.cli", "demo", "--config", str(config)],
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )  # fmt: skip
     assert r.returncode == 2

@@ -12,7 +12,10 @@ from tests.helpers import random_image
 
 def _fleetvl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fleetvl.cli", *args], capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "fleetvl_tools.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
 
 

@@ -10,7 +10,10 @@ from pathlib import Path
 
 def _fleetvl(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "fleetvl.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "fleetvl_tools.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

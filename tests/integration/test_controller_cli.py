@@ -14,7 +14,7 @@ from tests.controller_harness import ROOT
 
 def _run(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "fleetvl.cli", *args],
+        [sys.executable, "-m", "fleetvl_tools.cli", *args],
         capture_output=True,
         text=True,
         cwd=ROOT,

@@ -12,8 +12,8 @@ import pytest
 
 pytest.importorskip("transformers", reason="training needs the export extra")
 
-from fleetvl.fleetdata import TASKS, generate, make_sample  # noqa: E402
-from fleetvl.training.train import _parser, train_model  # noqa: E402
+from fleetvl_tools.fleetdata import TASKS, generate, make_sample  # noqa: E402
+from fleetvl_tools.training.train import _parser, train_model  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 SHIPPED = {"edge": ROOT / "models" / "fleet-edge", "cloud": ROOT / "models" / "fleet-cloud"}
@@ -194,7 +194,7 @@ def test_training_imports_nothing_the_gpu_box_lacks(tmp_path: Path) -> None:
 
     code = (
         "import sys\n"
-        "from fleetvl.training.train import main\n"
+        "from fleetvl_tools.training.train import main\n"
         f"main([{str(tmp_path)!r}, '--steps', '1', '--batch-size', '2', '--train-samples', '2',"
         " '--val-samples', '2', '--workers', '1'])\n"
         "serving = ('pydantic', 'onnxruntime', 'ray', 'fastapi', 'redis', 'grpc', 'uvicorn',"
@@ -214,15 +214,15 @@ def test_packed_vision_attention_equals_transformers_loop(tmp_path: Path) -> Non
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from fleetvl.training.data import build_set
-    from fleetvl.training.loop import collate
-    from fleetvl.training.packed_attention import (
+    from fleetvl.vlm.image import ImageConfig
+    from fleetvl_tools.checkpoint import build_checkpoint
+    from fleetvl_tools.presets import get_preset
+    from fleetvl_tools.training.data import build_set
+    from fleetvl_tools.training.loop import collate
+    from fleetvl_tools.training.packed_attention import (
         cache_vision_indices,
         use_packed_vision_attention,
     )
-    from fleetvl.vlm.checkpoint import build_checkpoint
-    from fleetvl.vlm.image import ImageConfig
-    from fleetvl.vlm.presets import get_preset
 
     build_checkpoint(get_preset("fleet-edge"), tmp_path, progress=lambda _m: None)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(

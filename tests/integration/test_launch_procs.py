@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from fleetvl.launch.procs import Child, Children, StartupError, check_ports_free, wait_for
+from fleetvl_tools.launch.procs import Child, Children, StartupError, check_ports_free, wait_for
 
 # Ignores SIGINT, starts a grandchild in its own process group, then waits forever.
 STUBBORN = (

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fleetvl.fleetdata import generate
-from fleetvl.fleetdata.faults import (
+from fleetvl_tools.fleetdata import generate
+from fleetvl_tools.fleetdata.faults import (
     KINDS,
     MILD_KINDS,
     SCENE_KIND,

@@ -11,12 +11,12 @@ from pydantic import ValidationError
 
 from controller.config import ControllerConfig
 from edge_agent.agent.config import AgentConfig
-from fleetvl.fleetdata import TASKS
-from fleetvl.launch.artifacts import fallback_note
-from fleetvl.launch.config import UpConfig
-from fleetvl.launch.configs import plan_fleet
-from fleetvl.launch.report import format_report, summarize
-from fleetvl.launch.workload import Outcome, Planned, plan_workload, refusal_reason
+from fleetvl_tools.fleetdata import TASKS
+from fleetvl_tools.launch.artifacts import fallback_note
+from fleetvl_tools.launch.config import UpConfig
+from fleetvl_tools.launch.configs import plan_fleet
+from fleetvl_tools.launch.report import format_report, summarize
+from fleetvl_tools.launch.workload import Outcome, Planned, plan_workload, refusal_reason
 from router.config import RouterConfig
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from fleetvl.fleetdata import TASKS, Difficulty, generate, make_sample, write_split
-from fleetvl.fleetdata.substation import SEGMENTS
+from fleetvl_tools.fleetdata import TASKS, Difficulty, generate, make_sample, write_split
+from fleetvl_tools.fleetdata.substation import SEGMENTS
 
 CLEAN = Difficulty()
 

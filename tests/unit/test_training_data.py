@@ -7,9 +7,9 @@ import pytest
 
 torch = pytest.importorskip("torch", reason="training needs torch (export extra)")
 
-from fleetvl.fleetdata import generate  # noqa: E402
-from fleetvl.training.data import IGNORE, patchify  # noqa: E402
 from fleetvl.vlm.image import ImageConfig, preprocess  # noqa: E402
+from fleetvl_tools.fleetdata import generate  # noqa: E402
+from fleetvl_tools.training.data import IGNORE, patchify  # noqa: E402
 
 
 def test_patchify_matches_preprocess() -> None:
@@ -23,10 +23,10 @@ def test_patchify_matches_preprocess() -> None:
 
 
 def test_labels_are_the_answer_and_end_token_only(tmp_path) -> None:
-    from fleetvl.training.data import build_set
-    from fleetvl.vlm.checkpoint import build_checkpoint
-    from fleetvl.vlm.presets import get_preset
     from fleetvl.vlm.processor import QwenVLProcessor
+    from fleetvl_tools.checkpoint import build_checkpoint
+    from fleetvl_tools.presets import get_preset
+    from fleetvl_tools.training.data import build_set
 
     build_checkpoint(get_preset("fleet-edge"), tmp_path, progress=lambda _m: None)
     data = build_set(tmp_path, "val", 8, workers=1, progress=lambda _m: None)

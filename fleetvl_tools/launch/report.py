@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetvl.launch.workload import Outcome
+from fleetvl_tools.launch.workload import Outcome
 
 __all__ = ["accuracy_line", "format_report", "print_report", "summarize"]
 

@@ -142,7 +142,7 @@ _7B_VISION = {
     "window_size": 112,
 }
 
-# The fleet demo models (trained by fleetvl.training): 168 x 168 images, a small vocabulary,
+# The fleet demo models (trained by fleetvl_tools.training): 168 x 168 images, a small vocabulary,
 # both together under 40 MB in fp16. The cloud model is ~4x the edge model.
 _FLEET_IMAGE = 168 * 168
 

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from fleetvl.fleetdata.generator import SPLITS, generate
 from fleetvl.vlm.image import ImageConfig
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import QwenVLProcessor
+from fleetvl_tools.fleetdata.generator import SPLITS, generate
 
 if TYPE_CHECKING:
     import torch
@@ -74,6 +74,8 @@ def tokenize(
     pad = ids.index(proc.image_token_id)
     prompt = ids[:pad] + [proc.image_token_id] * n_img + ids[pad + 1 :]
     end = proc.tokenizer.token_to_id("<|im_end|>")
+    if end is None:
+        raise ValueError("the tokenizer has no <|im_end|> token")
     ans = proc.tokenizer.encode(answer, add_special_tokens=False).ids + [end]
     full = np.asarray(prompt + ans, dtype=np.int64)
     labels = np.full_like(full, IGNORE)
@@ -116,7 +118,7 @@ def build_set(
     ``render_only`` skips tokenization (the returned set has no sequences). ``task_mix``
     names the tasks samples rotate through; a task named twice is drawn twice as often.
     ``faults`` is the share of samples with a mild camera fault (still answerable: see
-    :mod:`fleetvl.fleetdata.faults`).
+    :mod:`fleetvl_tools.fleetdata.faults`).
     """
     if split not in SPLITS:
         raise ValueError(f"unknown split {split!r}")

@@ -17,10 +17,10 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from fleetvl.fleetdata import retail, substation
-from fleetvl.fleetdata.difficulty import Difficulty, degrade
-from fleetvl.fleetdata.faults import DEV_KINDS, MILD_KINDS, SCENE_KIND, Fault, apply_fault
-from fleetvl.fleetdata.scene import Scene
+from fleetvl_tools.fleetdata import retail, substation
+from fleetvl_tools.fleetdata.difficulty import Difficulty, degrade
+from fleetvl_tools.fleetdata.faults import DEV_KINDS, MILD_KINDS, SCENE_KIND, Fault, apply_fault
+from fleetvl_tools.fleetdata.scene import Scene
 
 __all__ = [
     "SPLITS",

@@ -20,12 +20,36 @@ kwargs those functions accept.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, cast
 
 import torch
 import torch.nn.functional as F
 
+if TYPE_CHECKING:
+    from torch.utils.hooks import RemovableHandle
+    from transformers import PreTrainedConfig
+
 __all__ = ["NAME", "cache_vision_indices", "use_packed_vision_attention"]
+
+# The kwargs the vision tower's forward takes (grid_thw, precomputed indices, ...).
+_Kwargs = dict[str, object]
+_HookResult = tuple[tuple[object, ...], _Kwargs]
+
+
+class _VisionTower(Protocol):
+    """What is read of Qwen2.5-VL's vision tower (``model.model.visual``)."""
+
+    config: PreTrainedConfig
+    spatial_merge_size: int
+    window_size: int
+    patch_size: int
+
+    def register_forward_pre_hook(
+        self,
+        hook: Callable[[torch.nn.Module, tuple[object, ...], _Kwargs], _HookResult | None],
+        *,
+        with_kwargs: bool,
+    ) -> RemovableHandle: ...
 
 NAME = "flash_fleet_packed_sdpa"
 
@@ -40,17 +64,19 @@ def _packed_sdpa(
     dropout: float = 0.0,
     cu_seq_lens_q: torch.Tensor | None = None,
     max_length_q: int | None = None,
-    **_: Any,
+    **_kwargs: object,
 ) -> tuple[torch.Tensor, None]:
     """``[1, H, N, D]`` packed q/k/v in equal chunks -> ``[1, N, H, D]``, like flash-attn."""
     _, h, n, d = query.shape
     chunks = len(cu_seq_lens_q) - 1 if cu_seq_lens_q is not None else 1
     length = int(max_length_q) if max_length_q is not None else n
-    if chunks * length != n:
+    if cu_seq_lens_q is not None and chunks * length != n:
         # Unequal chunks (mixed image sizes): attend chunk by chunk.
         bounds = cu_seq_lens_q.tolist()
         outs = [
-            _packed_sdpa(module, *(t[:, :, a:b] for t in (query, key, value)), scaling=scaling)[0]
+            _packed_sdpa(
+                module, query[:, :, a:b], key[:, :, a:b], value[:, :, a:b], scaling=scaling
+            )[0]
             for a, b in zip(bounds[:-1], bounds[1:], strict=True)
         ]
         return torch.cat(outs, dim=1), None
@@ -69,7 +95,7 @@ def use_packed_vision_attention(model: torch.nn.Module, enabled: bool = True) ->
     from transformers import AttentionInterface
 
     AttentionInterface.register(NAME, _packed_sdpa)
-    cfg = model.config.vision_config
+    cfg = cast("PreTrainedConfig", model.config).vision_config
     cfg._attn_implementation = NAME if enabled else "sdpa"
 
 
@@ -82,10 +108,11 @@ def cache_vision_indices(model: torch.nn.Module) -> Callable[[], None]:
         get_vision_window_index,
     )
 
-    visual = model.model.visual
-    cache: dict[tuple, dict[str, Any]] = {}
+    # nn.Module's attribute access is untyped (Tensor | Module): name what the hook reads.
+    visual = cast(_VisionTower, cast(torch.nn.Module, model.model).visual)
+    cache: dict[tuple[str, tuple[tuple[int, ...], ...]], _Kwargs] = {}
 
-    def precompute(grid: torch.Tensor) -> dict[str, Any]:
+    def precompute(grid: torch.Tensor) -> _Kwargs:
         pos = get_vision_position_ids(grid, visual.spatial_merge_size)
         cu, max_len = get_vision_attention_seqlens(grid, visual.config)
         win, cu_win = get_vision_window_index(
@@ -95,7 +122,7 @@ def cache_vision_indices(model: torch.nn.Module) -> Callable[[], None]:
             patch_size=visual.patch_size,
         )
         max_win = get_max_seqlen(cu_win, visual.config, kwarg_name="max_window_seqlen")
-        out: dict[str, Any] = {
+        out: _Kwargs = {
             "position_ids": pos,
             "cu_seqlens": cu,
             "window_index": win.to(grid.device),
@@ -107,10 +134,11 @@ def cache_vision_indices(model: torch.nn.Module) -> Callable[[], None]:
         return out
 
     def hook(
-        _module: torch.nn.Module, args: tuple, kwargs: dict[str, Any]
-    ) -> tuple[tuple, dict[str, Any]]:
+        _module: torch.nn.Module, args: tuple[object, ...], kwargs: _Kwargs
+    ) -> _HookResult:
         grid = kwargs.get("grid_thw")
-        if grid is None or any(k in kwargs for k in ("position_ids", "window_index")):
+        precomputed = any(k in kwargs for k in ("position_ids", "window_index"))
+        if not isinstance(grid, torch.Tensor) or precomputed:
             return args, kwargs
         key = (str(grid.device), tuple(map(tuple, grid.tolist())))
         if key not in cache:

@@ -18,10 +18,10 @@ from pathlib import Path
 from types import FrameType
 from typing import Any
 
-from fleetvl.launch.artifacts import DemoArtifacts, prepare_for
-from fleetvl.launch.config import UpConfig
-from fleetvl.launch.configs import MODEL, FleetPlan, plan_fleet
-from fleetvl.launch.procs import (
+from fleetvl_tools.launch.artifacts import DemoArtifacts, prepare_for
+from fleetvl_tools.launch.config import UpConfig
+from fleetvl_tools.launch.configs import MODEL, FleetPlan, plan_fleet
+from fleetvl_tools.launch.procs import (
     Child,
     Children,
     StartupError,
@@ -39,6 +39,11 @@ ROOT = Path(__file__).resolve().parents[2]
 def endpoints_path(cfg: UpConfig) -> Path:
     """Written once the fleet is ready (``fleetvl demo`` and tests read it), removed at stop."""
     return cfg.run_dir / "endpoints.json"
+
+
+def _uplink_up(agent_url: str) -> Callable[[], bool]:
+    """A readiness check: the agent at ``agent_url`` reports its uplink to the router up."""
+    return lambda: http_json(agent_url + "/healthz")["uplink"] == "up"
 
 
 def http_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
@@ -192,12 +197,7 @@ class Stack:
         self._ready("controller", lambda: http_json(ctl_url + "/healthz"), controller, 60)
         self._ready("router", lambda: http_json(router_url + "/healthz"), router, 60)
         for s, child in zip(p.sites, agents, strict=True):
-            self._ready(
-                f"agent {s.id} (uplink to the router)",
-                lambda s=s: http_json(s.url + "/healthz")["uplink"] == "up",
-                child,
-                90,
-            )
+            self._ready(f"agent {s.id} (uplink to the router)", _uplink_up(s.url), child, 90)
         self._ready(
             "cloud worker (Ray Serve, one-token request)",
             lambda: _serve_ready(f"127.0.0.1:{cfg.port('serve_grpc')}"),

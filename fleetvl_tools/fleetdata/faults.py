@@ -105,7 +105,8 @@ def _sensor(a: np.ndarray, rng: np.random.Generator) -> np.ndarray:
 def _border_colour(img: Image.Image) -> tuple[int, int, int]:
     a = np.asarray(img.convert("RGB"))
     edge = np.concatenate([a[0], a[-1], a[:, 0], a[:, -1]])
-    return tuple(int(c) for c in edge.mean(0))
+    r, g, b = (int(c) for c in edge.mean(0))
+    return r, g, b
 
 
 def _blur(img: Image.Image, rng: np.random.Generator, severe: bool) -> tuple[np.ndarray, dict]:
@@ -271,12 +272,12 @@ def fault_image(
 
 
 def apply_fault(sample, kind: str, rng: np.random.Generator, *, severe: bool):  # noqa: ANN001
-    """A copy of ``sample`` (:class:`fleetvl.fleetdata.Sample`) whose image has the fault.
+    """A copy of ``sample`` (:class:`fleetvl_tools.fleetdata.Sample`) whose image has the fault.
 
     ``other_scene`` keeps the question and shows a render of another scene kind at the same
     level (a camera pointed at the wrong equipment); it is always severe.
     """
-    from fleetvl.fleetdata.generator import TASKS, make_sample
+    from fleetvl_tools.fleetdata.generator import TASKS, make_sample
 
     if kind == "other_scene":
         if not severe:

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
 
-from fleetvl.vlm.presets import SPECIAL_TOKENS, Preset
+from fleetvl_tools.presets import SPECIAL_TOKENS, Preset
 
 __all__ = ["build_checkpoint", "train_tokenizer"]
 
@@ -166,7 +166,7 @@ def build_checkpoint(
     out.mkdir(parents=True, exist_ok=True)
     extra = ""
     if preset.corpus == "fleet":
-        from fleetvl.fleetdata.corpus import corpus_text
+        from fleetvl_tools.fleetdata.corpus import corpus_text
 
         extra = corpus_text()
     tok = train_tokenizer(preset.bpe_vocab, say, extra)
@@ -207,7 +207,7 @@ def build_checkpoint(
         bos_token=None,
         eos_token="<|im_end|>",
         pad_token="<|endoftext|>",
-        unk_token=None,
+        unk_token=None,  # type: ignore[arg-type]  # Qwen has no unk token; transformers takes None
         add_prefix_space=False,
     )
     image_processor = Qwen2VLImageProcessorPil(

@@ -15,7 +15,7 @@ from typing import Any
 
 import yaml
 
-from fleetvl.launch.config import UpConfig
+from fleetvl_tools.launch.config import UpConfig
 
 __all__ = ["MODEL", "FleetPlan", "SitePlan", "plan_fleet"]
 

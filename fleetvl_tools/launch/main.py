@@ -10,17 +10,17 @@ from pathlib import Path
 from typing import Any
 
 from fleetvl.errors import FleetVLError
-from fleetvl.launch.config import UpConfig
-from fleetvl.launch.report import print_report, summarize
-from fleetvl.launch.stack import Stack, endpoints_path, running_stack
-from fleetvl.launch.workload import Outcome, plan_workload, run_workload, send
+from fleetvl_tools.launch.config import UpConfig
+from fleetvl_tools.launch.report import print_report, summarize
+from fleetvl_tools.launch.stack import Stack, endpoints_path, running_stack
+from fleetvl_tools.launch.workload import Outcome, plan_workload, run_workload, send
 
 __all__ = ["run_demo", "run_up"]
 
 
 def _progress(say: Callable[[str], None]) -> Callable[[int, int, Outcome], None]:
     def show(i: int, total: int, o: Outcome) -> None:
-        what = o.served_by if o.answered else f"refused: {o.reason}"
+        what = f"{o.served_by}" if o.answered else f"refused: {o.reason}"
         if o.correct is not None:
             what += f" {o.text.strip()!r} " + (
                 "right" if o.correct else f"wrong (expected {o.req.expected!r})"

@@ -10,9 +10,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from fleetvl.fleetdata._draw import COLOURS, canvas, jitter
-from fleetvl.fleetdata.difficulty import Difficulty
-from fleetvl.fleetdata.scene import Scene
+from fleetvl_tools.fleetdata._draw import COLOURS, canvas, jitter
+from fleetvl_tools.fleetdata.difficulty import Difficulty
+from fleetvl_tools.fleetdata.scene import Scene
 
 __all__ = ["colour_count", "empty_row", "missing_tags"]
 
@@ -89,7 +89,9 @@ def empty_row(rng: np.random.Generator, d: Difficulty, size: int) -> Scene:
     fill = 0.95 - 0.55 * d.level
     rows = []
     for r in range(n_rows):
-        row = [None] * n_slots if r == empty else _stocked_row(n_slots, rng, fill)
+        row: list[str | None] = (
+            [None] * n_slots if r == empty else _stocked_row(n_slots, rng, fill)
+        )
         if r != empty and all(c is None for c in row):
             row[int(rng.integers(0, n_slots))] = "other"
         rows.append(row)

@@ -6,7 +6,7 @@ import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
-from fleetvl.fleetdata.generator import DEFAULT_SIZE, generate
+from fleetvl_tools.fleetdata.generator import DEFAULT_SIZE, generate
 
 __all__ = ["write_split"]
 

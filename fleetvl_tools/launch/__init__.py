@@ -6,7 +6,7 @@ imports no tier package: it writes their config files, waits until each answers,
 them all on Ctrl-C.
 """
 
-from fleetvl.launch.config import UpConfig
-from fleetvl.launch.main import run_demo, run_up
+from fleetvl_tools.launch.config import UpConfig
+from fleetvl_tools.launch.main import run_demo, run_up
 
 __all__ = ["UpConfig", "run_demo", "run_up"]

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from fleetvl.fleetdata.generator import TASKS, generate
+from fleetvl_tools.fleetdata.generator import TASKS, generate
 
 __all__ = ["corpus_text"]
 

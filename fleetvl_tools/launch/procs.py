@@ -183,7 +183,7 @@ class Children:
 
 def python_cli(*args: str) -> list[str]:
     """``fleetvl ARGS`` with this interpreter (works from a venv that is not on PATH)."""
-    return [sys.executable, "-m", "fleetvl.cli", *args]
+    return [sys.executable, "-m", "fleetvl_tools.cli", *args]
 
 
 def venv_bin(name: str) -> str:

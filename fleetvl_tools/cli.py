@@ -11,21 +11,23 @@ import json
 import logging
 import sys
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, TypeVar
 
 from fleetvl.errors import FleetVLError
 
 if TYPE_CHECKING:
-    from fleetvl.launch.config import UpConfig
+    from fleetvl_tools.launch.config import UpConfig
+
+_Config = TypeVar("_Config")
 
 __all__ = ["main"]
 
 
 def _cmd_model_init(args: argparse.Namespace) -> int:
-    from fleetvl.vlm.checkpoint import build_checkpoint
-    from fleetvl.vlm.presets import get_preset
+    from fleetvl_tools.checkpoint import build_checkpoint
+    from fleetvl_tools.presets import get_preset
 
     preset = get_preset(args.preset, args.family)
     dtype = args.dtype or ("bfloat16" if preset.name == "edge-bench" else "float32")
@@ -99,7 +101,7 @@ def _cmd_ask(args: argparse.Namespace) -> int:
 
 
 def _cmd_data_write(args: argparse.Namespace) -> int:
-    from fleetvl.fleetdata import write_split
+    from fleetvl_tools.fleetdata import write_split
 
     path = write_split(
         args.out_dir, args.split, args.n, seed=args.seed, size=args.size, progress=print,
@@ -110,7 +112,7 @@ def _cmd_data_write(args: argparse.Namespace) -> int:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    from fleetvl.training.train import main as train_main
+    from fleetvl_tools.training.train import main as train_main
 
     return train_main(args.train_args)
 
@@ -125,7 +127,7 @@ def _request_log_to_stdout(logger: str) -> None:
     log.propagate = False
 
 
-def _load_config(load: Callable[[str], Any], path: str, what: str) -> Any:
+def _load_config(load: Callable[[str], _Config], path: str, what: str) -> _Config | None:
     """``load(path)``, or None after printing the validation errors for a person."""
     from pydantic import ValidationError
 
@@ -136,7 +138,7 @@ def _load_config(load: Callable[[str], Any], path: str, what: str) -> Any:
         return None
 
 
-def _run_service(main: Any) -> int:
+def _run_service(main: Coroutine[object, object, None]) -> int:
     """Run a service's ``serve()`` coroutine; a listener that cannot start is exit code 2."""
     import asyncio
 
@@ -273,7 +275,7 @@ def _cmd_controller_check(args: argparse.Namespace) -> int:
 
 
 def _up_config(args: argparse.Namespace) -> UpConfig:
-    from fleetvl.launch.config import UpConfig
+    from fleetvl_tools.launch.config import UpConfig
 
     cfg = UpConfig.load(args.config)
     if args.base_port is not None:
@@ -283,7 +285,7 @@ def _up_config(args: argparse.Namespace) -> UpConfig:
 
 def _cmd_up(args: argparse.Namespace) -> int:
     t_start = time.monotonic()  # the start of `fleetvl up`, for the first-answer time
-    from fleetvl.launch.main import run_up
+    from fleetvl_tools.launch.main import run_up
 
     return run_up(
         _up_config(args), lambda m: print(m, flush=True), demo=args.demo,
@@ -293,7 +295,7 @@ def _cmd_up(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
-    from fleetvl.launch.main import demo_endpoints, run_demo
+    from fleetvl_tools.launch.main import demo_endpoints, run_demo
 
     endpoints = demo_endpoints(_up_config(args))
     run_demo(endpoints, lambda m: print(m, flush=True), Path(args.json) if args.json else None,

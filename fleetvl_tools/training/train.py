@@ -1,7 +1,7 @@
-"""Train a fleet model from scratch: ``python -m fleetvl.training --preset fleet-edge OUT``.
+"""Train a fleet model from scratch: ``python -m fleetvl_tools.training --preset fleet-edge OUT``.
 
 Builds the preset's checkpoint directory (tokenizer, processor files, random weights) with
-:func:`fleetvl.vlm.checkpoint.build_checkpoint`, trains the real transformers
+:func:`fleetvl_tools.checkpoint.build_checkpoint`, trains the real transformers
 ``Qwen2_5_VLForConditionalGeneration`` on rendered fleet questions (loss on answer tokens,
 bf16 autocast on CUDA), saves a resumable state every ``--ckpt-every`` steps, evaluates
 exact-match accuracy on the validation split and writes ``OUT/model`` with
@@ -87,16 +87,16 @@ def train_model(args: argparse.Namespace) -> dict:
     import torch
     from transformers import Qwen2_5_VLForConditionalGeneration
 
-    from fleetvl.fleetdata.generator import TASKS
-    from fleetvl.training.data import build_set
-    from fleetvl.training.loop import TrainConfig, Trainer, exact_match
-    from fleetvl.training.packed_attention import (
+    from fleetvl.vlm.image import ImageConfig
+    from fleetvl_tools.checkpoint import build_checkpoint
+    from fleetvl_tools.fleetdata.generator import TASKS
+    from fleetvl_tools.presets import get_preset
+    from fleetvl_tools.training.data import build_set
+    from fleetvl_tools.training.loop import TrainConfig, Trainer, exact_match
+    from fleetvl_tools.training.packed_attention import (
         cache_vision_indices,
         use_packed_vision_attention,
     )
-    from fleetvl.vlm.checkpoint import build_checkpoint
-    from fleetvl.vlm.image import ImageConfig
-    from fleetvl.vlm.presets import get_preset
 
     def say(msg: str) -> None:
         print(f"[{args.preset}] {msg}", flush=True)  # noqa: T201 (progress lines are the UI)
@@ -130,6 +130,8 @@ def train_model(args: argparse.Namespace) -> dict:
     from tokenizers import Tokenizer
 
     pad_id = Tokenizer.from_file(str(init_dir / "tokenizer.json")).token_to_id(pad_token)
+    if pad_id is None:
+        raise ValueError(f"the tokenizer in {init_dir} has no pad token {pad_token!r}")
     # Data first: rendering forks worker processes, best done before CUDA is initialized.
     t0 = time.perf_counter()
     common = {
@@ -160,7 +162,7 @@ def train_model(args: argparse.Namespace) -> dict:
     torch.manual_seed(args.seed)
     model = Qwen2_5_VLForConditionalGeneration.from_pretrained(
         init_dir, dtype=torch.float32, attn_implementation="sdpa"
-    ).to(device)
+    ).to(device)  # type: ignore[arg-type]  # transformers types .to() as taking a model
     if not args.init_from:
         with torch.no_grad():
             # build_checkpoint randomizes q/k/v biases to stress the exporter; start at zero.

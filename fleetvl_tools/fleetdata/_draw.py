@@ -7,7 +7,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
-from fleetvl.fleetdata.difficulty import Difficulty, draw_distractors
+from fleetvl_tools.fleetdata.difficulty import Difficulty, draw_distractors
 
 # Named colours the retail questions ask about; values are what the camera sees at level 0.
 COLOURS: dict[str, tuple[int, int, int]] = {

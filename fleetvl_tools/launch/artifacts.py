@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fleetvl.errors import FleetVLError
-from fleetvl.launch.config import UpConfig
+from fleetvl_tools.launch.config import UpConfig
 
 __all__ = ["DemoArtifacts", "artifact_key", "calibration_key", "fallback_note", "prepare",
            "prepare_for", "prepare_trained", "trained_key"]  # fmt: skip
@@ -36,16 +36,17 @@ __all__ = ["DemoArtifacts", "artifact_key", "calibration_key", "fallback_note", 
 ROOT = Path(__file__).resolve().parents[2]
 _EXPORTER = sorted((ROOT / "edge_agent" / "export").glob("*.py"))
 _CALIBRATION = [
-    *sorted((ROOT / "fleetvl" / "fleetdata").glob("*.py")),
+    *sorted((ROOT / "fleetvl_tools" / "fleetdata").glob("*.py")),
     ROOT / "fleetvl" / "vlm" / "scope.py",
     ROOT / "fleetvl" / "vlm" / "camera.py",
+    ROOT / "fleetvl" / "vlm" / "image.py",
     ROOT / "fleetvl" / "vlm" / "calibration.py",
     ROOT / "edge_agent" / "calibrate.py",
 ]
 CALIBRATION_EXAMPLES = 1500
 _PRODUCERS = [
-    ROOT / "fleetvl" / "vlm" / "presets.py",
-    ROOT / "fleetvl" / "vlm" / "checkpoint.py",
+    ROOT / "fleetvl_tools" / "presets.py",
+    ROOT / "fleetvl_tools" / "checkpoint.py",
     ROOT / "fleetvl" / "vlm" / "templates" / "qwen2_vl_chat.jinja",
     *_EXPORTER,
 ]
@@ -81,7 +82,7 @@ def trained_key(edge_model: Path) -> str:
 def _run(args: list[str], what: str, progress: Callable[[str], None]) -> None:
     progress(f"  {what} ...")
     proc = subprocess.Popen(
-        [sys.executable, "-m", "fleetvl.cli", *args], cwd=ROOT,
+        [sys.executable, "-m", "fleetvl_tools.cli", *args], cwd=ROOT,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
     tail: list[str] = []

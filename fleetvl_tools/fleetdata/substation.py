@@ -11,9 +11,9 @@ import math
 
 import numpy as np
 
-from fleetvl.fleetdata._draw import canvas, jitter, text_centered
-from fleetvl.fleetdata.difficulty import Difficulty
-from fleetvl.fleetdata.scene import Scene
+from fleetvl_tools.fleetdata._draw import canvas, jitter, text_centered
+from fleetvl_tools.fleetdata.difficulty import Difficulty
+from fleetvl_tools.fleetdata.scene import Scene
 
 __all__ = ["breaker", "gauge", "oil_level", "seven_segment", "thermal"]
 
@@ -125,7 +125,7 @@ def _ironbow(t: float) -> tuple[int, int, int]:
     x = float(np.clip(t, 0.0, 1.0)) * (len(stops) - 1)
     i = min(int(x), len(stops) - 2)
     c = stops[i] + (stops[i + 1] - stops[i]) * (x - i)
-    return tuple(int(v) for v in c)
+    return int(c[0]), int(c[1]), int(c[2])
 
 
 def thermal(rng: np.random.Generator, d: Difficulty, size: int) -> Scene:

@@ -1,11 +1,11 @@
 """Fleet VQA: rendered substation and retail images with questions and exact short answers.
 
-Deterministic and seeded (see :mod:`fleetvl.fleetdata.generator`); imports only NumPy and
+Deterministic and seeded (see :mod:`fleetvl_tools.fleetdata.generator`); imports only NumPy and
 Pillow, so the training script can use it on a box without the serving stack.
 """
 
-from fleetvl.fleetdata.difficulty import Difficulty
-from fleetvl.fleetdata.generator import (
+from fleetvl_tools.fleetdata.difficulty import Difficulty
+from fleetvl_tools.fleetdata.generator import (
     DEFAULT_SIZE,
     SPLITS,
     TASKS,
@@ -13,7 +13,7 @@ from fleetvl.fleetdata.generator import (
     generate,
     make_sample,
 )
-from fleetvl.fleetdata.writer import write_split
+from fleetvl_tools.fleetdata.writer import write_split
 
 __all__ = [
     "DEFAULT_SIZE",

@@ -5,19 +5,32 @@ from __future__ import annotations
 import math
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict
 
 import numpy as np
 import torch
 
-from fleetvl.training.data import IGNORE, FleetSet, patchify
 from fleetvl.vlm.image import ImageConfig
+from fleetvl_tools.training.data import IGNORE, FleetSet, patchify
 
 __all__ = ["TrainConfig", "Trainer", "exact_match"]
+
+
+
+class ModelInputs(TypedDict, total=False):
+    """The model's forward kwargs for one batch (``labels`` popped to score without loss)."""
+
+    input_ids: torch.Tensor
+    labels: torch.Tensor
+    attention_mask: torch.Tensor
+    position_ids: torch.Tensor
+    image_grid_thw: torch.Tensor
+    pixel_values: torch.Tensor
+    use_cache: bool
 
 
 @dataclass
@@ -69,24 +82,32 @@ def host_batch(data: FleetSet, idx: np.ndarray, pad_id: int) -> dict[str, torch.
     return out
 
 
-def to_device(host: dict[str, torch.Tensor], device: torch.device, cfg: ImageConfig) -> dict:
+def to_device(
+    host: dict[str, torch.Tensor], device: torch.device, cfg: ImageConfig
+) -> ModelInputs:
     """Model inputs on ``device`` from :func:`host_batch`'s tensors (pixels patchified there)."""
-    t = {k: v.to(device, non_blocking=True) for k, v in host.items()}
-    images = t.pop("images")
+    moved = {k: v.to(device, non_blocking=True) for k, v in host.items()}
+    images = moved["images"]
     b = images.shape[0]
     p = cfg.patch_size
-    t["image_grid_thw"] = torch.tensor(
-        [[1, images.shape[1] // p, images.shape[2] // p]] * b, device=device
-    )
-    t["pixel_values"] = patchify(images, cfg)
-    # MRoPE positions are given, so transformers' per-sample Python position loop never runs.
-    t["use_cache"] = False
-    return t
+    return {
+        "input_ids": moved["input_ids"],
+        "labels": moved["labels"],
+        "attention_mask": moved["attention_mask"],
+        "position_ids": moved["position_ids"],
+        "image_grid_thw": torch.tensor(
+            [[1, images.shape[1] // p, images.shape[2] // p]] * b, device=device
+        ),
+        "pixel_values": patchify(images, cfg),
+        # MRoPE positions are given, so transformers' per-sample Python position loop never
+        # runs.
+        "use_cache": False,
+    }
 
 
 def collate(
     data: FleetSet, idx: np.ndarray, device: torch.device, pad_id: int, cfg: ImageConfig
-) -> dict[str, Any]:
+) -> ModelInputs:
     """Model inputs for samples ``idx``: right-padded ids, labels, MRoPE positions, pixels."""
     return to_device(host_batch(data, idx, pad_id), device, cfg)
 
@@ -171,7 +192,7 @@ class Trainer:
         self.val_curve: list[tuple[int, float]] = []
         self.eval_set = eval_set
         self.rng = np.random.default_rng(cfg.seed)
-        self._rng_before_draw: dict[str, Any] | None = None
+        self._rng_before_draw: Mapping[str, object] | None = None
 
     def lr_at(self, step: int) -> float:
         c = self.cfg
@@ -257,7 +278,7 @@ class Trainer:
             if self.cfg.time_budget_s and self.step == start + 10:
                 timed_from = (self.step, time.perf_counter())  # after CUDA/autotune warm-up
             timed = self.step - timed_from[0] if timed_from else 0
-            if timed in (40, 120) or (timed > 0 and timed % 250 == 0):
+            if timed_from and (timed in (40, 120) or (timed > 0 and timed % 250 == 0)):
                 end = self._fit_budget(timed_from, t0, end)
                 if self.step >= end:
                     self._flush(pending)

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from fleetvl.answers import answer_matches
-from fleetvl.launch.images import gauge_png, png_bytes, shelf_png
+from fleetvl_tools.launch.images import gauge_png, png_bytes, shelf_png
 
 __all__ = ["Outcome", "Planned", "plan_workload", "repeats_of", "run_workload",
            "send"]  # fmt: skip
@@ -41,7 +41,7 @@ class Planned:
     kind: str  # loose, tight, critical, batch, burst, router, repeat
     question: str
     image: bytes
-    sla: dict[str, Any] = field(default_factory=dict)
+    sla: dict[str, str | int] = field(default_factory=dict)  # the request's SLA fields
     max_tokens: int = 12
     expected: str | None = None  # the fleet question's exact answer (None: not graded)
     task: str | None = None  # the fleet generator's task
@@ -102,7 +102,7 @@ def _drawn(kind: str, i: int) -> Question:
 def fleet_question(kind: str, i: int) -> Question:
     """Sample ``i`` of the fleet generator's test split (seed ``FLEET_SEED``) from the tasks of
     the site's kind: substation tasks for substations, retail tasks for everything else."""
-    from fleetvl.fleetdata import TASKS, generate
+    from fleetvl_tools.fleetdata import TASKS, generate
 
     site = "substation" if kind == "substation" else "retail"
     tasks = [t for t, (s, _) in TASKS.items() if s == site]
@@ -122,7 +122,7 @@ def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 1
     generator's questions with their expected answers (the trained models), else drawings."""
     n = 0
 
-    def ask(s: dict[str, Any], via: str, kind: str, sla: dict[str, Any] | None = None,
+    def ask(s: dict[str, Any], via: str, kind: str, sla: dict[str, str | int] | None = None,
             i: int | None = None) -> Planned:  # fmt: skip
         nonlocal n
         if i is None:
@@ -136,6 +136,7 @@ def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 1
     steady: list[Planned] = []
     for s in sites:
         for j in range(per_site):
+            sla: dict[str, str | int]
             kind, sla = "loose", {}
             if j == 1:
                 kind, sla = "tight", {"deadline_ms": 60}
@@ -187,7 +188,7 @@ def send(p: Planned, endpoints: dict[str, Any], timeout: float = 60.0) -> Outcom
     key = endpoints["api_keys"][p.tenant]
     base = site["url"] if p.via == "agent" else endpoints["router_http"]
     client = openai.OpenAI(base_url=base + "/v1", api_key=key, max_retries=0, timeout=timeout)
-    extra_body: dict[str, Any] = {"sla": p.sla} if p.sla else {}
+    extra_body: dict[str, object] = {"sla": p.sla} if p.sla else {}
     headers = {"x-fleetvl-site": p.site} if p.via == "router" else {}
     messages = [{"role": "user", "content": [
         {"type": "image_url", "image_url": {"url": _data_url(p.image)}},
@@ -196,7 +197,7 @@ def send(p: Planned, endpoints: dict[str, Any], timeout: float = 60.0) -> Outcom
     try:
         raw = client.chat.completions.with_raw_response.create(
             model=endpoints["model"], messages=messages, max_tokens=p.max_tokens,  # type: ignore[arg-type]
-            seed=p.seed if p.seed is not None else openai.NOT_GIVEN,
+            seed=p.seed if p.seed is not None else openai.omit,
             extra_body=extra_body, extra_headers=headers,
         )  # fmt: skip
     except openai.APIStatusError as exc:

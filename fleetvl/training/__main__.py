@@ -1,5 +1,0 @@
-import sys
-
-from fleetvl.training.train import main
-
-sys.exit(main())
