@@ -45,8 +45,9 @@ test: setup lint  ## lint, then the whole test suite
 test-fast: setup  ## unit tests only
 	$(BIN)/python -m pytest tests/unit
 
-lint: setup  ## ruff
+lint: setup  ## ruff, then mypy (the packages and strictness are in pyproject.toml)
 	$(BIN)/ruff check .
+	$(BIN)/mypy
 
 format: setup  ## ruff format + autofix
 	$(BIN)/ruff check --fix . && $(BIN)/ruff format .

@@ -16,7 +16,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
@@ -34,7 +33,7 @@ log = logging.getLogger("fleetvl.controller")
 REGISTER_TIMEOUT_S = 10.0
 
 
-def log_line(**fields: Any) -> None:
+def log_line(**fields: object) -> None:
     log.info(json.dumps({"ts": round(time.time(), 3), **fields}, default=str))
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import itertools
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass
-from typing import Any
 
 from fleetvl.protocol import control_pb2 as cpb
 
@@ -57,7 +56,7 @@ class Alert:
     message: str
     since: float  # unix time the alert was raised (by this controller)
 
-    def public(self) -> dict[str, Any]:
+    def public(self) -> dict[str, object]:
         """The admin API's JSON object for this alert."""
         return asdict(self)
 

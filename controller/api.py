@@ -13,7 +13,8 @@ import hmac
 import json
 import logging
 import time
-from typing import Annotated, Any
+from collections.abc import Awaitable, Callable
+from typing import Annotated
 
 import redis
 from fastapi import Depends, FastAPI, Header, Request
@@ -28,6 +29,7 @@ from controller.rollout import RolloutError
 from controller.service import Controller
 from controller.spec import RolloutPlan, SiteSpec
 from controller.status_page import render_status
+from controller.store import JsonObject
 from fleetvl.policy import PolicyError, error_details
 
 __all__ = ["create_app"]
@@ -36,7 +38,7 @@ log = logging.getLogger("fleetvl.controller")
 
 
 class PolicyBody(BaseModel):
-    policy: dict[str, Any] | None = Field(description="The level's policy; null removes it.")
+    policy: dict[str, object] | None = Field(description="The level's policy; null removes it.")
     why: str = Field("", max_length=500, description="Reason, kept in the audit log.")
 
 
@@ -58,8 +60,16 @@ class CommandBody(BaseModel):
     args: dict[str, str] = Field(default_factory=dict)
 
 
-def _err(status: int, reason: str, **extra: Any) -> JSONResponse:
+def _err(status: int, reason: str, **extra: object) -> JSONResponse:
     return JSONResponse({"error": reason, **extra}, status_code=status)
+
+
+class _ApiError(Exception):
+    """Ends a route with ``_err(status, reason)`` (the route's return type stays its body's)."""
+
+    def __init__(self, status: int, reason: str) -> None:
+        super().__init__(reason)
+        self.status, self.reason = status, reason
 
 
 def create_app(ctl: Controller) -> FastAPI:
@@ -71,7 +81,9 @@ def create_app(ctl: Controller) -> FastAPI:
         return _token_ok(ctl, auth)
 
     @app.middleware("http")
-    async def _log(request: Request, call_next: Any) -> Response:
+    async def _log(
+        request: Request, call_next: Callable[[Request], Awaitable[Response]]
+    ) -> Response:
         t0 = time.perf_counter()
         resp = await call_next(request)
         dt = time.perf_counter() - t0
@@ -90,6 +102,10 @@ def create_app(ctl: Controller) -> FastAPI:
             )
         )
         return resp
+
+    @app.exception_handler(_ApiError)
+    async def _api_error(_r: Request, e: _ApiError) -> JSONResponse:
+        return _err(e.status, e.reason)
 
     @app.exception_handler(_Unauthorized)
     async def _unauth(_r: Request, _e: _Unauthorized) -> JSONResponse:
@@ -142,48 +158,48 @@ def create_app(ctl: Controller) -> FastAPI:
         return HTMLResponse(render_status(ctl.status(), audit=audit))
 
     @app.get("/api/status")
-    async def status(_who: Admin) -> dict[str, Any]:
+    async def status(_who: Admin) -> JsonObject:
         return ctl.status()
 
     @app.get("/v1/alerts")
-    async def alerts(_who: Admin, site: str | None = None) -> dict[str, Any]:
+    async def alerts(_who: Admin, site: str | None = None) -> JsonObject:
         """Site health alerts holding now (of one site with ``?site=``), by site and source:
         ``{"alerts": [{"site", "source", "kind", "frames", "out_of_scope", "part",
         "message", "since"}]}``. Soft state: rebuilt from heartbeats after a restart."""
         return {"alerts": [a.public() for a in ctl.alerts.alerts(site)]}
 
     @app.get("/api/sites")
-    async def sites(_who: Admin) -> list[dict[str, Any]]:
+    async def sites(_who: Admin) -> list[JsonObject]:
         return [s.model_dump(mode="json") for s in ctl.desired.sites().values()]
 
     @app.put("/api/sites/{site_id}")
-    async def put_site(site_id: str, body: SiteSpec, who: Admin) -> dict[str, Any]:
+    async def put_site(site_id: str, body: SiteSpec, who: Admin) -> JsonObject:
         if body.id != site_id:
-            return _err(422, f"body id {body.id!r} differs from the path's {site_id!r}")
+            raise _ApiError(422, f"body id {body.id!r} differs from the path's {site_id!r}")
         await ctl.desired.put_site(body, who, "admin API")
         return body.model_dump(mode="json")
 
     @app.get("/api/sites/{site_id}/policy")
-    async def site_policy(site_id: str, _who: Admin) -> dict[str, Any]:
+    async def site_policy(site_id: str, _who: Admin) -> JsonObject:
         return {
             "layers": ctl.desired.policy_layers(site_id),
             "resolved": ctl.desired.resolved(site_id),
         }
 
     @app.put("/api/policies/global")
-    async def put_global(body: PolicyBody, who: Admin) -> dict[str, Any]:
+    async def put_global(body: PolicyBody, who: Admin) -> JsonObject:
         v = await ctl.desired.set_policy("global", None, body.policy, who, body.why)
         return {"version": v}
 
     @app.put("/api/policies/{level}/{name}")
-    async def put_policy(level: str, name: str, body: PolicyBody, who: Admin) -> dict[str, Any]:
+    async def put_policy(level: str, name: str, body: PolicyBody, who: Admin) -> JsonObject:
         if level not in ("tenant", "site"):
-            return _err(404, f"unknown policy level {level!r} (global, tenant, site)")
+            raise _ApiError(404, f"unknown policy level {level!r} (global, tenant, site)")
         v = await ctl.desired.set_policy(level, name, body.policy, who, body.why)
         return {"version": v}
 
     @app.post("/api/bundles")
-    async def upload_bundle(request: Request, who: Admin, name: str = "") -> dict[str, Any]:
+    async def upload_bundle(request: Request, who: Admin, name: str = "") -> JsonObject:
         upload = ctl.bundles.ingest()
         try:
             async for chunk in request.stream():
@@ -194,12 +210,14 @@ def create_app(ctl: Controller) -> FastAPI:
         try:
             digest = await asyncio.to_thread(upload.commit, request.headers.get("x-bundle-digest"))
         except ValueError as exc:
-            return _err(422, str(exc))
+            raise _ApiError(422, str(exc)) from None
         await ctl.desired.register_bundle(digest, {"name": name or None, "size": upload.size}, who)
         return {"digest": digest, "size": upload.size}
 
     @app.get("/bundles/{digest}")
-    async def download(digest: str, authorization: Annotated[str | None, Header()] = None) -> Any:
+    async def download(
+        digest: str, authorization: Annotated[str | None, Header()] = None
+    ) -> Response:
         if not _may_download(ctl, authorization) and not _ok_token(authorization):
             return _err(401, "a valid agent credential is needed to download bundles")
         try:
@@ -211,51 +229,53 @@ def create_app(ctl: Controller) -> FastAPI:
         return FileResponse(path, media_type="application/x-tar")
 
     @app.put("/api/sites/{site_id}/bundle")
-    async def assign(site_id: str, body: AssignBody, who: Admin) -> dict[str, Any]:
+    async def assign(site_id: str, body: AssignBody, who: Admin) -> JsonObject:
         digest = ctl.desired.bundle_ref(body.bundle).digest if body.bundle else None
         await ctl.desired.assign({site_id: digest}, who, body.why)
         return {"site": site_id, "bundle": digest}
 
     @app.post("/api/sites/{site_id}/commands")
-    async def command(site_id: str, body: CommandBody, who: Admin) -> dict[str, Any]:
+    async def command(site_id: str, body: CommandBody, who: Admin) -> JsonObject:
         ctl.desired.site(site_id)
         s = ctl.registry.sessions.get(site_id)
         if s is None or not s.connected:
-            return _err(409, f"site {site_id!r} has no connected agent; commands are not queued")
+            raise _ApiError(
+                409, f"site {site_id!r} has no connected agent; commands are not queued"
+            )
         push_id = ctl.pusher.command(s, body.name, body.args)
         await ctl.store.audit(who, "command", body.name, site=site_id, args=body.args)
         return {"push_id": push_id}
 
     @app.get("/api/rollouts")
-    async def rollouts(_who: Admin) -> list[dict[str, Any]]:
-        return ctl.status()["rollouts"]
+    async def rollouts(_who: Admin) -> list[JsonObject]:
+        return ctl.rollout_views()
 
     @app.post("/api/rollouts", status_code=201)
-    async def start_rollout(body: RolloutBody, who: Admin) -> dict[str, Any]:
+    async def start_rollout(body: RolloutBody, who: Admin) -> JsonObject:
         plan = RolloutPlan.model_validate(body.model_dump(exclude={"why"}))
         r = await ctl.rollouts.start(plan, who, body.why)
         return r.public(len(ctl.rollouts.matching(plan)))
 
     @app.get("/api/rollouts/{rollout_id}")
-    async def rollout(rollout_id: str, _who: Admin) -> dict[str, Any]:
+    async def rollout(rollout_id: str, _who: Admin) -> JsonObject:
         r = ctl.rollouts.rollouts.get(rollout_id)
         if r is None:
-            return _err(404, f"unknown rollout {rollout_id!r}")
+            raise _ApiError(404, f"unknown rollout {rollout_id!r}")
         return r.public(len(ctl.rollouts.matching(r.plan)))
 
     @app.post("/api/rollouts/{rollout_id}/{action}")
     async def rollout_action(
         rollout_id: str, action: str, body: ActionBody, who: Admin
-    ) -> dict[str, Any]:
+    ) -> JsonObject:
         if action not in ("pause", "resume", "abort"):
-            return _err(404, f"unknown action {action!r} (pause, resume, abort)")
+            raise _ApiError(404, f"unknown action {action!r} (pause, resume, abort)")
         if rollout_id not in ctl.rollouts.rollouts:
-            return _err(404, f"unknown rollout {rollout_id!r}")
+            raise _ApiError(404, f"unknown rollout {rollout_id!r}")
         r = await ctl.rollouts.set_status(rollout_id, action, who, body.why)
         return r.public(len(ctl.rollouts.matching(r.plan)))
 
     @app.get("/api/audit")
-    async def audit(_who: Admin, limit: int = 100) -> list[dict[str, Any]]:
+    async def audit(_who: Admin, limit: int = 100) -> list[JsonObject]:
         return await ctl.store.audit_log(max(1, min(limit, 10_000)))
 
     return app

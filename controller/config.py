@@ -9,7 +9,6 @@ from __future__ import annotations
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
@@ -110,13 +109,14 @@ class ControllerConfig(_Strict):
     @classmethod
     def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> ControllerConfig:
         env = os.environ if env is None else env
-        data: dict[str, Any] = yaml.safe_load(Path(path).read_text()) or {}
+        data: dict[str, object] = yaml.safe_load(Path(path).read_text()) or {}
         if v := env.get("FLEETVL_REDIS_URL"):
             data["redis_url"] = v
         if v := env.get("FLEETVL_CONTROLLER_ADMIN_TOKEN"):
             data["admin_token"] = v
-        if isinstance(data.get("spec_file"), str) and not Path(data["spec_file"]).is_absolute():
-            data["spec_file"] = str(Path(path).parent / data["spec_file"])
+        spec_file = data.get("spec_file")
+        if isinstance(spec_file, str) and not Path(spec_file).is_absolute():
+            data["spec_file"] = str(Path(path).parent / spec_file)
         return cls.model_validate(data)
 
     def fleet_spec(self) -> FleetSpec:

@@ -8,12 +8,11 @@ same desired state as before the crash.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Awaitable, Callable, Mapping
 
 from controller.spec import DIGEST_RE, BundleRef, FleetSpec, SiteSpec
-from controller.store import ControllerStore
-from fleetvl.policy import PolicyError, PolicyOverride, SlaPolicy, resolve_policy
+from controller.store import BundleInfo, ControllerStore, JsonObject
+from fleetvl.policy import Clamp, PolicyError, PolicyOverride, SlaPolicy, resolve_policy
 
 __all__ = ["DesiredState", "UnknownObject"]
 
@@ -34,16 +33,16 @@ class DesiredState:
         self.spec = spec
         self.store = store
         self.bundle_base_url = bundle_base_url.rstrip("/")
-        self.policies: dict[str, dict[str, Any]] = {}
+        self.policies: dict[str, Mapping[str, object]] = {}
         self.assignments: dict[str, str] = {}
-        self.extra_bundles: dict[str, dict[str, Any]] = {}
+        self.extra_bundles: dict[str, BundleInfo] = {}
         self.extra_sites: dict[str, SiteSpec] = {}
         self.policy_version = 0
         self.on_change: ChangeHook | None = None
 
     async def load(self) -> None:
         """Read the run-time layer from Redis (at start, and after a crash)."""
-        self.policies = await self.store.policies()
+        self.policies = dict(await self.store.policies())
         self.assignments = await self.store.assignments()
         self.extra_bundles = await self.store.bundles()
         self.extra_sites = {
@@ -100,7 +99,7 @@ class DesiredState:
     def site_policy(self, site: SiteSpec) -> PolicyOverride | None:
         return self._override(f"site:{site.id}", site.policy)
 
-    def policy_layers(self, site_id: str) -> dict[str, dict[str, Any]]:
+    def policy_layers(self, site_id: str) -> dict[str, JsonObject]:
         """``{"global": ..., "tenant": ..., "site": ...}`` as pushed to the site's agent."""
         site = self.site(site_id)
         tenant, own = self.tenant_policy(site.tenant), self.site_policy(site)
@@ -110,7 +109,7 @@ class DesiredState:
             "site": own.model_dump(mode="json", exclude_none=True) if own else {},
         }
 
-    def resolved(self, site_id: str) -> dict[str, Any]:
+    def resolved(self, site_id: str) -> JsonObject:
         site = self.site(site_id)
         r = resolve_policy(
             self.global_policy(),
@@ -120,7 +119,7 @@ class DesiredState:
         return r.policy.model_dump(mode="json")
 
     async def set_policy(
-        self, level: str, name: str | None, value: dict[str, Any] | None, who: str, why: str
+        self, level: str, name: str | None, value: Mapping[str, object] | None, who: str, why: str
     ) -> int:
         """Validate and store one level's policy; returns the new policy version.
 
@@ -158,8 +157,8 @@ class DesiredState:
         await self._changed(affected)
         return self.policy_version
 
-    def _clamps(self, sites: set[str]) -> dict[tuple[str, str, str], Any]:
-        out = {}
+    def _clamps(self, sites: set[str]) -> dict[tuple[str, str, str], Clamp]:
+        out: dict[tuple[str, str, str], Clamp] = {}
         for sid in sites:
             site = self.site(sid)
             r = resolve_policy(
@@ -171,7 +170,7 @@ class DesiredState:
         return out
 
     def _check_clamps(
-        self, key: str, value: dict[str, Any] | None, affected: set[str] | None
+        self, key: str, value: Mapping[str, object] | None, affected: set[str] | None
     ) -> None:
         """Refuse a write that would make the router clamp some site's residency.
 
@@ -204,6 +203,7 @@ class DesiredState:
     # -- bundles -----------------------------------------------------------------------
     def bundle_ref(self, name_or_digest: str) -> BundleRef:
         """A bundle by spec name or digest (registered at run time or declared)."""
+        ref: BundleRef | None
         if name_or_digest in self.spec.bundles:
             ref = self.spec.bundles[name_or_digest]
         elif (
@@ -242,7 +242,7 @@ class DesiredState:
         name = site.bundle or (t.bundle if (t := self.spec.tenants.get(site.tenant)) else None)
         return self.bundle_ref(name) if name else None
 
-    async def register_bundle(self, digest: str, info: dict[str, Any], who: str) -> None:
+    async def register_bundle(self, digest: str, info: BundleInfo, who: str) -> None:
         await self.store.put_bundle(digest, info)
         self.extra_bundles[digest] = info
         await self.store.audit(who, "bundle.register", "", digest=digest, **info)

@@ -16,20 +16,26 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 from pydantic import ValidationError
 
 from controller.config import KubeConfig
 from controller.spec import FleetSpec, SiteSpec, TenantSpec
 
-__all__ = ["CustomResourceWatch", "merge_resources"]
+__all__ = ["CustomResourceWatch", "KubeObject", "merge_resources"]
 
 log = logging.getLogger("fleetvl.controller.kube")
 PLURALS = ("edgesites", "slapolicies")
 
+# A custom resource as the API server returns it (decoded JSON). Its spec is whatever the
+# operator wrote: read key by key and validated by the pydantic models, never trusted.
+KubeObject = dict[str, Any]
+# plural -> object name -> object
+KubeObjects = dict[str, dict[str, KubeObject]]
 
-def _site(obj: dict[str, Any]) -> SiteSpec:
+
+def _site(obj: KubeObject) -> SiteSpec:
     spec = dict(obj.get("spec") or {})
     if "tokenSha256" in spec:
         spec["token_sha256"] = spec.pop("tokenSha256")
@@ -37,7 +43,7 @@ def _site(obj: dict[str, Any]) -> SiteSpec:
 
 
 def merge_resources(
-    base: FleetSpec, objects: dict[str, dict[str, dict[str, Any]]]
+    base: FleetSpec, objects: KubeObjects
 ) -> tuple[FleetSpec, list[str]]:
     """The file spec with the custom resources applied; returns (spec, problems)."""
     data = base.model_dump(mode="json")
@@ -75,13 +81,13 @@ class CustomResourceWatch:
     """List+watch threads (the client is synchronous); ``on_update`` gets every object."""
 
     def __init__(
-        self, config: KubeConfig, on_update: Callable[[dict[str, dict[str, Any]]], None]
+        self, config: KubeConfig, on_update: Callable[[KubeObjects], None]
     ) -> None:
         from kubernetes import client  # the controller extra; only needed when enabled
 
         self.config = config
         self.on_update = on_update
-        self.objects: dict[str, dict[str, dict[str, Any]]] = {p: {} for p in PLURALS}
+        self.objects: KubeObjects = {p: {} for p in PLURALS}
         self._lock = threading.Lock()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
@@ -116,7 +122,11 @@ class CustomResourceWatch:
 
     def _list(self, plural: str) -> str:
         c = self.config
-        res = self.api.list_namespaced_custom_object(c.group, c.version, c.namespace, plural)
+        # Typed `object` by the client: the decoded JSON list ({"items": [...], "metadata"}).
+        res = cast(
+            KubeObject,
+            self.api.list_namespaced_custom_object(c.group, c.version, c.namespace, plural),
+        )
         with self._lock:
             self.objects[plural] = {o["metadata"]["name"]: o for o in res.get("items", [])}
         self._publish()

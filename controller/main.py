@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 import grpc
 import uvicorn
@@ -48,13 +48,21 @@ def _grpc_server(ctl: Controller, config: ControllerConfig) -> tuple[grpc.aio.Se
     return server, port
 
 
+class Started(TypedDict, total=False):
+    """What :func:`serve` reports once listening."""
+
+    controller: Controller
+    http_port: int
+    grpc_port: int
+
+
 async def serve(
     config: ControllerConfig,
     *,
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
-    started: dict[str, Any] | None = None,
+    started: Started | None = None,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop``).
 
@@ -94,7 +102,7 @@ async def serve(
         ctl.desired.bundle_base_url = f"http://{config.http_host}:{http_port}"
     log.info('{"event": "listening", "http_port": %d, "grpc_port": %d}', http_port, grpc_port)
     if started is not None:
-        started.update(controller=ctl, http_port=http_port, grpc_port=grpc_port)
+        started.update({"controller": ctl, "http_port": http_port, "grpc_port": grpc_port})
     if ready is not None:
         ready.set()
     await serve_until_stopped(server, http, stop)

@@ -17,7 +17,7 @@ import hashlib
 import math
 import time
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Literal
 
 from pydantic import BaseModel, Field
 
@@ -25,7 +25,7 @@ from controller import metrics as m
 from controller.desired import DesiredState
 from controller.sessions import MetricSample, SessionRegistry, aggregate
 from controller.spec import Gate, RolloutPlan
-from controller.store import ControllerStore
+from controller.store import ControllerStore, JsonObject
 
 __all__ = ["RolloutManager", "RolloutState", "judge", "wave_sites"]
 
@@ -47,10 +47,10 @@ class RolloutState(BaseModel):
     wave_started_at: float = 0.0
     converged_at: float | None = None
     baseline: dict[str, float] | None = None  # last baseline seen, for the 100% wave
-    last_gate: dict[str, Any] | None = None
-    history: list[dict[str, Any]] = Field(default_factory=list)
+    last_gate: JsonObject | None = None  # ok, reasons, canary, baseline, ts
+    history: list[JsonObject] = Field(default_factory=list)  # audit entries, oldest first
 
-    def public(self, n_sites: int) -> dict[str, Any]:
+    def public(self, n_sites: int) -> JsonObject:
         d = self.model_dump(mode="json")
         d["id"] = self.plan.id
         d["progress"] = {
@@ -131,7 +131,7 @@ class RolloutManager:
     def matching(self, plan: RolloutPlan) -> list[str]:
         return sorted(s.id for s in self.desired.sites().values() if plan.selector.matches(s))
 
-    async def _save(self, r: RolloutState, who: str, what: str, why: str, **kw: Any) -> None:
+    async def _save(self, r: RolloutState, who: str, what: str, why: str, **kw: object) -> None:
         entry = await self.store.audit(who, f"rollout.{what}", why, rollout=r.plan.id, **kw)
         r.history.append(entry)
         await self.store.put_rollout(r.plan.id, r.model_dump(mode="json"))
@@ -218,9 +218,10 @@ class RolloutManager:
             and x.bundle_error.get("digest") == r.digest
         ]
         if refused:
-            err = sessions[refused[0]].bundle_error or {}
+            err = sessions[refused[0]].bundle_error
+            error = err["error"] if err else None
             await self._revert(
-                r, "rolled_back", who, f"site {refused[0]} refused the bundle: {err.get('error')}"
+                r, "rolled_back", who, f"site {refused[0]} refused the bundle: {error}"
             )
             return
         waiting = [

@@ -12,7 +12,7 @@ import contextlib
 import logging
 import time
 import uuid
-from typing import Any
+from typing import TYPE_CHECKING
 
 from controller import metrics as m
 from controller.agent_service import ControlServicer, Pusher
@@ -20,9 +20,12 @@ from controller.alerts import OUT_OF_SCOPE, SiteAlerts
 from controller.bundles import BundleStore
 from controller.config import ControllerConfig
 from controller.desired import DesiredState
-from controller.rollout import RolloutError, RolloutManager
+from controller.rollout import RolloutError, RolloutManager, RolloutState
 from controller.sessions import SessionRegistry
-from controller.store import ControllerStore
+from controller.store import ControllerStore, JsonObject
+
+if TYPE_CHECKING:  # imported when the watch is enabled (the kubernetes client is an extra)
+    from controller.kube import CustomResourceWatch, KubeObjects
 
 __all__ = ["Controller"]
 
@@ -55,7 +58,7 @@ class Controller:
         )
         self._ticker: asyncio.Task[None] | None = None
         self.base_spec = self.desired.spec
-        self.kube: Any = None
+        self.kube: CustomResourceWatch | None = None
         self.kube_problems: list[str] = []
         self._kube_lock = asyncio.Lock()
 
@@ -76,13 +79,13 @@ class Controller:
 
             loop = asyncio.get_running_loop()
 
-            def on_update(objects: dict[str, dict[str, Any]]) -> None:
+            def on_update(objects: KubeObjects) -> None:
                 loop.call_soon_threadsafe(lambda: asyncio.ensure_future(self._apply_kube(objects)))
 
-            self.kube = CustomResourceWatch(self.config.kube, on_update)
-            self.kube.start()
+            self.kube = kube = CustomResourceWatch(self.config.kube, on_update)
+            kube.start()
 
-    async def _apply_kube(self, objects: dict[str, dict[str, Any]]) -> None:
+    async def _apply_kube(self, objects: KubeObjects) -> None:
         from controller.kube import merge_resources
 
         async with self._kube_lock:
@@ -114,14 +117,19 @@ class Controller:
             s.queue.put_nowait(None)
         await self.store.close()
 
-    def status(self) -> dict[str, Any]:
+    def rollout_views(self) -> list[JsonObject]:
+        """Every rollout's admin-API view, oldest first."""
+        ordered = sorted(self.rollouts.rollouts.values(), key=_started_at)
+        return [r.public(len(self.rollouts.matching(r.plan))) for r in ordered]
+
+    def status(self) -> JsonObject:
         """Fleet status: every declared site with its agent's soft state, and rollouts."""
         now = time.time()
         sites = []
         for sid, spec in sorted(self.desired.sites().items()):
             sess = self.registry.sessions.get(sid)
             ref = self.desired.assigned_bundle(sid)
-            row: dict[str, Any] = {
+            row: JsonObject = {
                 "id": sid,
                 "tenant": spec.tenant,
                 "kind": spec.kind,
@@ -130,6 +138,7 @@ class Controller:
                 "desired_bundle": ref.digest if ref else None,
                 "desired_bundle_name": self.desired.bundle_name(ref.digest) if ref else None,
             }
+            active = sess.active_bundle if sess is not None else ""
             if sess is None:
                 row.update(
                     connected=False,
@@ -140,15 +149,10 @@ class Controller:
                 )
             else:
                 row.update(sess.public(now, self.config.stale_after_s))
-            row["active_bundle_name"] = (
-                self.desired.bundle_name(row["active_bundle"]) if row["active_bundle"] else ""
-            )
-            row["in_sync"] = bool(ref is None or row["active_bundle"] == ref.digest)
+            row["active_bundle_name"] = self.desired.bundle_name(active) if active else ""
+            row["in_sync"] = bool(ref is None or active == ref.digest)
             row["alerts"] = [a.public() for a in self.alerts.alerts(sid)]
             sites.append(row)
-        rollouts = [
-            r.public(len(self.rollouts.matching(r.plan))) for r in self.rollouts.rollouts.values()
-        ]
         return {
             "controller_id": self.id,
             "ts": now,
@@ -161,7 +165,11 @@ class Controller:
                 "healthy": sum(1 for s in sites if s["healthy"]),
                 "alerts": self.alerts.count(OUT_OF_SCOPE),
             },
-            "rollouts": sorted(
-                rollouts, key=lambda r: r["history"][0]["ts"] if r["history"] else 0
-            ),
+            "rollouts": self.rollout_views(),
         }
+
+
+def _started_at(r: RolloutState) -> float:
+    """When the rollout started: the time of its first history (audit) entry, 0 if none."""
+    ts = r.history[0].get("ts", 0) if r.history else 0
+    return float(ts) if isinstance(ts, int | float) else 0.0

@@ -11,7 +11,7 @@ import asyncio
 import time
 from collections import deque
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 from fleetvl.protocol import control_pb2 as cpb
 
@@ -39,11 +39,28 @@ class PendingPush:
     digest: str = ""
 
 
+class Hardware(TypedDict, total=False):
+    """The agent's machine, as it registered (empty until it does)."""
+
+    cpu: str
+    cores: int
+    memory_bytes: int
+    accelerator: str
+
+
+class BundleRefusal(TypedDict):
+    """The agent refused a pushed bundle (failed download, digest or load)."""
+
+    digest: str
+    error: str
+    ts: float
+
+
 @dataclass
 class AgentSession:
     site: str
     agent_version: str = ""
-    hardware: dict[str, Any] = field(default_factory=dict)
+    hardware: Hardware = field(default_factory=lambda: Hardware())
     connected: bool = False
     connected_at: float = 0.0
     last_heartbeat: float = 0.0
@@ -52,7 +69,7 @@ class AgentSession:
     policy_version: int = 0  # last version the agent acknowledged
     sent_policy: str = ""  # layers JSON last pushed in this connection
     sent_bundle: str = ""  # digest last pushed in this connection
-    bundle_error: dict[str, Any] | None = None  # last refused bundle: digest, error, ts
+    bundle_error: BundleRefusal | None = None  # last refused bundle
     samples: deque[MetricSample] = field(default_factory=lambda: deque(maxlen=WINDOW))
     pending: dict[str, PendingPush] = field(default_factory=dict)
     queue: asyncio.Queue[cpb.ControllerMessage | None] = field(default_factory=asyncio.Queue)
@@ -72,7 +89,7 @@ class AgentSession:
     def recent(self, seconds: float, now: float) -> list[MetricSample]:
         return self.since(now - seconds)
 
-    def public(self, now: float, stale_after_s: float) -> dict[str, Any]:
+    def public(self, now: float, stale_after_s: float) -> dict[str, object]:
         """The status view of this site's agent."""
         window = self.recent(60.0, now)
         agg = aggregate(window)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Any
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -187,7 +186,7 @@ def load_spec(path: str | Path) -> FleetSpec:
         FileNotFoundError: no such file.
         pydantic.ValidationError: the spec is invalid (the message names the field and why).
     """
-    data: Any = yaml.safe_load(Path(path).read_text()) or {}
+    data: object = yaml.safe_load(Path(path).read_text()) or {}
     if not isinstance(data, dict):
         raise ValueError(f"{path}: a fleet spec is a mapping, got {type(data).__name__}")
     return FleetSpec.model_validate(data)

@@ -9,11 +9,24 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
+from collections.abc import Mapping
+from typing import TypedDict, cast
 
 import redis.asyncio as aioredis
 
-__all__ = ["ControllerStore"]
+__all__ = ["BundleInfo", "ControllerStore", "JsonObject"]
+
+# A JSON object as stored (policy overrides, site specs, rollout states, audit entries): read
+# back into pydantic models, or passed through to the admin API as is.
+JsonObject = dict[str, object]
+
+
+class BundleInfo(TypedDict, total=False):
+    """A bundle registered at run time (uploaded through the admin API)."""
+
+    name: str | None  # the upload's ``?name=``, None if not given
+    url: str  # where agents download it (default: this controller's store)
+    size: int  # bytes
 
 AUDIT_MAX = 10_000  # entries kept; older ones are trimmed
 
@@ -31,6 +44,10 @@ class ControllerStore:
     def _k(self, name: str) -> str:
         return self.prefix + name
 
+    async def _hash(self, name: str) -> dict[str, str]:
+        # decode_responses=True: redis-py returns str, though its types also allow bytes.
+        return cast("dict[str, str]", await self.redis.hgetall(self._k(name)))
+
     async def ping(self) -> None:
         await self.redis.ping()
 
@@ -38,11 +55,10 @@ class ControllerStore:
         await self.redis.aclose()
 
     # Policies: "global", "tenant:<id>", "site:<id>" -> JSON override (None: removed).
-    async def policies(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self._k("policies"))
-        return {k: json.loads(v) for k, v in raw.items()}
+    async def policies(self) -> dict[str, JsonObject]:
+        return {k: json.loads(v) for k, v in (await self._hash("policies")).items()}
 
-    async def set_policy(self, key: str, value: dict[str, Any] | None) -> int:
+    async def set_policy(self, key: str, value: Mapping[str, object] | None) -> int:
         """Store one level's policy and return the new fleet policy version."""
         async with self.redis.pipeline(transaction=True) as p:
             if value is None:
@@ -61,7 +77,7 @@ class ControllerStore:
 
     # Bundle assignments made at run time (admin API, rollouts): site -> digest.
     async def assignments(self) -> dict[str, str]:
-        return dict(await self.redis.hgetall(self._k("assign")))
+        return await self._hash("assign")
 
     async def set_assignments(self, changes: dict[str, str | None]) -> None:
         async with self.redis.pipeline(transaction=True) as p:
@@ -73,47 +89,44 @@ class ControllerStore:
             await p.execute()
 
     # Bundles registered at run time: digest -> {"name", "url", "size"}.
-    async def bundles(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self._k("bundles"))
-        return {k: json.loads(v) for k, v in raw.items()}
+    async def bundles(self) -> dict[str, BundleInfo]:
+        return {k: json.loads(v) for k, v in (await self._hash("bundles")).items()}
 
-    async def put_bundle(self, digest: str, info: dict[str, Any]) -> None:
+    async def put_bundle(self, digest: str, info: BundleInfo) -> None:
         await self.redis.hset(self._k("bundles"), digest, json.dumps(info, sort_keys=True))
 
     # Sites added at run time (admin API): id -> SiteSpec JSON.
-    async def sites(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self._k("sites"))
-        return {k: json.loads(v) for k, v in raw.items()}
+    async def sites(self) -> dict[str, JsonObject]:
+        return {k: json.loads(v) for k, v in (await self._hash("sites")).items()}
 
-    async def put_site(self, site_id: str, value: dict[str, Any] | None) -> None:
+    async def put_site(self, site_id: str, value: Mapping[str, object] | None) -> None:
         if value is None:
             await self.redis.hdel(self._k("sites"), site_id)
         else:
             await self.redis.hset(self._k("sites"), site_id, json.dumps(value, sort_keys=True))
 
     # Rollouts: id -> state JSON (controller.rollout.RolloutState).
-    async def rollouts(self) -> dict[str, dict[str, Any]]:
-        raw = await self.redis.hgetall(self._k("rollouts"))
-        return {k: json.loads(v) for k, v in raw.items()}
+    async def rollouts(self) -> dict[str, JsonObject]:
+        return {k: json.loads(v) for k, v in (await self._hash("rollouts")).items()}
 
-    async def put_rollout(self, rollout_id: str, state: dict[str, Any]) -> None:
+    async def put_rollout(self, rollout_id: str, state: Mapping[str, object]) -> None:
         await self.redis.hset(self._k("rollouts"), rollout_id, json.dumps(state, sort_keys=True))
 
-    async def add_rollout(self, rollout_id: str, state: dict[str, Any]) -> bool:
+    async def add_rollout(self, rollout_id: str, state: Mapping[str, object]) -> bool:
         """Create a rollout unless one with this id exists; True if created."""
         return bool(await self.redis.hsetnx(self._k("rollouts"), rollout_id, json.dumps(state)))
 
     # Audit log: every state change with who and why, newest last.
-    async def audit(self, who: str, what: str, why: str = "", **details: Any) -> dict[str, Any]:
-        entry = {"ts": time.time(), "who": who, "what": what, "why": why, **details}
+    async def audit(self, who: str, what: str, why: str = "", **details: object) -> JsonObject:
+        entry: JsonObject = {"ts": time.time(), "who": who, "what": what, "why": why, **details}
         async with self.redis.pipeline(transaction=False) as p:
             p.rpush(self._k("audit"), json.dumps(entry, sort_keys=True, default=str))
             p.ltrim(self._k("audit"), -AUDIT_MAX, -1)
             await p.execute()
         return entry
 
-    async def audit_log(self, limit: int = 100) -> list[dict[str, Any]]:
-        raw = await self.redis.lrange(self._k("audit"), -limit, -1)
+    async def audit_log(self, limit: int = 100) -> list[JsonObject]:
+        raw = cast("list[str]", await self.redis.lrange(self._k("audit"), -limit, -1))
         return [json.loads(r) for r in raw]
 
     async def drop_all(self) -> None:

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 
@@ -78,7 +78,7 @@ def calibrate_bundle(
     owner: list[int] = []  # example index of each scope input
     params = SamplingParams(max_tokens=max_tokens)
     for i, ex in enumerate(examples):
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in ex["images"]]
+        content: list[dict[str, str]] = [{"type": "image"} for _ in ex["images"]]
         content.append({"type": "text", "text": ex["question"]})
         r = engine.generate(engine.encode([{"role": "user", "content": content}], ex["images"]),
                             params)  # fmt: skip
@@ -108,7 +108,8 @@ def calibrate_bundle(
                for s, v in per_signal.items()}  # fmt: skip
     weights, bias = None, 0.0
     if probe and 0 < sum(kept) < len(kept):
-        hidden_kept = [h for h, k in zip(hidden, keep, strict=True) if k]
+        # A missing hidden state leaves fewer states than labels: calibrate_probe refuses it.
+        hidden_kept = [h for h, k in zip(hidden, keep, strict=True) if k and h is not None]
         p, signals["probe"] = calibrate_probe(np.stack(hidden_kept), kept)
         weights, bias = list(p.weights), p.bias
     cal = Calibration(

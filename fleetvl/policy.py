@@ -27,7 +27,15 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Annotated, Any
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from fleetvl.errors import InputError
 
@@ -190,7 +198,7 @@ class SlaPolicy(BaseModel):
 
     @field_validator("ttft_target_ms")
     @classmethod
-    def _ttft_within_deadline(cls, v: int | None, info: Any) -> int | None:
+    def _ttft_within_deadline(cls, v: int | None, info: ValidationInfo) -> int | None:
         return _check_ttft(v, info.data.get("deadline_ms"))
 
 
@@ -214,7 +222,7 @@ class PolicyOverride(BaseModel):
 
     @field_validator("ttft_target_ms")
     @classmethod
-    def _ttft_within_deadline(cls, v: int | None, info: Any) -> int | None:
+    def _ttft_within_deadline(cls, v: int | None, info: ValidationInfo) -> int | None:
         return _check_ttft(v, info.data.get("deadline_ms"))
 
 
@@ -262,7 +270,7 @@ class ResolvedPolicy:
     sources: dict[str, PolicyLevel]
     clamps: tuple[Clamp, ...] = ()
 
-    def explain(self) -> dict[str, dict[str, Any]]:
+    def explain(self) -> dict[str, dict[str, object]]:
         """``{field: {"value": ..., "set_by": level}}`` for an answer's explanation."""
         values = self.policy.model_dump(mode="json")
         return {k: {"value": values[k], "set_by": self.sources[k].value} for k in values}

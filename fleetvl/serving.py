@@ -10,9 +10,24 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from typing import Any
+from collections.abc import Sequence
+from typing import Protocol
 
-__all__ = ["listen", "serve_until_stopped", "stop_on_signals"]
+__all__ = ["HttpServer", "listen", "serve_until_stopped", "stop_on_signals"]
+
+
+class HttpServer(Protocol):
+    """What is used of a ``uvicorn.Server`` (the core does not import uvicorn)."""
+
+    should_exit: bool
+
+    @property
+    def started(self) -> bool: ...
+
+    @property
+    def servers(self) -> Sequence[asyncio.Server]: ...
+
+    async def serve(self) -> None: ...
 
 
 def stop_on_signals(stop: asyncio.Event) -> None:
@@ -22,7 +37,7 @@ def stop_on_signals(stop: asyncio.Event) -> None:
         loop.add_signal_handler(sig, stop.set)
 
 
-async def listen(server: Any, host: str, port: int) -> tuple[asyncio.Task[None], int]:
+async def listen(server: HttpServer, host: str, port: int) -> tuple[asyncio.Task[None], int]:
     """Start ``server`` (a ``uvicorn.Server``) and wait until it listens.
 
     Returns:
@@ -36,10 +51,13 @@ async def listen(server: Any, host: str, port: int) -> tuple[asyncio.Task[None],
         await asyncio.sleep(0.01)
     if http.done():
         raise OSError(f"HTTP listener could not start on {host}:{port} (is the port in use?)")
-    return http, server.servers[0].sockets[0].getsockname()[1]
+    bound: int = server.servers[0].sockets[0].getsockname()[1]
+    return http, bound
 
 
-async def serve_until_stopped(server: Any, http: asyncio.Task[None], stop: asyncio.Event) -> None:
+async def serve_until_stopped(
+    server: HttpServer, http: asyncio.Task[None], stop: asyncio.Event
+) -> None:
     """Hold until ``stop`` is set or the listener ends, then ask the listener to finish
     (in-flight requests get uvicorn's graceful-shutdown time); the caller awaits ``http``."""
     stopping = asyncio.create_task(stop.wait())

@@ -66,7 +66,7 @@ class RedisFinals:
             return None
         final = pb.Final()
         try:
-            final.ParseFromString(raw)
+            final.ParseFromString(raw if isinstance(raw, bytes) else raw.encode())
         except Exception as exc:
             _store_error("parse", exc)
             return None

@@ -60,7 +60,9 @@ def _varlen_attention(
     for length, idx in _segments(cu_seq_lens_q):
         segs = idx.numel() // length
 
-        def take(t: torch.Tensor, idx: torch.Tensor = idx, segs: int = segs, n: int = length):
+        def take(
+            t: torch.Tensor, idx: torch.Tensor = idx, segs: int = segs, n: int = length
+        ) -> torch.Tensor:
             return t[0, :, idx].reshape(t.shape[1], segs, n, t.shape[3]).transpose(0, 1)
 
         o = F.scaled_dot_product_attention(take(query), take(key), take(value), scale=scaling)

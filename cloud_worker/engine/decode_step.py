@@ -93,8 +93,10 @@ class DecodeStep:
         self._pool = None
         text = lm.language_model
         self._layers = [_FusedLayer(layer) for layer in text.layers] if impl == "fused" else []
-        self._rotary: Callable = sys.modules[type(text.layers[0].self_attn).__module__] \
-            .apply_rotary_pos_emb  # fmt: skip
+        attn_module = sys.modules[type(text.layers[0].self_attn).__module__]
+        self._rotary: Callable[..., tuple[torch.Tensor, torch.Tensor]] = (
+            attn_module.apply_rotary_pos_emb
+        )
         # Profiled on an H100 (7B, batch 1): the matrix products ran near the bandwidth
         # bound but ~25 tiny element-wise kernels per layer (norms, rotary, residuals, the
         # cache write, activation) added ~2 ms a token. Inductor fuses them; the products
@@ -140,7 +142,8 @@ class DecodeStep:
     ) -> torch.Tensor:
         b = h.shape[0]
         d = w.head_dim
-        q, k, v = F.linear(w.ln1(h), w.qkv_w, w.qkv_b).split(w.splits, dim=-1)
+        qkv = F.linear(w.ln1(h), w.qkv_w, w.qkv_b)
+        q, k, v = torch.split(qkv, w.splits, dim=-1)
         q = q.view(b, 1, -1, d).transpose(1, 2)
         k = k.view(b, 1, -1, d).transpose(1, 2)
         v = v.view(b, 1, -1, d).transpose(1, 2)
@@ -174,7 +177,7 @@ class DecodeStep:
 
     def _capture(self, span: int) -> torch.cuda.CUDAGraph:
         log.info("capturing the decode step for span %d", span)
-        side = torch.cuda.Stream()
+        side = torch.cuda.Stream()  # type: ignore[no-untyped-call]  # untyped in torch
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side):
             for _ in range(3):  # warm-up: compilation, allocator and kernel choices settle

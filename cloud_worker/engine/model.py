@@ -39,6 +39,10 @@ class LoadedModel:
     image_token_id: int
 
     @property
+    def hidden_size(self) -> int:
+        return int(self.model.config.get_text_config().hidden_size)
+
+    @property
     def language_model(self) -> torch.nn.Module:
         return self.model.model.language_model
 
@@ -248,7 +252,7 @@ class _ScopeCopy:
         if dev_rows.device.type == "cuda":
             self.host = torch.empty(dev_rows.shape, dtype=torch.float32, pin_memory=True)
             self.host.copy_(dev_rows, non_blocking=True)
-            self.event = torch.cuda.Event()
+            self.event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # untyped in torch
             self.event.record()
         else:
             self.host = dev_rows
@@ -260,7 +264,8 @@ class _ScopeCopy:
         if self.event is not None:
             self.event.synchronize()
         rows = self.host.numpy()
-        out, at = [], 0
+        out: list[list[ScopeInputs]] = []
+        at = 0
         for p in self.prompts:
             n = len(p.images)
             if not n:

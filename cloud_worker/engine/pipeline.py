@@ -98,7 +98,7 @@ class DecodePipeline:
         host.copy_(stats, non_blocking=self._cuda)
         event = None
         if self._cuda:
-            event = torch.cuda.Event()
+            event = torch.cuda.Event()  # type: ignore[no-untyped-call]  # torch leaves it untyped
             event.record()
         # Sampling needs the whole row on the host; only synchronous steps have such rows.
         rows_cpu = {s: logits[s].float().cpu().numpy() for s in sampled}

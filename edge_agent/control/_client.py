@@ -9,9 +9,9 @@ import logging
 import os
 import platform
 import random
-from collections.abc import AsyncIterator, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
-from typing import Any, Protocol, runtime_checkable
+from typing import Protocol, TypeVar, runtime_checkable
 
 import grpc
 from pydantic import BaseModel, ConfigDict, Field
@@ -23,6 +23,8 @@ from fleetvl.protocol import control_pb2_grpc as cpb_grpc
 __all__ = ["ControlClient", "ControlClientConfig", "ControlHandler", "SourceSnapshot"]
 
 log = logging.getLogger("fleetvl.agent.control")
+# The pushes a handler of _run takes.
+_Push = TypeVar("_Push", cpb.PolicyPush, cpb.BundleAssignment, cpb.Command)
 
 
 class ControlClientConfig(BaseModel):
@@ -52,7 +54,7 @@ class ControlClientConfig(BaseModel):
 class ControlHandler(Protocol):
     """What the running agent does with pushes (implemented by the agent daemon)."""
 
-    def apply_policies(self, policies: dict[str, Any]) -> None:
+    def apply_policies(self, policies: dict[str, dict[str, object]]) -> None:
         """Pushed SLA layers {"global", "tenant", "site"} in fleetvl.policy field names."""
 
     def install_bundle(self, bundle_dir: Path, digest: str) -> None:
@@ -148,7 +150,7 @@ class ControlClient:
 
     def _channel(self) -> grpc.aio.Channel:
         c = self.config
-        opts: list[tuple[str, Any]] = [("grpc.keepalive_time_ms", 30_000)]
+        opts: list[tuple[str, str | int]] = [("grpc.keepalive_time_ms", 30_000)]
         if c.tls_ca_file is None and c.tls_cert_file is None:
             return grpc.aio.insecure_channel(c.target, options=opts)
         creds = grpc.ssl_channel_credentials(
@@ -235,7 +237,7 @@ class ControlClient:
     async def _session(self) -> None:
         self._out = asyncio.Queue()
         md = (("authorization", f"Bearer {self.config.token}"),) if self.config.token else None
-        tasks: set[asyncio.Task[Any]] = set()
+        tasks: set[asyncio.Task[None]] = set()
         async with self._channel() as channel:
             call = cpb_grpc.ControlStub(channel).Connect(self._requests(), metadata=md)
             stopper = asyncio.create_task(self._stop.wait())
@@ -259,7 +261,7 @@ class ControlClient:
                     t.cancel()
                 self._out.put_nowait(None)
 
-    async def _handle(self, msg: cpb.ControllerMessage, tasks: set[asyncio.Task[Any]]) -> None:
+    async def _handle(self, msg: cpb.ControllerMessage, tasks: set[asyncio.Task[None]]) -> None:
         kind = msg.WhichOneof("kind")
         if kind == "welcome":
             self.sessions += 1
@@ -276,7 +278,9 @@ class ControlClient:
         elif kind == "command":
             await self._run(msg.push_id, self._command, msg.command)
 
-    async def _run(self, push_id: str, fn: Any, arg: Any) -> None:
+    async def _run(
+        self, push_id: str, fn: Callable[[_Push], Awaitable[None]], arg: _Push
+    ) -> None:
         try:
             await fn(arg)
         except Exception as exc:

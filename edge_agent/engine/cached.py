@@ -36,7 +36,7 @@ from edge_agent.engine.types import (
 from fleetvl.cache import FleetCache, ImageSpan, KVShape, ModelCache, block_hashes, request_digest
 from fleetvl.sampling import SamplingParams
 from fleetvl.vlm.confidence import AnswerConfidence
-from fleetvl.vlm.processor import Prompt
+from fleetvl.vlm.processor import Prompt, QwenVLProcessor
 
 __all__ = ["CacheUse", "CachedEngine"]
 
@@ -57,7 +57,7 @@ class CachedEngine:
         )
 
     @property
-    def processor(self):  # noqa: ANN201 - QwenVLProcessor
+    def processor(self) -> QwenVLProcessor:
         return self.engine.processor
 
     def generate(

@@ -29,7 +29,13 @@ from edge_agent.export.decoder import DECODER_LAST, build_decoder
 from edge_agent.export.embedding import export_embedding
 from edge_agent.export.genai_config import write_genai_config
 from edge_agent.export.vision import export_vision
-from fleetvl.vlm.bundle_manifest import FORMAT_VERSION, MANIFEST, file_sha256
+from fleetvl.vlm.bundle_manifest import (
+    FORMAT_VERSION,
+    MANIFEST,
+    FileEntry,
+    Manifest,
+    file_sha256,
+)
 
 __all__ = ["PRECISIONS", "export_bundle"]
 
@@ -130,8 +136,10 @@ def _set_pixel_budget(path: Path, min_pixels: int | None, max_pixels: int | None
     path.write_text(json.dumps(pre, indent=2))
 
 
-def _manifest(out: Path, precision: str, arch: str, accuracy_level: int, block_size: int) -> dict:
-    files = {}
+def _manifest(
+    out: Path, precision: str, arch: str, accuracy_level: int, block_size: int
+) -> Manifest:
+    files: dict[str, FileEntry] = {}
     for f in sorted(out.iterdir()):
         if f.is_file() and f.name != MANIFEST:
             files[f.name] = {"sha256": file_sha256(f), "bytes": f.stat().st_size}

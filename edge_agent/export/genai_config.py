@@ -8,12 +8,17 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig
 
 __all__ = ["write_genai_config"]
 
 
-def _processor_config(min_pixels: int, max_pixels: int, mean: list, std: list) -> dict:
+def _processor_config(
+    min_pixels: int, max_pixels: int, mean: list[float], std: list[float]
+) -> dict[str, object]:
     # ort-extensions' Qwen2.5-VL pipeline; with smart_resize the width/height are ignored.
     return {
         "processor": {
@@ -68,7 +73,7 @@ def _processor_config(min_pixels: int, max_pixels: int, mean: list, std: list) -
     }
 
 
-def write_genai_config(bundle: Path, hf_config: Any, max_length: int = 4096) -> None:
+def write_genai_config(bundle: Path, hf_config: PreTrainedConfig, max_length: int = 4096) -> None:
     """Add vision/embedding sections and token ids; cap the KV length onnxruntime-genai allocates.
 
     ``max_length`` matters: with a shared past/present buffer onnxruntime-genai allocates the

@@ -86,7 +86,7 @@ class Value:
     n_parts: int = 1
     layer_start: int = 0
     layer_end: int = 0
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
 
 def encode_value(key: str, value: Value) -> bytes:

@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, field, replace
+from typing import cast
 
-from fleetvl.cache.kv_quant import KV_FORMATS
+from fleetvl.cache.kv_quant import KV_FORMATS, KVFormat
 
 __all__ = ["CacheConfig"]
 
@@ -32,7 +33,7 @@ class CacheConfig:
     # block Redis' single thread and its replication buffers.
     max_value_bytes: int = 1 * MiB
     block_size: int = 64  # prefix KV block, tokens
-    kv_format: str = "fp16"  # fp32 (exact) | fp16 | int8
+    kv_format: KVFormat = "fp16"  # fp32 (exact) | fp16 | int8
     vision_format: str = "fp32"  # fp32 | fp16
     ttl_kv_s: int = 3600
     ttl_vision_s: int = 3600
@@ -49,7 +50,7 @@ class CacheConfig:
     tls_ca_file: str | None = None
     tls_cert_file: str | None = None
     tls_key_file: str | None = None
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("redis://", "rediss://", "unix://")):
@@ -70,7 +71,7 @@ class CacheConfig:
         env = os.environ
         cfg = cls(url=env.get("FLEETVL_REDIS_URL", cls.url))
         if v := env.get("FLEETVL_CACHE_KV_FORMAT"):
-            cfg = replace(cfg, kv_format=v)
+            cfg = replace(cfg, kv_format=cast(KVFormat, v))  # checked by __post_init__
         if v := env.get("FLEETVL_CACHE_TIMEOUT_S"):
             cfg = replace(cfg, op_timeout_s=float(v))
         return replace(cfg, **overrides)  # type: ignore[arg-type]

@@ -14,7 +14,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Sequence
-from typing import Any, TypeVar
+from typing import TypeVar, cast
 
 import redis
 
@@ -32,7 +32,7 @@ class RedisStore:
     def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.monotonic) -> None:
         self.config = config
         self._clock = clock
-        kw: dict[str, Any] = {
+        kw: dict[str, float | str | None] = {
             "socket_timeout": config.op_timeout_s,
             "socket_connect_timeout": config.connect_timeout_s,
             "health_check_interval": 30,
@@ -111,7 +111,8 @@ class RedisStore:
     def mget(self, keys: Sequence[str]) -> list[bytes | None] | None:
         if not keys:
             return []
-        return self.call("mget", lambda c: c.mget(list(keys)))
+        # The client decodes nothing (no decode_responses): values come back as bytes.
+        return self.call("mget", lambda c: cast("list[bytes | None]", c.mget(list(keys))))
 
     def exists_many(self, keys: Sequence[str]) -> list[bool] | None:
         if not keys:

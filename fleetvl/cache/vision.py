@@ -54,8 +54,8 @@ class VisionCache:
             return None
         out: dict[int, np.ndarray] = {}
         for i, _digest, n, first, parts in plan:
-            chunk = raw[first : first + len(parts)]
-            if any(c is None for c in chunk):
+            chunk = [c for c in raw[first : first + len(parts)] if c is not None]
+            if len(chunk) != len(parts):
                 metrics.MISSES.labels(self.kind).inc()
                 continue
             try:

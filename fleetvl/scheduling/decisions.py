@@ -19,7 +19,6 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from enum import StrEnum
-from typing import Any
 
 from fleetvl.errors import FleetVLError
 
@@ -76,7 +75,7 @@ class AdmissionDecision:
     retry_after_s: float | None
     estimates: tuple[BackendEstimate, ...] = ()
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return asdict(self)
 
     def raise_if_rejected(self) -> None:

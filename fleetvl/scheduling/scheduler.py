@@ -22,7 +22,7 @@ from dataclasses import dataclass
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from fleetvl.scheduling._backend import BackendState, Placement
+from fleetvl.scheduling._backend import BackendState, Placement, _Entry
 from fleetvl.scheduling.decisions import (
     AdmissionDecision,
     BackendEstimate,
@@ -177,6 +177,7 @@ class Scheduler:
         floor = self.config.min_retry_after_s
         margin = self.config.admission_margin
         open_ = [o for o in options if not o.estimate.queue_full]
+        retry_after: float | None
         if not open_:
             # Asking again makes sense once a slot of the least busy backend has freed.
             retry = min(o.backend.next_free_slot(now) for o in options) - now
@@ -240,7 +241,7 @@ class Scheduler:
         return item
 
     def _steal(self, b: BackendState, now: float) -> WorkItem | None:
-        best: tuple | None = None
+        best: tuple[_Entry, BackendState] | None = None
         for other in self._backends.values():
             if other is b:
                 continue

@@ -9,11 +9,21 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from fleetvl.errors import BundleError
 
-__all__ = ["FORMAT_VERSION", "MANIFEST", "REQUIRED_FILES", "file_sha256", "read_manifest"]
+__all__ = [
+    "FORMAT_VERSION",
+    "MANIFEST",
+    "REQUIRED_FILES",
+    "DecoderFiles",
+    "FileEntry",
+    "Manifest",
+    "QuantizationInfo",
+    "file_sha256",
+    "read_manifest",
+]
 
 MANIFEST = "manifest.json"
 FORMAT_VERSION = 1
@@ -29,6 +39,41 @@ REQUIRED_FILES = (
 )
 
 
+class FileEntry(TypedDict):
+    """One file of the bundle, as the manifest lists it."""
+
+    sha256: str
+    bytes: int
+
+
+class QuantizationInfo(TypedDict):
+    """How the decoder's MatMulNBits weights were quantized (absent for fp32 bundles)."""
+
+    block_size: int
+    accuracy_level: int
+    fused_gate_up: bool
+
+
+class DecoderFiles(TypedDict):
+    """The decoder graphs: onnxruntime-genai's and our engine's (LM head on the last position)."""
+
+    genai: str
+    engine: str
+
+
+class Manifest(TypedDict):
+    """``manifest.json``: what the exporter writes and the engine and controller read."""
+
+    format_version: int
+    architecture: str
+    precision: str
+    quantization: QuantizationInfo | None
+    decoder: NotRequired[DecoderFiles]  # bundles from before model.last.onnx lack it
+    files: dict[str, FileEntry]
+    total_bytes: int
+    bundle_digest: str
+
+
 def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     h = hashlib.sha256()
     with path.open("rb") as f:
@@ -37,7 +82,7 @@ def file_sha256(path: Path, chunk: int = 1 << 22) -> str:
     return h.hexdigest()
 
 
-def read_manifest(bundle_dir: str | Path, *, verify: str = "size") -> dict[str, Any]:
+def read_manifest(bundle_dir: str | Path, *, verify: str = "size") -> Manifest:
     """Read and check a bundle's manifest.
 
     Args:
@@ -52,7 +97,7 @@ def read_manifest(bundle_dir: str | Path, *, verify: str = "size") -> dict[str, 
     if not d.is_dir():
         raise BundleError(f"bundle directory {d} does not exist")
     try:
-        manifest = json.loads((d / MANIFEST).read_text())
+        manifest: Manifest = json.loads((d / MANIFEST).read_text())
     except FileNotFoundError:
         raise BundleError(
             f"{d} has no {MANIFEST}: not an edge bundle (run `fleetvl model export`)"

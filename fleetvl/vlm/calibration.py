@@ -263,7 +263,9 @@ def calibrate_signal(
     return cal.model_copy(update={"by_accuracy": by_acc, "by_escalation_rate": by_esc})
 
 
-def fit_probe(hidden: np.ndarray, correct: Sequence[bool], l2: float = 1.0) -> Probe:
+def fit_probe(
+    hidden: np.ndarray, correct: Sequence[bool] | np.ndarray, l2: float = 1.0
+) -> Probe:
     """Logistic regression of correctness on the final hidden state: the cascade benchmark's
     :class:`~fleetvl.vlm.gate_signals.HiddenProbe` (standardized features, IRLS with an L2
     penalty), folded into the gate's one-dot-product :class:`Probe`.

@@ -134,7 +134,8 @@ class HiddenProbe:
     def predict(self, x: np.ndarray) -> np.ndarray:
         """P(correct) for each row of ``x``."""
         z = (np.asarray(x, dtype=np.float64) - self.mean) / self.std
-        return 1 / (1 + np.exp(-np.clip(z @ self.weight + self.bias, -30, 30)))
+        p: np.ndarray = 1 / (1 + np.exp(-np.clip(z @ self.weight + self.bias, -30, 30)))
+        return p
 
     def to_gate_probe(self) -> Probe:
         """The same function as the serving gate's :class:`~fleetvl.vlm.gate.Probe` (the
@@ -142,7 +143,7 @@ class HiddenProbe:
         w = self.weight / self.std
         return Probe(tuple(float(v) for v in w), float(self.bias - np.dot(w, self.mean)))
 
-    def to_dict(self) -> dict[str, Any]:
+    def to_dict(self) -> dict[str, object]:
         return {
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),

@@ -17,7 +17,9 @@ import json
 import math
 import time
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -63,7 +65,7 @@ class ImageConfig:
         return 3 * self.temporal_patch_size * self.patch_size * self.patch_size
 
     @classmethod
-    def from_preprocessor_config(cls, cfg: dict) -> ImageConfig:
+    def from_preprocessor_config(cls, cfg: Mapping[str, Any]) -> ImageConfig:
         """Read a Hugging Face ``preprocessor_config.json`` dict (either size convention)."""
         size = cfg.get("size") or {}
         min_pixels = cfg.get("min_pixels", size.get("shortest_edge", cls.min_pixels))
@@ -74,8 +76,8 @@ class ImageConfig:
             patch_size=int(cfg.get("patch_size", cls.patch_size)),
             temporal_patch_size=int(cfg.get("temporal_patch_size", cls.temporal_patch_size)),
             merge_size=int(cfg.get("merge_size", cls.merge_size)),
-            image_mean=tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)),  # type: ignore[arg-type]
-            image_std=tuple(cfg.get("image_std", OPENAI_CLIP_STD)),  # type: ignore[arg-type]
+            image_mean=tuple(cfg.get("image_mean", OPENAI_CLIP_MEAN)),
+            image_std=tuple(cfg.get("image_std", OPENAI_CLIP_STD)),
         )
 
     def fingerprint(self) -> str:

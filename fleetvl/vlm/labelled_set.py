@@ -11,16 +11,26 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from fleetvl.errors import InputError
 
-__all__ = ["read_labelled_set"]
+__all__ = ["LabelledExample", "read_labelled_set"]
 
 
-def read_labelled_set(path: Path) -> list[dict[str, Any]]:
+class LabelledExample(TypedDict):
+    """One line of a labelled set, its images read."""
+
+    images: list[bytes]
+    question: str
+    answer: str
+    scene: str  # "all" when the line names none
+    answerable: bool
+
+
+def read_labelled_set(path: Path) -> list[LabelledExample]:
     """The examples with image bytes loaded. Raises InputError naming the bad line."""
-    out = []
+    out: list[LabelledExample] = []
     for n, line in enumerate(Path(path).read_text().splitlines(), 1):
         if not line.strip():
             continue

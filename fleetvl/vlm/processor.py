@@ -10,7 +10,7 @@ one token per merged patch: the same ids transformers' processor produces (teste
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,8 +38,10 @@ class Prompt:
 
 
 def _read_json(path: Path) -> dict[str, Any]:
+    """A Hugging Face JSON config: arbitrary keys, read field by field by the caller."""
     try:
-        return json.loads(path.read_text())
+        data: dict[str, Any] = json.loads(path.read_text())
+        return data
     except FileNotFoundError:
         raise BundleError(f"missing {path.name} in {path.parent}") from None
     except json.JSONDecodeError as exc:
@@ -94,7 +96,9 @@ class QwenVLProcessor:
             i for i, t in self.tokenizer.get_added_tokens_decoder().items() if t.special
         )
 
-    def render(self, messages: Sequence[dict[str, Any]], add_generation_prompt: bool = True) -> str:
+    def render(
+        self, messages: Sequence[Mapping[str, object]], add_generation_prompt: bool = True
+    ) -> str:
         """Render chat messages through the model's own template."""
         if not messages:
             raise PromptError("messages are empty: send at least one user message")
@@ -106,7 +110,7 @@ class QwenVLProcessor:
             raise PromptError(f"messages do not fit the chat template: {exc}") from None
 
     def encode(
-        self, messages: Sequence[dict[str, Any]], images: Sequence[PreprocessedImage] = ()
+        self, messages: Sequence[Mapping[str, object]], images: Sequence[PreprocessedImage] = ()
     ) -> Prompt:
         """Render, tokenize and expand image placeholders.
 

@@ -114,7 +114,8 @@ def _mean_rows(x: np.ndarray) -> np.ndarray:
     """``x.mean(0)`` as a product: at these sizes a NumPy reduction along an axis costs
     several times more, and this runs on every request."""
     x = np.asarray(x, dtype=np.float32)
-    return np.ones(len(x), dtype=np.float32) @ x * np.float32(1 / len(x))
+    mean: np.ndarray = np.ones(len(x), dtype=np.float32) @ x * np.float32(1 / len(x))
+    return mean
 
 
 @dataclass(frozen=True)
@@ -270,7 +271,8 @@ class ScopeModel:
     def scores(self, inputs: Sequence[ScopeInputs]) -> np.ndarray:
         """The score of each image (benchmarks)."""
         r, _ = self.ratios(inputs)
-        return np.nanmax(r, axis=1)
+        best: np.ndarray = np.nanmax(r, axis=1)
+        return best
 
     def _check(self, inputs: Sequence[ScopeInputs]) -> None:
         dq, dv = self.stats.q_a.shape[1], self.stats.v_w.shape[0]
