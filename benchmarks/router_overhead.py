@@ -56,6 +56,8 @@ def _run_direct(port: int) -> None:
     from fastapi import FastAPI
     from fastapi.responses import JSONResponse
 
+    from fleetvl.protocol.request import ChatRequest
+    from fleetvl.sampling import SamplingParams
     from router.backends import BackendRequest, Final
     from router.simulated import SimulatedBackend
 
@@ -64,10 +66,9 @@ def _run_direct(port: int) -> None:
 
     async def chat(request):  # noqa: ANN001, ANN202 - a plain Starlette endpoint
         body = await request.json()
-        req = BackendRequest(
-            id="x", tenant="t", site=None, model=body["model"], messages=body["messages"],
-            images=[], max_tokens=body.get("max_tokens", 16),
-        )  # fmt: skip
+        params = SamplingParams(max_tokens=body.get("max_tokens", 16))
+        chat = ChatRequest("x", body["model"], body["messages"], [], params)
+        req = BackendRequest("x", chat)
         final = None
         async for ev in backend.generate(req):
             if isinstance(ev, Final):
@@ -81,7 +82,7 @@ def _run_direct(port: int) -> None:
 
 
 def _run_router(port: int, cfg_path: str) -> None:
-    from fleetvl.cli import main
+    from fleetvl_tools.cli import main
 
     # The request log is formatted and written, then discarded.
     sys.stdout = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the process

@@ -33,7 +33,8 @@ from ray.serve.metrics import Counter
 
 from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, StreamEvent
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.convert import chat_inputs, sampling_params, scope_message
+from fleetvl.protocol.convert import logprob_message, scope_message
+from fleetvl.protocol.request import ChatRequest, RequestLimits
 from fleetvl.sampling import CancelToken, SamplingParams
 from fleetvl.vlm.scope import ScopeScore
 
@@ -65,6 +66,7 @@ class VLMWorker:
             model_dir, EngineConfig(max_slots=max_slots, max_context=max_context)
         )
         self.model_name = model_name
+        self.limits = RequestLimits(max_prompt_tokens=max_context)
         # Created in the replica, so Serve tags them with the deployment and replica.
         self.unanswerable = Counter(
             "fleetvl_cloud_unanswerable_total",
@@ -90,7 +92,7 @@ class VLMWorker:
             self.responses = cache.for_model(
                 self.engine.digest,
                 KVShape(lm.num_layers, lm.kv_heads, lm.head_dim),
-                lm.model.config.get_text_config().hidden_size,
+                lm.hidden_size,
             ).responses
 
     def stats(self) -> dict[str, int]:
@@ -104,11 +106,11 @@ class VLMWorker:
     async def Generate(  # noqa: N802 - the gRPC method name, as Serve's proxy calls it
         self, request: pb.GenerateRequest
     ) -> AsyncIterator[pb.GenerateChunk]:
-        messages, images, missing = chat_inputs(request.messages, self._image_bytes)
+        req, missing = ChatRequest.from_pb(request, self.limits, stored=self._stored)
         if missing:
             yield pb.GenerateChunk(need_images=pb.NeedImages(digests=missing))
             return
-        params = sampling_params(request.sampling)
+        params = req.params
         rank = _RANK.get(request.sla.priority, 1) if request.HasField("sla") else 1
         rdigest = self._response_key(request, params)
         if rdigest is not None and self.responses is not None:
@@ -126,7 +128,8 @@ class VLMWorker:
                 _log_line(request, "cache", hit["finish_reason"], "answer", None,
                           len(hit["token_ids"]), 0.0)  # fmt: skip
                 return
-        prompt = await asyncio.to_thread(self.engine.encode, messages, images)
+        images = [i.data for i in req.images]
+        prompt = await asyncio.to_thread(self.engine.encode, req.messages, images)
         cancel = CancelToken()
         events = self.engine.submit(prompt, params, rank=rank, cancel=cancel)
         t0 = time.monotonic()
@@ -137,9 +140,9 @@ class VLMWorker:
                     return
                 if isinstance(ev, StreamEvent):
                     prob = ev.confidence.prob if ev.confidence else None
-                    yield pb.GenerateChunk(
-                        delta=pb.Delta(text=ev.text, index=ev.index, token_prob=prob)
-                    )
+                    yield pb.GenerateChunk(delta=pb.Delta(
+                        text=ev.text, index=ev.index, token_prob=prob,
+                        logprob=logprob_message(ev.logprob)))  # fmt: skip
                 elif isinstance(ev, CloudResult):
                     total_s = time.monotonic() - t0
                     final = _final(ev, total_s)
@@ -164,8 +167,8 @@ class VLMWorker:
 
     def _response_key(self, request: pb.GenerateRequest, params: SamplingParams) -> str | None:
         """Response-cache key of a deterministic request whose policy allows the cache."""
-        if params.temperature > 0 and params.seed is None:
-            return None
+        if (params.temperature > 0 and params.seed is None) or params.logprobs is not None:
+            return None  # not deterministic, or asks for what a stored answer lacks
         if request.HasField("sla") and request.sla.cache == "off":
             return None
         from dataclasses import asdict
@@ -186,9 +189,9 @@ class VLMWorker:
             d["scope"] = self.scope_key
         return request_digest(self.engine.digest, messages, d)
 
-    def _image_bytes(self, image: pb.Image) -> bytes | None:
-        """Bytes sent inline, else the shared image store's copy of the digest."""
-        return image.data or (self.blobs.get(image.digest) if self.blobs else None)
+    def _stored(self, digest: str) -> bytes | None:
+        """The shared image store's copy of an image sent by digest alone."""
+        return self.blobs.get(digest) if self.blobs else None
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)
@@ -240,4 +243,4 @@ def _log_line(
 
 def build_app(args: dict[str, Any]) -> serve.Application:
     """Serve config entry point (``import_path: cloud_worker.serve_app:build_app``)."""
-    return VLMWorker.bind(**args)
+    return VLMWorker.bind(**args)  # type: ignore[attr-defined]  # added by @serve.deployment

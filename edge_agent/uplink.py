@@ -9,19 +9,22 @@ exponential backoff and jitter; mTLS when certificates are given.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import random
 import threading
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import grpc
 
+from fleetvl.errors import InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
-from fleetvl.protocol.convert import inline_call_inputs
+from fleetvl.protocol.convert import logprob_message
+from fleetvl.protocol.request import ChatRequest, RequestLimits
+from fleetvl.sampling import CancelToken
+from fleetvl.threaded_stream import stream_in_thread
 
 __all__ = ["Uplink", "UplinkConfig", "engine_handler"]
 
@@ -167,56 +170,38 @@ class Uplink:
 
 def engine_handler(engine: Any, signal: str = "mean_logprob") -> Handler:
     """A handler answering calls with an :class:`EdgeEngine` (in a worker thread)."""
-    from edge_agent.engine.types import CancelToken
-
     lock = asyncio.Lock()
 
     async def handle(
         req: pb.GenerateRequest, cancel: threading.Event
     ) -> AsyncIterator[pb.GenerateChunk]:
-        messages, images, params = inline_call_inputs(req)
-        loop = asyncio.get_running_loop()
-        q: asyncio.Queue[Any] = asyncio.Queue()
+        call, missing = ChatRequest.from_pb(req, RequestLimits())
+        if missing:
+            raise InputError(f"call without the bytes of images {missing}")
         token = CancelToken()
 
-        def work() -> None:
-            try:
-                prompt = engine.encode(messages, images)
-                gen = engine.stream(prompt, params, cancel=token)
-                for ev in gen:
-                    prob = ev.confidence.prob if ev.confidence else None
-                    loop.call_soon_threadsafe(
-                        q.put_nowait,
-                        pb.GenerateChunk(
-                            delta=pb.Delta(text=ev.text, index=ev.index, token_prob=prob)
-                        ),
-                    )
-                    if cancel.is_set():
-                        token.cancel()
-                r = gen.result
-                conf = r.confidence.as_dict().get(signal) if r.token_ids else float("nan")
-                loop.call_soon_threadsafe(q.put_nowait, pb.GenerateChunk(final=pb.Final(
-                    text=r.text, finish_reason=r.finish_reason, served_by="edge",
-                    confidence=conf, confidence_signal=signal,
-                    usage=pb.Usage(prompt_tokens=r.timings.prompt_tokens,
-                                   completion_tokens=len(r.token_ids)),
-                    timings=pb.Timings(ttft_ms=r.timings.ttft_s * 1000),
-                )))  # fmt: skip
-            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-                loop.call_soon_threadsafe(q.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(q.put_nowait, None)
+        def chunks() -> Iterator[pb.GenerateChunk]:
+            prompt = engine.encode(call.messages, [i.data for i in call.images])
+            gen = engine.stream(prompt, call.params, cancel=token)
+            for ev in gen:
+                prob = ev.confidence.prob if ev.confidence else None
+                delta = pb.Delta(text=ev.text, index=ev.index, token_prob=prob,
+                                 logprob=logprob_message(ev.logprob))  # fmt: skip
+                yield pb.GenerateChunk(delta=delta)
+                if cancel.is_set():
+                    token.cancel()
+            r = gen.result
+            conf = r.confidence.as_dict().get(signal) if r.token_ids else float("nan")
+            yield pb.GenerateChunk(final=pb.Final(
+                text=r.text, finish_reason=r.finish_reason, served_by="edge",
+                confidence=conf, confidence_signal=signal,
+                usage=pb.Usage(prompt_tokens=r.timings.prompt_tokens,
+                               completion_tokens=len(r.token_ids)),
+                timings=pb.Timings(ttft_ms=r.timings.ttft_s * 1000),
+            ))  # fmt: skip
 
         async with lock:  # one request at a time per engine
-            worker = loop.run_in_executor(None, work)
-            try:
-                while (item := await q.get()) is not None:
-                    if isinstance(item, BaseException):
-                        raise item
-                    yield item
-            finally:
-                token.cancel()
-                with contextlib.suppress(Exception):
-                    await asyncio.shield(worker)
+            async for chunk in stream_in_thread(chunks, token):
+                yield chunk
 
     return handle

@@ -10,7 +10,9 @@ import numpy as np
 
 from fleetvl.errors import InputError
 
-__all__ = ["CancelToken", "SamplingParams", "Sampler"]
+__all__ = ["MAX_TOP_LOGPROBS", "CancelToken", "SamplingParams", "Sampler"]
+
+MAX_TOP_LOGPROBS = 20  # OpenAI's bound on ``top_logprobs``
 
 
 @dataclass(frozen=True)
@@ -27,6 +29,9 @@ class SamplingParams:
     seed: int | None = None
     stop: tuple[str, ...] = field(default_factory=tuple)
     ignore_eos: bool = False
+    # Log-probabilities of the chosen tokens, with this many most likely alternatives per
+    # position (0-20, OpenAI's ``top_logprobs``); None: none are computed.
+    logprobs: int | None = None
 
     def __post_init__(self) -> None:
         if self.max_tokens < 1:
@@ -39,6 +44,10 @@ class SamplingParams:
             raise InputError(f"top_k must be >= 0, got {self.top_k}")
         if any(not s for s in self.stop):
             raise InputError("stop sequences must be non-empty strings")
+        if self.logprobs is not None and not 0 <= self.logprobs <= MAX_TOP_LOGPROBS:
+            raise InputError(
+                f"top_logprobs must be in [0, {MAX_TOP_LOGPROBS}], got {self.logprobs}"
+            )
 
 
 class Sampler:

@@ -14,13 +14,13 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 import grpc
 
 from fleetvl.protocol import fleetvl_pb2 as pb
-from router.backends import BackendError, BackendRequest, Event
+from router.backends import BackendError, BackendKind, BackendRequest, Event
 from router.wire import event_from_chunk, to_generate_request
 
 __all__ = ["AgentBackend", "AgentConnection", "serve_agent_stream"]
@@ -47,13 +47,14 @@ class AgentConnection:
 class AgentBackend:
     """Requests for one site, served by that site's agent over its outbound connection."""
 
-    kind = "edge"
+    kind: BackendKind = "edge"
 
     def __init__(self, name: str, site: str, *, slots: int = 1, models: tuple[str, ...] = ()):
         self.name = name
-        self.site = site
+        self.site: str | None = site
         self.slots = slots
         self.models = models
+        self._configured = bool(models)
         self.conn: AgentConnection | None = None
         self._ids = itertools.count()
 
@@ -65,13 +66,15 @@ class AgentBackend:
         if self.conn is not None:
             self.conn.close()  # a reconnecting agent replaces its stale stream
         self.conn = conn
+        if not self._configured:  # the models the site's agent says it serves
+            self.models = tuple(conn.hello.models)
 
     def detach(self, conn: AgentConnection) -> None:
         conn.close()
         if self.conn is conn:
             self.conn = None
 
-    async def generate(self, req: BackendRequest) -> AsyncIterator[Event]:
+    async def generate(self, req: BackendRequest) -> AsyncGenerator[Event, None]:
         conn = self.conn
         if conn is None or conn.closed:
             raise BackendError(f"site {self.site}'s agent is not connected")
@@ -159,4 +162,4 @@ async def serve_agent_stream(
 
 
 def agent_backends(backends: list[Any]) -> dict[str, AgentBackend]:
-    return {b.site: b for b in backends if isinstance(b, AgentBackend)}
+    return {b.site or "": b for b in backends if isinstance(b, AgentBackend)}

@@ -53,8 +53,12 @@ def _scope_json(final: Final) -> dict[str, Any] | None:
     return scope_dict(msg) if msg is not None else None
 
 
-def completion_body(rid: str, model: str, t: Ticket, final: Final, text: str) -> dict[str, Any]:
-    """The ``chat.completion`` JSON of a finished request (``text``: the streamed answer)."""
+def completion_body(
+    rid: str, model: str, t: Ticket, final: Final, text: str,
+    logprobs: dict[str, object] | None = None,
+) -> dict[str, Any]:
+    """The ``chat.completion`` JSON of a finished request (``text``: the streamed answer;
+    ``logprobs``: OpenAI's ``choices[].logprobs``, when asked for)."""
     served = served_by(t, final)
     return {
         "id": rid,
@@ -66,7 +70,7 @@ def completion_body(rid: str, model: str, t: Ticket, final: Final, text: str) ->
                 "index": 0,
                 "message": answer_message(text, final.verdict, _scope_json(final)),
                 "finish_reason": openai_finish(final),
-                "logprobs": None,
+                "logprobs": logprobs,
             }
         ],
         "usage": usage(final),
@@ -97,7 +101,7 @@ def fleetvl_section(t: Ticket, final: Final, served: str) -> dict[str, Any]:
         "confidence": final.confidence,
         "confidence_signal": final.confidence_signal,
         "meets_min_confidence": conf_ok,
-        "escalation_reason": (t.req.edge_attempt or {}).get("reason"),
+        "escalation_reason": t.req.edge_attempt.reason if t.req.edge_attempt else None,
         "timings": {
             "queue_ms": round(o.queue_s * 1000, 2),
             "ttft_ms": round((o.ttft_s or 0) * 1000, 2),

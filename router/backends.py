@@ -14,12 +14,16 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from fleetvl.errors import UpstreamError
 from fleetvl.policy import SlaPolicy
-from fleetvl.sampling import CancelToken, SamplingParams
+from fleetvl.protocol.request import ChatRequest
+from fleetvl.sampling import CancelToken
+from fleetvl.threaded_stream import stream_in_thread
+from fleetvl.vlm.confidence import TokenLogprob
 from fleetvl.vlm.scope import ScopeScore
 
 __all__ = [
@@ -29,40 +33,21 @@ __all__ = [
     "Delta",
     "EngineBackend",
     "Final",
-    "ImageInput",
 ]
 
 BackendKind = Literal["cloud", "edge"]
 
 
-@dataclass(frozen=True)
-class ImageInput:
-    digest: str  # sha256 of data
-    data: bytes
-
-
 @dataclass
 class BackendRequest:
-    """A request as dispatched: messages in the chat-template shape (images as ``{"type":
-    "image"}`` parts, in order), their image bytes, sampling, the resolved policy."""
+    """A request as dispatched: the request (sampling capped by its policy), the policy that
+    resolved for it, its absolute deadline (``time.monotonic()``) and a cancel flag."""
 
-    id: str
-    tenant: str
-    site: str | None
-    model: str
-    messages: list[dict[str, Any]]
-    images: list[ImageInput]
-    max_tokens: int
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
+    id: str  # the scheduler's id of this dispatch
+    chat: ChatRequest
     policy: SlaPolicy = field(default_factory=SlaPolicy)
-    deadline: float = 0.0  # absolute, time.monotonic()
+    deadline: float = 0.0
     cancel: threading.Event = field(default_factory=threading.Event)
-    edge_attempt: dict[str, Any] | None = None
-    source: str | None = None  # the camera or application at the site the image came from
 
 
 @dataclass(frozen=True)
@@ -70,6 +55,7 @@ class Delta:
     text: str
     index: int
     token_prob: float | None = None
+    logprob: TokenLogprob | None = None  # when the request asked for log-probabilities
 
 
 @dataclass(frozen=True)
@@ -92,8 +78,11 @@ class Final:
 Event = Delta | Final
 
 
-class BackendError(Exception):
+class BackendError(UpstreamError):
     """The backend failed to serve a request it accepted (the router answers 502)."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__("backend_error", message)
 
 
 class Backend(Protocol):
@@ -103,7 +92,7 @@ class Backend(Protocol):
     slots: int
     models: tuple[str, ...]
 
-    def generate(self, req: BackendRequest) -> AsyncIterator[Event]: ...
+    def generate(self, req: BackendRequest) -> AsyncGenerator[Event, None]: ...
 
     async def close(self) -> None: ...
 
@@ -140,61 +129,42 @@ class EngineBackend:
                 self._free.put_nowait(e)
         return self._free
 
-    async def generate(self, req: BackendRequest) -> AsyncIterator[Event]:
+    async def generate(self, req: BackendRequest) -> AsyncGenerator[Event, None]:
         pool = self._pool()
         engine = await pool.get()
-        loop = asyncio.get_running_loop()
-        events: asyncio.Queue[Event | BaseException | None] = asyncio.Queue()
         token = CancelToken()
 
-        def work() -> None:
-            try:
-                prompt = engine.encode(req.messages, [i.data for i in req.images])
-                params = SamplingParams(
-                    max_tokens=req.max_tokens,
-                    temperature=req.temperature,
-                    top_p=req.top_p,
-                    top_k=req.top_k,
-                    seed=req.seed,
-                    stop=tuple(req.stop),
-                )
-                gen = engine.stream(prompt, params, cancel=token)
-                for ev in gen:
-                    prob = ev.confidence.prob if ev.confidence is not None else None
-                    loop.call_soon_threadsafe(events.put_nowait, Delta(ev.text, ev.index, prob))
-                    if req.cancel.is_set():
-                        token.cancel()
-                res = gen.result
-                conf = res.confidence.as_dict().get(self.signal) if res.token_ids else None
-                refused = res.finish_reason == "out_of_scope"
-                final = Final(
-                    text=res.text,
-                    finish_reason=res.finish_reason,
-                    confidence=conf,
-                    confidence_signal=self.signal,
-                    prompt_tokens=res.timings.prompt_tokens,
-                    completion_tokens=len(res.token_ids),
-                    image_tokens=sum(i.num_tokens(2) for i in prompt.images),
-                    ttft_s=res.timings.ttft_s,
-                    verdict="unanswerable" if refused else "answer",
-                    scope=res.scope,
-                )
-                loop.call_soon_threadsafe(events.put_nowait, final)
-            except BaseException as exc:  # noqa: BLE001 - handed to the event loop
-                loop.call_soon_threadsafe(events.put_nowait, exc)
-            finally:
-                loop.call_soon_threadsafe(events.put_nowait, None)
+        def events() -> Iterator[Event]:
+            chat = req.chat
+            prompt = engine.encode(chat.messages, [i.decoded or i.data for i in chat.images])
+            gen = engine.stream(prompt, chat.params, cancel=token)
+            for ev in gen:
+                prob = ev.confidence.prob if ev.confidence is not None else None
+                yield Delta(ev.text, ev.index, prob, ev.logprob)
+                if req.cancel.is_set():
+                    token.cancel()
+            res = gen.result
+            conf = res.confidence.as_dict().get(self.signal) if res.token_ids else None
+            refused = res.finish_reason == "out_of_scope"
+            yield Final(
+                text=res.text,
+                finish_reason=res.finish_reason,
+                confidence=conf,
+                confidence_signal=self.signal,
+                prompt_tokens=res.timings.prompt_tokens,
+                completion_tokens=len(res.token_ids),
+                image_tokens=sum(i.num_tokens(2) for i in prompt.images),
+                ttft_s=res.timings.ttft_s,
+                verdict="unanswerable" if refused else "answer",
+                scope=res.scope,
+            )
 
-        worker = loop.run_in_executor(None, work)
         try:
-            while (ev := await events.get()) is not None:
-                if isinstance(ev, BaseException):
-                    raise ev
+            # Leaving early (the caller went away, the deadline passed) stops the engine at
+            # its next step; the engine goes back to the pool once its thread is done.
+            async for ev in stream_in_thread(events, token):
                 yield ev
         finally:
-            # The caller went away (or the deadline passed): stop the engine at its next step.
-            token.cancel()
-            await asyncio.shield(worker)
             pool.put_nowait(engine)
 
     async def close(self) -> None:

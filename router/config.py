@@ -10,11 +10,11 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetvl.config_files import expand_env
 from fleetvl.policy import PolicyOverride, SlaPolicy
+from fleetvl.protocol.request import RequestLimits
 from fleetvl.scheduling import PredictorConfig, SchedulerConfig
 
-__all__ = ["BackendConfig", "Limits", "PolicyConfig", "RouterConfig", "TlsConfig"]
+__all__ = ["BackendConfig", "PolicyConfig", "RouterConfig", "TlsConfig"]
 
-MiB = 1 << 20
 
 
 class _Strict(BaseModel):
@@ -49,15 +49,6 @@ class BackendConfig(_Strict):
         return self
 
 
-class Limits(_Strict):
-    max_body_bytes: int = Field(20 * MiB, ge=1024)
-    max_image_bytes: int = Field(10 * MiB, ge=1024)
-    max_images: int = Field(8, ge=0)
-    max_input_pixels: int = Field(40_000_000, ge=1)  # decoded pixels; bombs refused at header
-    # Only data: URLs by default; fetching arbitrary URLs from the ingress is an SSRF hazard.
-    allow_remote_image_urls: bool = False
-
-
 class TlsConfig(_Strict):
     cert_file: str
     key_file: str
@@ -82,7 +73,7 @@ class RouterConfig(_Strict):
     api_keys: dict[str, str] = Field(default_factory=dict)
     api_keys_file: str | None = None  # YAML mapping key -> tenant (a mounted Secret)
     default_tenant: str = "default"
-    limits: Limits = Field(default_factory=Limits)
+    limits: RequestLimits = Field(default_factory=RequestLimits)
     tls: TlsConfig | None = None
     policies: PolicyConfig = Field(default_factory=PolicyConfig)
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 import grpc
 
@@ -51,7 +51,7 @@ class GrpcBackend:
             self._stub_ = pb_grpc.RouterStub(self._channel)
         return self._stub_
 
-    async def generate(self, req: BackendRequest) -> AsyncIterator[Event]:
+    async def generate(self, req: BackendRequest) -> AsyncGenerator[Event, None]:
         with_bytes: set[str] = set()
         for _attempt in range(2):
             timeout = req.deadline - time.monotonic() if req.deadline else None
@@ -81,4 +81,4 @@ class GrpcBackend:
 
     async def close(self) -> None:
         if self._channel is not None:
-            await self._channel.close()
+            await self._channel.close(None)

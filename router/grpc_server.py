@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import hashlib
 import time
 import uuid
 from collections.abc import AsyncIterator
@@ -19,27 +18,20 @@ from typing import Any
 
 import grpc
 
-from fleetvl.errors import InputError
-from fleetvl.policy import PolicyError, PolicyOverride
+from fleetvl.errors import FleetVLError, InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
-from fleetvl.protocol.image_urls import check_image
+from fleetvl.protocol.convert import logprob_message
+from fleetvl.protocol.grpc_status import grpc_status
+from fleetvl.protocol.request import ChatRequest
 from router import metrics
 from router.agents import agent_backends, serve_agent_stream
-from router.backends import BackendError, Delta, Final, ImageInput
+from router.backends import Delta, Final
 from router.idempotency import IdempotencyRecord, RedisFinals
-from router.service import Expired, ModelNotFound, Rejected, RoutedRequest, RouterService, log_line
+from router.service import Expired, Rejected, RouterService, log_line
 from router.wire import wire_scope
 
 __all__ = ["RouterServicer", "add_router_servicer"]
-
-_REJECT_CODES = {
-    "deadline_unmeetable": grpc.StatusCode.DEADLINE_EXCEEDED,
-    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "queue_full": grpc.StatusCode.RESOURCE_EXHAUSTED,
-    "no_eligible_backend": grpc.StatusCode.UNAVAILABLE,
-}
-
 
 class RouterServicer(pb_grpc.RouterServicer):
     def __init__(self, service: RouterService, blobs: Any) -> None:
@@ -137,10 +129,14 @@ class RouterServicer(pb_grpc.RouterServicer):
     ) -> AsyncIterator[pb.GenerateChunk]:
         t0 = time.monotonic()
         try:
-            req, missing = self._routed(request, rid, tenant, context)
-        except (InputError, ValueError) as exc:
-            log_line(**fields, status="INVALID_ARGUMENT", outcome="invalid", error=str(exc))
-            raise _Abort(grpc.StatusCode.INVALID_ARGUMENT, str(exc)) from None
+            req, missing = ChatRequest.from_pb(
+                request, self.service.config.limits, id=rid, tenant=tenant,
+                stored=self._stored, keep=self.blobs.put, deadline_s=context.time_remaining(),
+            )  # fmt: skip
+        except InputError as exc:
+            code = grpc_status(exc) or grpc.StatusCode.INVALID_ARGUMENT
+            log_line(**fields, status=code.name, outcome="invalid", error=str(exc))
+            raise _Abort(code, str(exc)) from None
         if missing:
             log_line(**fields, status="OK", outcome="need_images", missing=len(missing))
             yield pb.GenerateChunk(need_images=pb.NeedImages(digests=missing))
@@ -151,29 +147,21 @@ class RouterServicer(pb_grpc.RouterServicer):
             async with contextlib.aclosing(self.service.run(ticket)) as events:
                 async for ev in events:
                     if isinstance(ev, Delta):
-                        yield pb.GenerateChunk(
-                            delta=pb.Delta(text=ev.text, index=ev.index, token_prob=ev.token_prob)
-                        )
+                        yield pb.GenerateChunk(delta=pb.Delta(
+                            text=ev.text, index=ev.index, token_prob=ev.token_prob,
+                            logprob=logprob_message(ev.logprob)))  # fmt: skip
                     else:
                         final = ev
                         yield pb.GenerateChunk(final=_final(ticket, ev))
-        except Rejected as exc:
-            code, message, outcome = _REJECT_CODES.get(exc.reason, grpc.StatusCode.UNAVAILABLE), \
-                str(exc), "rejected"  # fmt: skip
-            if exc.retry_after_s is not None:
+        except FleetVLError as exc:
+            code, message = grpc_status(exc) or grpc.StatusCode.INTERNAL, str(exc)
+            outcome = ("rejected" if isinstance(exc, Rejected) else
+                       "expired" if isinstance(exc, Expired) else
+                       "invalid" if isinstance(exc, InputError) else "error")  # fmt: skip
+            if isinstance(exc, Rejected) and exc.retry_after_s is not None:
                 context.set_trailing_metadata(
                     (("retry-after-ms", str(int(exc.retry_after_s * 1000))),)
                 )
-        except Expired as exc:
-            code, message, outcome = grpc.StatusCode.DEADLINE_EXCEEDED, str(exc), "expired"
-        except PolicyError as exc:
-            code, message, outcome = grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid"
-        except ModelNotFound as exc:
-            code, message, outcome = grpc.StatusCode.NOT_FOUND, str(exc), "invalid"
-        except InputError as exc:
-            code, message, outcome = grpc.StatusCode.INVALID_ARGUMENT, str(exc), "invalid"
-        except BackendError as exc:
-            code, message, outcome = grpc.StatusCode.UNAVAILABLE, str(exc), "error"
         log_line(
             **fields, status=code.name, outcome=outcome,
             total_ms=round((time.monotonic() - t0) * 1000, 2),
@@ -183,84 +171,8 @@ class RouterServicer(pb_grpc.RouterServicer):
         if code is not grpc.StatusCode.OK:
             raise _Abort(code, message)
 
-    def _routed(
-        self,
-        request: pb.GenerateRequest,
-        rid: str,
-        tenant: str,
-        context: grpc.aio.ServicerContext,
-    ) -> tuple[RoutedRequest, list[str]]:
-        limits = self.service.config.limits
-        images: list[ImageInput] = []
-        missing: list[str] = []
-        image_tokens = text_chars = 0
-        messages = []
-        if not request.messages:
-            raise InputError("messages must not be empty")
-        for m in request.messages:
-            if m.role not in ("system", "user", "assistant"):
-                raise InputError(f"message role {m.role!r} is not system, user or assistant")
-            parts: list[dict[str, Any]] = []
-            for p in m.content:
-                if p.WhichOneof("part") == "text":
-                    parts.append({"type": "text", "text": p.text})
-                    text_chars += len(p.text)
-                    continue
-                img = p.image
-                data = img.data or None
-                if data is not None:
-                    digest = hashlib.sha256(data).hexdigest()
-                    if img.digest and img.digest != digest:
-                        raise InputError(
-                            f"image digest {img.digest[:12]}... does not match its bytes"
-                        )
-                    self.blobs.put(data)
-                else:
-                    data = self.blobs.get(img.digest)
-                    if data is None:
-                        missing.append(img.digest)
-                        continue
-                if len(images) >= limits.max_images:
-                    raise InputError(f"at most {limits.max_images} images per request")
-                _, tokens = check_image(data, limits.max_image_bytes, limits.max_input_pixels)
-                images.append(ImageInput(hashlib.sha256(data).hexdigest(), data))
-                image_tokens += tokens
-                parts.append({"type": "image"})
-            messages.append({"role": m.role, "content": parts})
-        s = request.sampling
-        sla_fields = {f.name: v for f, v in request.sla.ListFields()} if request.HasField(
-            "sla") else {}  # fmt: skip
-        try:
-            sla = PolicyOverride.model_validate(sla_fields) if sla_fields else None
-        except ValueError as exc:
-            raise InputError(f"invalid sla: {exc}") from None
-        remaining = context.time_remaining()
-        attempt = None
-        if request.HasField("edge_attempt"):
-            e = request.edge_attempt
-            attempt = {"text": e.text, "confidence": e.confidence, "signal": e.signal,
-                       "reason": e.reason}  # fmt: skip
-        req = RoutedRequest(
-            id=rid,
-            tenant=tenant,
-            site=request.site or None,
-            model=request.model,
-            messages=messages,
-            images=images,
-            image_tokens=image_tokens,
-            prompt_tokens_estimate=text_chars // 4 + 8 * len(messages) + image_tokens,
-            max_tokens=s.max_tokens if s.HasField("max_tokens") else None,
-            temperature=s.temperature if s.HasField("temperature") else 0.0,
-            top_p=s.top_p if s.HasField("top_p") else 1.0,
-            top_k=s.top_k if s.HasField("top_k") else 0,
-            seed=s.seed if s.HasField("seed") else None,
-            stop=list(s.stop),
-            sla=sla,
-            edge_attempt=attempt,
-            deadline_s=remaining,
-            source=request.source or None,
-        )
-        return req, missing
+    def _stored(self, digest: str) -> bytes | None:
+        return self.blobs.get(digest)
 
 
 class _Abort(Exception):  # noqa: N818 - a control-flow signal, not an error type
@@ -282,7 +194,7 @@ def _final(t: Any, f: Final) -> pb.Final:
         backend=o.backend or "",
         confidence=f.confidence if f.confidence is not None else float("nan"),
         confidence_signal=f.confidence_signal,
-        escalation_reason=(t.req.edge_attempt or {}).get("reason") or "",
+        escalation_reason=t.req.edge_attempt.reason if t.req.edge_attempt else "",
         usage=pb.Usage(prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens),
         timings=pb.Timings(
             queue_ms=o.queue_s * 1000,

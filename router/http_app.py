@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 import uuid
@@ -22,20 +21,27 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fleetvl.errors import FleetVLError
+from fleetvl.errors import InvalidFields
 from fleetvl.policy import PolicyOverride
-from fleetvl.protocol.image_urls import check_image, parse_data_url
+from fleetvl.protocol.http_front import (
+    SSE_DONE,
+    BodyLimit,
+    error_json,
+    error_response,
+    install_error_handlers,
+    sse,
+)
 from fleetvl.protocol.openai_api import (
     ChatCompletionRequest,
-    ImageUrlPart,
     SlaHeaderError,
-    client_error,
+    logprobs_json,
     request_sla,
 )
+from fleetvl.protocol.request import ChatRequest
+from fleetvl.vlm.confidence import TokenLogprob
 from router import metrics
 from router.answers import (
     closing_deltas,
@@ -45,68 +51,15 @@ from router.answers import (
     served_by,
     usage,
 )
-from router.backends import BackendError, Delta, Final, ImageInput
-from router.service import (
-    Expired,
-    ModelNotFound,
-    Rejected,
-    RoutedRequest,
-    RouterService,
-    Ticket,
-    log_line,
-)
+from router.backends import BackendError, Delta, Final
+from router.service import Expired, Rejected, RouterService, Ticket, log_line
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("fleetvl.router")
 
 
-class HttpError(Exception):
-    def __init__(self, status: int, type_: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.type = type_
-        self.extra = extra
-
-
-def _error(status: int, type_: str, message: str, headers: dict | None = None, **extra: Any):
-    body = {"error": {"type": type_, "message": message, "code": status, **extra}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
-class BodyLimit:
-    """ASGI middleware: refuse bodies over ``limit`` bytes, declared or streamed (413)."""
-
-    def __init__(self, app: Any, limit: int) -> None:
-        self.app = app
-        self.limit = limit
-
-    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        declared = dict(scope.get("headers") or []).get(b"content-length")
-        if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            resp = _error(413, "payload_too_large", f"body is over the {self.limit}-byte limit")
-            return await resp(scope, receive, send)
-        seen = 0
-
-        async def limited() -> dict:
-            nonlocal seen
-            msg = await receive()
-            if msg["type"] == "http.request":
-                seen += len(msg.get("body", b""))
-                if seen > self.limit:
-                    raise _TooLarge
-            return msg
-
-        try:
-            return await self.app(scope, limited, send)
-        except _TooLarge:
-            resp = _error(413, "payload_too_large", f"body is over the {self.limit}-byte limit")
-            return await resp(scope, receive, send)
-
-
-class _TooLarge(Exception):
+class _Unauthorized(Exception):
     pass
 
 
@@ -120,24 +73,11 @@ def create_app(service: RouterService) -> FastAPI:
     )
     app.add_middleware(BodyLimit, limit=cfg.limits.max_body_bytes)
 
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = []
-        for e in exc.errors():
-            loc = [str(p) for p in e.get("loc", ()) if p != "body"]
-            details.append(
-                {"field": ".".join(loc) or "body", "reason": str(e.get("msg", "invalid"))}
-            )
-        return _error(422, "invalid_request_error", "request body is invalid", details=details)
+    install_error_handlers(app, log)
 
-    @app.exception_handler(HttpError)
-    async def _http_error(_: Request, exc: HttpError) -> JSONResponse:
-        return _error(exc.status, exc.type, str(exc), **exc.extra)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        log.exception("unhandled error")
-        return _error(500, "internal_error", "internal error; see the router log")
+    @app.exception_handler(_Unauthorized)
+    async def _unauthorized(_: Request, exc: _Unauthorized) -> JSONResponse:
+        return error_json(401, "authentication_error", "missing or unknown API key")
 
     @app.on_event("startup")
     async def _start() -> None:
@@ -154,7 +94,7 @@ def create_app(service: RouterService) -> FastAPI:
         key = auth.removeprefix("Bearer ").strip() if auth.startswith("Bearer ") else ""
         tenant = keys.get(key)
         if tenant is None:
-            raise HttpError(401, "authentication_error", "missing or unknown API key")
+            raise _Unauthorized
         return tenant
 
     @app.get("/healthz")
@@ -189,7 +129,10 @@ def create_app(service: RouterService) -> FastAPI:
         tenant = tenant_of(request)
         fields: dict[str, Any] = {"id": rid, "api": "http", "tenant": tenant, "model": body.model}
         try:
-            req = _routed(body, request, rid, tenant, cfg.limits)
+            req = ChatRequest.from_openai(
+                body, cfg.limits, service.served_models(), id=rid, tenant=tenant,
+                sla=_sla(body, request), site=body.site or request.headers.get("x-fleetvl-site"),
+            )  # fmt: skip
             fields["site"] = req.site
             ticket = service.submit(req)
         except Exception as exc:
@@ -204,13 +147,13 @@ def create_app(service: RouterService) -> FastAPI:
                 headers={"x-request-id": rid, "cache-control": "no-cache"},
             )
         try:
-            final, text = await _collect(service, ticket, request)
+            final, text, logprobs = await _collect(service, ticket, request)
         except Exception as exc:
             resp = _map_error(exc)
             _finish_log(fields, t0, resp.status_code, _outcome_of(exc), exc, ticket)
             resp.headers["server-timing"] = _server_timing(t0)
             return resp
-        out = completion_body(rid, body.model, ticket, final, text)
+        out = completion_body(rid, body.model, ticket, final, text, logprobs_json(logprobs))
         _finish_log(fields, t0, 200, "ok", None, ticket, final)
         return JSONResponse(
             out,
@@ -228,84 +171,34 @@ def _server_timing(t0: float) -> str:
     return f"total;dur={(time.monotonic() - t0) * 1000:.1f}"
 
 
-def _routed(
-    body: ChatCompletionRequest, request: Request, rid: str, tenant: str, limits: Any
-) -> RoutedRequest:
-    images: list[ImageInput] = []
-    image_tokens = 0
-    text_chars = 0
-    messages: list[dict[str, Any]] = []
-    for i, m in enumerate(body.messages):
-        parts: list[dict[str, Any]] = []
-        if isinstance(m.content, str):
-            parts.append({"type": "text", "text": m.content})
-            text_chars += len(m.content)
-        else:
-            for j, p in enumerate(m.content):
-                if isinstance(p, ImageUrlPart):
-                    if len(images) >= limits.max_images:
-                        raise HttpError(
-                            422, "invalid_request_error",
-                            f"at most {limits.max_images} images per request",
-                            details=[{"field": f"messages.{i}.content.{j}",
-                                      "reason": "too many images"}],
-                        )  # fmt: skip
-                    data = parse_data_url(p.image_url.url, limits.max_image_bytes)
-                    digest, tokens = check_image(
-                        data, limits.max_image_bytes, limits.max_input_pixels
-                    )
-                    images.append(ImageInput(digest, data))
-                    image_tokens += tokens
-                    parts.append({"type": "image"})
-                else:
-                    parts.append({"type": "text", "text": p.text})
-                    text_chars += len(p.text)
-        messages.append({"role": m.role, "content": parts})
-    sla = _sla(body, request)
-    return RoutedRequest(
-        id=rid,
-        tenant=tenant,
-        site=body.site or request.headers.get("x-fleetvl-site"),
-        model=body.model,
-        messages=messages,
-        images=images,
-        image_tokens=image_tokens,
-        # ~4 characters per token plus the template's per-message overhead: the predictor
-        # only needs the scale, and the router has no tokenizer of every model.
-        prompt_tokens_estimate=text_chars // 4 + 8 * len(messages) + image_tokens,
-        max_tokens=body.requested_max_tokens,
-        temperature=body.temperature,
-        top_p=body.top_p,
-        top_k=body.top_k,
-        seed=body.seed,
-        stop=body.stop_list,
-        sla=sla,
-        source=body.source,
-    )
-
-
 def _sla(body: ChatCompletionRequest, request: Request) -> PolicyOverride | None:
     try:
         return request_sla(body.sla, request.headers)
     except SlaHeaderError as exc:
-        raise HttpError(422, "invalid_request_error", str(exc), details=exc.details) from None
+        raise InvalidFields(str(exc), exc.details) from None
 
 
-async def _collect(service: RouterService, t: Ticket, request: Request) -> tuple[Final, str]:
+async def _collect(
+    service: RouterService, t: Ticket, request: Request
+) -> tuple[Final, str, list[TokenLogprob] | None]:
     """Run to the end; the client going away cancels the work (queued or running)."""
 
-    async def consume() -> tuple[Final, str]:
+    async def consume() -> tuple[Final, str, list[TokenLogprob] | None]:
         text: list[str] = []
+        logprobs: list[TokenLogprob] = []
         final: Final | None = None
         async with contextlib.aclosing(service.run(t)) as events:
             async for ev in events:
                 if isinstance(ev, Delta):
                     text.append(ev.text)
+                    if ev.logprob is not None:
+                        logprobs.append(ev.logprob)
                 else:
                     final = ev
         if final is None:
             raise BackendError("backend ended without a final answer")
-        return final, final.text or "".join(text)
+        asked = t.req.params.logprobs is not None
+        return final, final.text or "".join(text), logprobs if asked else None
 
     work = asyncio.ensure_future(consume())
     gone = asyncio.ensure_future(_disconnected(request))
@@ -342,16 +235,11 @@ async def _sse(
     rid = fields["id"]
     created = int(time.time())
 
-    def chunk(delta: dict, finish: str | None = None, **extra: Any) -> bytes:
-        obj = {
-            "id": rid,
-            "object": "chat.completion.chunk",
-            "created": created,
-            "model": body.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish, "logprobs": None}],
-            **extra,
-        }
-        return b"data: " + json.dumps(obj, separators=(",", ":")).encode() + b"\n\n"
+    def chunk(delta: dict[str, object], finish: str | None = None,
+              logprobs: dict[str, object] | None = None, **extra: object) -> bytes:  # fmt: skip
+        choice = {"index": 0, "delta": delta, "finish_reason": finish, "logprobs": logprobs}
+        return sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                    "model": body.model, "choices": [choice], **extra})  # fmt: skip
 
     final: Final | None = None
     status, outcome, err = 200, "ok", None
@@ -360,8 +248,9 @@ async def _sse(
         async with contextlib.aclosing(service.run(t)) as events:
             async for ev in events:
                 if isinstance(ev, Delta):
-                    if ev.text:
-                        yield chunk({"content": ev.text})
+                    if ev.text or ev.logprob is not None:
+                        lp = logprobs_json([ev.logprob]) if ev.logprob is not None else None
+                        yield chunk({"content": ev.text}, logprobs=lp)
                 else:
                     final = ev
         if final is None:
@@ -371,45 +260,27 @@ async def _sse(
         section = fleetvl_section(t, final, served_by(t, final))
         yield chunk({}, openai_finish(final), fleetvl=section)
         if body.stream_options and body.stream_options.include_usage:
-            tail = {
-                "id": rid, "object": "chat.completion.chunk", "created": created,
-                "model": body.model, "choices": [], "usage": usage(final),
-            }  # fmt: skip
-            yield b"data: " + json.dumps(tail).encode() + b"\n\n"
+            yield sse({"id": rid, "object": "chat.completion.chunk", "created": created,
+                       "model": body.model, "choices": [], "usage": usage(final)})  # fmt: skip
     except asyncio.CancelledError:
         status, outcome = 499, "cancelled"
         raise
     except Exception as exc:
         resp = _map_error(exc)
         status, outcome, err = resp.status_code, _outcome_of(exc), exc
-        yield b"data: " + resp.body + b"\n\n"
+        yield b"data: " + bytes(resp.body) + b"\n\n"
     finally:
         _finish_log(fields, t0, status, outcome, err, t, final)
-    yield b"data: [DONE]\n\n"
+    yield SSE_DONE
 
 
 def _map_error(exc: BaseException) -> JSONResponse:
-    if isinstance(exc, HttpError):
-        return _error(exc.status, exc.type, str(exc), **exc.extra)
-    if isinstance(exc, Rejected):
-        headers = None
-        if exc.retry_after_s is not None:
-            headers = {"Retry-After": str(max(1, round(exc.retry_after_s + 0.499)))}
-        detail = {k: v for k, v in exc.detail().items() if k != "message"}
-        return _error(503, "rejected", str(exc), headers, **detail)
-    if isinstance(exc, Expired):
-        return _error(504, "deadline_exceeded", str(exc), reason=exc.reason)
-    if isinstance(exc, ModelNotFound):
-        return _error(404, "model_not_found", str(exc))
-    if (known := client_error(exc)) is not None:
-        status, type_, extra = known
-        return _error(status, type_, str(exc), **extra)
-    if isinstance(exc, BackendError | FleetVLError):
-        return _error(502, "backend_error", str(exc))
     if isinstance(exc, _ClientGone):
-        return _error(499, "client_closed_request", "client went away")
+        return error_json(499, "client_closed_request", "client went away")
+    if (resp := error_response(exc)) is not None:
+        return resp
     log.exception("unexpected error", exc_info=exc)
-    return _error(500, "internal_error", "internal error; see the router log")
+    return error_json(500, "internal_error", "internal error; see the router log")
 
 
 def _outcome_of(exc: BaseException) -> str:

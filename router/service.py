@@ -16,12 +16,13 @@ import itertools
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetvl.errors import FleetVLError
-from fleetvl.policy import PolicyOverride, Residency, ResolvedPolicy, resolve_policy
+from fleetvl.errors import DeadlineExceeded, FleetVLError, ModelNotFound, Unavailable
+from fleetvl.policy import Residency, ResolvedPolicy, resolve_policy
+from fleetvl.protocol.request import ChatRequest
 from fleetvl.scheduling import (
     AdmissionDecision,
     BackendSpec,
@@ -30,65 +31,32 @@ from fleetvl.scheduling import (
     WorkItem,
 )
 from router import metrics
-from router.backends import Backend, BackendError, BackendRequest, Delta, Final, ImageInput
+from router.backends import Backend, BackendError, BackendRequest, Delta, Final
 from router.config import RouterConfig
 
-__all__ = ["Expired", "Outcome", "Rejected", "RouterService", "RoutedRequest", "Ticket"]
+__all__ = ["Expired", "Outcome", "Rejected", "RouterService", "Ticket"]
 
 log = logging.getLogger("fleetvl.router")
 
 
-class Rejected(FleetVLError):
+class Rejected(Unavailable):
     """Refused at admission: no eligible backend can meet the deadline (HTTP 503)."""
 
     def __init__(self, decision: AdmissionDecision | None, reason: str, message: str) -> None:
-        super().__init__(message)
+        extra: dict[str, object] = {}
+        if decision is not None:
+            extra["allowed_ms"] = round(decision.allowed_s * 1000, 1)
+            if decision.predicted_s is not None:
+                extra["predicted_ms"] = round(decision.predicted_s * 1000, 1)
+        super().__init__(reason, message, decision.retry_after_s if decision else None, **extra)
         self.decision = decision
-        self.reason = reason
-        self.retry_after_s = decision.retry_after_s if decision else None
-
-    def detail(self) -> dict[str, Any]:
-        d = self.decision
-        out: dict[str, Any] = {"reason": self.reason, "message": str(self)}
-        if d is not None:
-            out["allowed_ms"] = round(d.allowed_s * 1000, 1)
-            if d.predicted_s is not None:
-                out["predicted_ms"] = round(d.predicted_s * 1000, 1)
-            if d.retry_after_s is not None:
-                out["retry_after_s"] = round(d.retry_after_s, 3)
-        return out
 
 
-class Expired(FleetVLError):
+class Expired(DeadlineExceeded):
     """Admitted, then its deadline passed (queued or running): HTTP 504 / DEADLINE_EXCEEDED."""
 
     def __init__(self, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.reason = reason
-
-
-@dataclass
-class RoutedRequest:
-    """A parsed request from either front end."""
-
-    id: str
-    tenant: str
-    site: str | None
-    model: str
-    messages: list[dict[str, Any]]
-    images: list[ImageInput]
-    image_tokens: int
-    prompt_tokens_estimate: int
-    max_tokens: int | None
-    temperature: float = 0.0
-    top_p: float = 1.0
-    top_k: int = 0
-    seed: int | None = None
-    stop: list[str] = field(default_factory=list)
-    sla: PolicyOverride | None = None
-    edge_attempt: dict[str, Any] | None = None
-    deadline_s: float | None = None  # a caller's own deadline (gRPC), seconds from now
-    source: str | None = None  # the camera or application at the site the image came from
+        super().__init__(reason, message)
 
 
 @dataclass
@@ -105,7 +73,7 @@ class Outcome:
 
 @dataclass
 class Ticket:
-    req: RoutedRequest
+    req: ChatRequest
     policy: ResolvedPolicy
     item: WorkItem
     decision: AdmissionDecision
@@ -157,13 +125,19 @@ class RouterService:
     def models(self) -> list[str]:
         return sorted({m for b in self.backends.values() for m in b.models})
 
+    def served_models(self) -> list[str] | None:
+        """The models requests may name; None when a backend takes any model."""
+        if any(not b.models for b in self.backends.values()):
+            return None
+        return self.models()
+
     @property
     def ready(self) -> bool:
         return any(b.kind == "cloud" for b in self.backends.values())
 
     # -- admission --------------------------------------------------------------------------
 
-    def resolve(self, req: RoutedRequest) -> ResolvedPolicy:
+    def resolve(self, req: ChatRequest) -> ResolvedPolicy:
         """Policy for ``req``; raises PolicyError (HTTP 422) if it loosens residency."""
         p = self.config.policies
         return resolve_policy(
@@ -173,7 +147,7 @@ class RouterService:
             request=req.sla,
         )
 
-    def eligible(self, req: RoutedRequest, residency: Residency) -> tuple[set[str], set[str]]:
+    def eligible(self, req: ChatRequest, residency: Residency) -> tuple[set[str], set[str]]:
         """(edge, cloud) backends serving ``req.model`` that residency allows."""
         edge, cloud = set(), set()
         for b in self.backends.values():
@@ -188,14 +162,15 @@ class RouterService:
                 cloud.add(b.name)
         return edge, cloud
 
-    def submit(self, req: RoutedRequest) -> Ticket:
+    def submit(self, req: ChatRequest) -> Ticket:
         """Resolve, pick backends and admit; raises Rejected/PolicyError/InputError at once."""
         now = self.clock()
         resolved = self.resolve(req)
         pol = resolved.policy
         if not any(req.model in b.models or not b.models for b in self.backends.values()):
             raise ModelNotFound(req.model, self.models())
-        max_tokens = min(req.max_tokens or pol.max_output_tokens, pol.max_output_tokens)
+        req.capped(pol.max_output_tokens)
+        max_tokens = req.params.max_tokens
         deadline_s = pol.deadline_ms / 1000.0
         if req.deadline_s is not None:
             deadline_s = min(deadline_s, req.deadline_s)
@@ -244,7 +219,6 @@ class RouterService:
                 f"{reason}: predicted completion {pred}, deadline allows "
                 f"{decision.allowed_s * 1000:.0f} ms",
             )
-        req.max_tokens = max_tokens
         fut: asyncio.Future[str] = asyncio.get_running_loop().create_future()
         self._waiting[item.id] = fut
         metrics.INFLIGHT.inc()
@@ -254,7 +228,7 @@ class RouterService:
 
     # -- running ----------------------------------------------------------------------------
 
-    async def run(self, t: Ticket) -> AsyncIterator[Delta | Final]:
+    async def run(self, t: Ticket) -> AsyncGenerator[Delta | Final, None]:
         """Events of an admitted request. Raises Expired when its deadline passes."""
         item = t.item
         try:
@@ -283,27 +257,10 @@ class RouterService:
 
     async def _stream(
         self, t: Ticket, backend: Backend, start: float
-    ) -> AsyncIterator[Delta | Final]:
+    ) -> AsyncGenerator[Delta | Final, None]:
         r = t.req
-        breq = BackendRequest(
-            id=t.item.id,
-            tenant=r.tenant,
-            site=r.site,
-            model=r.model,
-            messages=r.messages,
-            images=r.images,
-            max_tokens=r.max_tokens or t.item.max_output_tokens,
-            temperature=r.temperature,
-            top_p=r.top_p,
-            top_k=r.top_k,
-            seed=r.seed,
-            stop=r.stop,
-            policy=t.policy.policy,
-            deadline=t.item.deadline,
-            edge_attempt=r.edge_attempt,
-            source=r.source,
-        )
-        gen = backend.generate(breq).__aiter__()
+        breq = BackendRequest(t.item.id, r, t.policy.policy, t.item.deadline)
+        gen = backend.generate(breq)
         final: Final | None = None
         first: float | None = None
         sent, index = "", 0
@@ -395,12 +352,6 @@ class RouterService:
                 self._pump()
             except Exception:  # the loop must outlive any one bad state
                 log.exception("expiry pass failed")
-
-
-class ModelNotFound(FleetVLError):
-    def __init__(self, model: str, known: list[str]) -> None:
-        super().__init__(f"model {model!r} is not served here; known models: {known}")
-        self.model = model
 
 
 def log_line(**fields: Any) -> None:

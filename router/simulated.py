@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import random
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 
 from router.backends import BackendKind, BackendRequest, Delta, Event, Final
 
@@ -54,14 +54,14 @@ class SimulatedBackend:
     def _noise(self) -> float:
         return self._rng.lognormvariate(0.0, self.jitter) if self.jitter else 1.0
 
-    async def generate(self, req: BackendRequest) -> AsyncIterator[Event]:
+    async def generate(self, req: BackendRequest) -> AsyncGenerator[Event, None]:
         self.served.append(req)
         t0 = time.monotonic()
-        prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 4 for m in req.messages)
+        prompt_tokens = sum(len(str(m.get("content", ""))) // 4 + 4 for m in req.chat.messages)
         ttft = (self.ttft_s + self.per_prompt_token_s * prompt_tokens) * self._noise()
         if ttft:
             await asyncio.sleep(ttft)
-        n = min(self.output_tokens, req.max_tokens)
+        n = min(self.output_tokens, req.chat.params.max_tokens)
         words = (self.answer + " ") * n
         step = max(1, len(words) // max(n, 1))
         texts = [words[i * step : (i + 1) * step] for i in range(n)]

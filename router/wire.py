@@ -6,7 +6,7 @@ from __future__ import annotations
 import math
 
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.convert import sampling_message, scope_message, sla_message
+from fleetvl.protocol.convert import delta_logprob, scope_message
 from fleetvl.vlm.scope import ScopeScore
 from router.backends import BackendRequest, Delta, Event, Final
 
@@ -16,32 +16,10 @@ __all__ = ["event_from_chunk", "scope_score", "to_generate_request", "wire_scope
 def to_generate_request(
     req: BackendRequest, with_bytes: set[str] | None = None
 ) -> pb.GenerateRequest:
-    """``req`` as a ``GenerateRequest``; images carry their bytes when their digest is in
-    ``with_bytes`` (``None``: all of them), else the digest alone."""
-    images = iter(req.images)
-    messages = []
-    for m in req.messages:
-        parts = []
-        for p in m["content"]:
-            if p.get("type") == "image":
-                img = next(images)
-                data = img.data if with_bytes is None or img.digest in with_bytes else b""
-                parts.append(pb.ContentPart(image=pb.Image(digest=img.digest, data=data)))
-            else:
-                parts.append(pb.ContentPart(text=p.get("text", "")))
-        messages.append(pb.Message(role=m["role"], content=parts))
-    pol = req.policy
-    return pb.GenerateRequest(
-        request_id=req.id,
-        tenant=req.tenant,
-        site=req.site or "",
-        model=req.model,
-        messages=messages,
-        sampling=sampling_message(req),
-        # The policy is already resolved here; the remote end must not loosen it.
-        sla=sla_message(pol),
-        source=req.source or "",
-    )
+    """``req`` as a ``GenerateRequest`` under its resolved policy (the remote end must not
+    loosen it); images carry their bytes when their digest is in ``with_bytes`` (``None``:
+    all of them), else the digest alone."""
+    return req.chat.to_pb(req.policy, with_bytes=with_bytes)
 
 
 def event_from_chunk(chunk: pb.GenerateChunk) -> Event | None:
@@ -49,7 +27,8 @@ def event_from_chunk(chunk: pb.GenerateChunk) -> Event | None:
     kind = chunk.WhichOneof("kind")
     if kind == "delta":
         d = chunk.delta
-        return Delta(d.text, d.index, d.token_prob if d.HasField("token_prob") else None)
+        prob = d.token_prob if d.HasField("token_prob") else None
+        return Delta(d.text, d.index, prob, delta_logprob(d))
     if kind == "final":
         f = chunk.final
         return Final(

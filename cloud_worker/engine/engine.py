@@ -26,6 +26,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
 from cloud_worker.engine.decode_step import DecodeStep
@@ -42,7 +43,7 @@ from cloud_worker.engine.scope import check_scorable, load_model_scope
 from cloud_worker.engine.slot_cache import SlotCache
 from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
-from fleetvl.vlm.confidence import TokenConfidence
+from fleetvl.vlm.confidence import TokenConfidence, TokenLogprob, top_logprobs
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.image import ImageInput, prepare_image
 from fleetvl.vlm.processor import Prompt, QwenVLProcessor
@@ -98,9 +99,8 @@ class CloudEngine:
         if cache is not None:
             from fleetvl.cache import KVShape
 
-            text = lm.model.config.get_text_config()
             self.vision_cache = cache.for_model(
-                self.digest, KVShape(lm.num_layers, lm.kv_heads, lm.head_dim), text.hidden_size
+                self.digest, KVShape(lm.num_layers, lm.kv_heads, lm.head_dim), lm.hidden_size
             ).vision
         self._waiting: list[tuple[int, float, int, EngineRequest]] = []
         self._slots: list[EngineRequest | None] = [None] * cfg.max_slots
@@ -226,7 +226,7 @@ class CloudEngine:
                     self._lock.wait()
                 if self._stop:
                     return
-                admit = []
+                admit: list[tuple[int, EngineRequest]] = []
                 free = [i for i, r in enumerate(self._slots) if r is None]
                 while self._waiting and free and len(admit) < self.config.prefills_per_step:
                     _, _, _, req = heapq.heappop(self._waiting)
@@ -329,7 +329,7 @@ class CloudEngine:
         if not rows:
             self._drain()
             return
-        sampled = [i for i, r in rows if r.params.temperature > 0]
+        sampled = [i for i, r in rows if r.needs_row]
         if sampled:
             self._drain()  # the host's choices are the next inputs
             rows = [(i, r) for i, r in rows if self._slots[i] is r]
@@ -362,9 +362,9 @@ class CloudEngine:
         and stream that previous step's tokens. Sampled requests would need a host round trip
         per step; they wait for the prefill to end."""
         pending = self._pending
-        if pending is not None and pending.event is not None and not pending.event.query():
+        if pending is not None and pending.event is not None and not pending.event.query():  # type: ignore[no-untyped-call]
             return
-        if any(r is not None and r.params.temperature > 0 for r in self._slots):
+        if any(r is not None and r.needs_row for r in self._slots):
             return
         self.timings["interleaved_steps"] += 1
         self._decode()
@@ -379,19 +379,21 @@ class CloudEngine:
         t0 = time.perf_counter()
         stats = self.pipeline.results(launched)
         t1 = time.perf_counter()
-        for slot, r in launched.rows:
-            if self._slots[slot] is not r:
+        for slot, launched_req in launched.rows:
+            r: EngineRequest | None = self._slots[slot]
+            if r is None or r is not launched_req:
                 continue  # finished at an earlier step: this row was wasted work
             r.steps += 1
-            if slot in launched.sampled:
-                token, lp = r.sample(launched.sampled[slot])
+            row = launched.sampled.get(slot)
+            if row is not None:
+                token, lp = r.sample(row)
             else:
                 token, lp = int(stats[slot, 0]), float(stats[slot, 1])
-            self._advance(r, token, token_confidence(token, lp, stats[slot]))
+            self._advance(r, token, token_confidence(token, lp, stats[slot]), row)
         self.timings["wait_s"] += t1 - t0
         self.timings["host_s"] += time.perf_counter() - t1
 
-    def _emit(self, reqs: list, logits: torch.Tensor) -> None:
+    def _emit(self, reqs: list[EngineRequest], logits: torch.Tensor) -> None:
         """Choose, score and stream the first token of newly prefilled requests.
 
         Greedy choices and every row's confidence come back in one small transfer: a
@@ -399,16 +401,24 @@ class CloudEngine:
         """
         stats = row_stats(logits)[0].cpu().numpy()  # [rows, 4]: argmax, top1, top2, entropy
         for j, r in enumerate(reqs):
-            if r.params.temperature > 0:
-                token, lp = r.sample(logits[j].float().cpu().numpy())
+            row = logits[j].float().cpu().numpy() if r.needs_row else None
+            if row is not None:
+                token, lp = r.sample(row)
             else:
                 token, lp = int(stats[j, 0]), float(stats[j, 1])
-            self._advance(r, token, token_confidence(token, lp, stats[j]))
+            self._advance(r, token, token_confidence(token, lp, stats[j]), row)
             if self._slots[r.slot] is r:  # still running: its inputs for the next step
                 self.pipeline.set_slot(r.slot, token, r.next_pos, r.kv_len)
 
-    def _advance(self, r: EngineRequest, token: int, conf: TokenConfidence) -> None:
-        finish = r.advance(token, conf, self.eos)
+    def _advance(
+        self, r: EngineRequest, token: int, conf: TokenConfidence, row: np.ndarray | None = None
+    ) -> None:
+        lp = None
+        if r.params.logprobs is not None and row is not None:
+            logprob, top = top_logprobs(row, token, r.params.logprobs)
+            dec = self.processor.decode
+            lp = TokenLogprob(dec([token]), logprob, tuple((dec([i]), v) for i, v in top))
+        finish = r.advance(token, conf, self.eos, lp)
         if finish is not None:
             self._finish(r, finish)
 

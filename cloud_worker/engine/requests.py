@@ -10,7 +10,12 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
-from fleetvl.vlm.confidence import AnswerConfidence, ConfidenceTracker, TokenConfidence
+from fleetvl.vlm.confidence import (
+    AnswerConfidence,
+    ConfidenceTracker,
+    TokenConfidence,
+    TokenLogprob,
+)
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.processor import Prompt
 from fleetvl.vlm.scope import ScopeInputs, ScopeScore
@@ -40,6 +45,7 @@ class StreamEvent:
     token_id: int
     text: str
     confidence: TokenConfidence | None
+    logprob: TokenLogprob | None = None  # when ``SamplingParams.logprobs`` asked for it
 
 
 @dataclass
@@ -59,6 +65,7 @@ class CloudResult:
     # or the request has no images. What it was computed from is kept either way.
     scope: ScopeScore | None = None
     scope_inputs: list[ScopeInputs] = field(default_factory=list)
+    logprobs: list[TokenLogprob] | None = None  # each token's, when asked for
 
 
 @dataclass
@@ -69,7 +76,7 @@ class EngineRequest:
     rank: int  # priority class: 0 critical, 1 standard, 2 batch
     deadline: float
     cancel: CancelToken
-    out: queue.Queue
+    out: queue.Queue[StreamEvent | CloudResult | BaseException]
     arrival: float = field(default_factory=time.monotonic)
     # Running state
     slot: int = -1
@@ -87,6 +94,13 @@ class EngineRequest:
     vision_hits: int = 0
     scope: ScopeScore | None = None
     scope_inputs: list[ScopeInputs] = field(default_factory=list)
+    logprobs: list[TokenLogprob] = field(default_factory=list)
+
+    @property
+    def needs_row(self) -> bool:
+        """Its next token needs the host's copy of its logits: it samples, or it asked for
+        log-probabilities (a host round trip per step; greedy rows stay on the device)."""
+        return self.params.temperature > 0 or self.params.logprobs is not None
 
     def sample(self, row: np.ndarray) -> tuple[int, float]:
         """A sampled token from a row of logits, and its log-probability."""
@@ -95,7 +109,9 @@ class EngineRequest:
         row64 = row.astype(np.float64)
         return token, float(row64[token] - np.logaddexp.reduce(row64))
 
-    def advance(self, token: int, conf: TokenConfidence, eos: set[int]) -> str | None:
+    def advance(
+        self, token: int, conf: TokenConfidence, eos: set[int], lp: TokenLogprob | None = None
+    ) -> str | None:
         """Take the next token: stream its text (stop sequences cut it) and return why the
         request ends now (stop, length, cancelled, deadline), or None to go on."""
         p = self.params
@@ -114,7 +130,9 @@ class EngineRequest:
                 emit = (self.text + emit)[len(self.text) : at]
                 finish = "stop"
         self.text += emit
-        self.out.put(StreamEvent(len(self.tokens) - 1, token, emit, conf))
+        if lp is not None:
+            self.logprobs.append(lp)
+        self.out.put(StreamEvent(len(self.tokens) - 1, token, emit, conf, lp))
         if finish is None:
             if len(self.tokens) >= p.max_tokens:
                 finish = "length"
@@ -140,4 +158,5 @@ class EngineRequest:
             vision_cache_hits=self.vision_hits,
             scope=self.scope,
             scope_inputs=self.scope_inputs,
+            logprobs=list(self.logprobs) if self.params.logprobs is not None else None,
         )

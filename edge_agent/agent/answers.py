@@ -1,4 +1,4 @@
-"""What the agent answers: a request as it parsed it, an answer, a queued receipt, errors.
+"""What the agent answers: an answer (and its streamed pieces), a queued receipt.
 
 The HTTP body of an answer is OpenAI's ``chat.completion`` plus a ``fleetvl`` object (the
 verdict, who served it, the gate's signal, value and threshold, the out-of-scope score, why
@@ -16,34 +16,20 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from fleetvl.errors import FleetVLError
-from fleetvl.policy import PolicyOverride
 from fleetvl.protocol.convert import scope_dict
-from fleetvl.protocol.openai_api import answer_message
-from fleetvl.sampling import SamplingParams
+from fleetvl.protocol.openai_api import answer_message, logprobs_json
+from fleetvl.vlm.confidence import TokenLogprob
 
-__all__ = ["AgentError", "AgentRequest", "Answer", "Queued", "completion_body", "gate_dict"]
+__all__ = ["Answer", "Piece", "Queued", "completion_body", "gate_dict"]
 
 
-@dataclass
-class AgentRequest:
-    id: str
-    tenant: str
-    model: str
-    messages: list[dict[str, Any]]  # chat-template form: images as {"type": "image"}
-    images: list[bytes]
-    digests: list[str]
-    params: SamplingParams
-    requested_max_tokens: int | None
-    sla: PolicyOverride | None
-    prompt_tokens_estimate: int
-    arrival: float = field(default_factory=time.monotonic)
-    created: int = field(default_factory=lambda: int(time.time()))
-    webhook: str | None = None
-    # The images decoded once at the API edge, for the local engine (``images`` keeps the
-    # bytes for escalation); empty: the engine decodes ``images``.
-    decoded: list[Any] = field(default_factory=list)
-    source: str | None = None  # the camera or application the image comes from
+@dataclass(frozen=True)
+class Piece:
+    """Streamed text of an answer, with the log-probabilities of the token it ends with when
+    the request asked for them."""
+
+    text: str
+    logprob: TokenLogprob | None = None
 
 
 @dataclass
@@ -76,6 +62,8 @@ class Answer:
     # The serving model's out-of-scope verdict ({"score", "threshold", "out_of_scope",
     # "part", "scene"}); None when no scope model judged the input.
     out_of_scope: dict[str, Any] | None = None
+    # Each token's log-probabilities, when the request asked for them.
+    logprobs: list[TokenLogprob] | None = None
 
     @classmethod
     def from_cloud(
@@ -114,16 +102,6 @@ class Queued:
     reason: str  # why it could not be answered now
 
 
-class AgentError(FleetVLError):
-    """An error with an HTTP status and a reason, raised to the API edge."""
-
-    def __init__(self, status: int, reason: str, message: str, **extra: Any) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.extra = extra
-
-
 def gate_dict(v: Any) -> dict[str, Any]:
     """A :class:`fleetvl.vlm.gate.GateVerdict` as JSON (an unreachable threshold as None)."""
     return {"signal": v.signal, "value": _num(v.value), "threshold": _num(v.threshold),
@@ -150,6 +128,7 @@ def completion_body(a: Answer) -> dict[str, Any]:
                 "index": 0,
                 "message": answer_message(a.text, a.verdict, a.out_of_scope),
                 "finish_reason": _openai_finish(a.finish_reason),
+                "logprobs": logprobs_json(a.logprobs),
             }
         ],
         "usage": {

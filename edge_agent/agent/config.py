@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetvl.config_files import expand_env
 from fleetvl.policy import PolicyOverride, SlaPolicy
+from fleetvl.protocol.request import RequestLimits
 from fleetvl.vlm.gate import SIGNALS
 
 __all__ = [
@@ -123,14 +124,15 @@ class AgentConfig(_Strict):
     max_queue: int = Field(64, ge=1, description="Local requests queued beyond the engines.")
     http_host: str = Field("127.0.0.1", description="Local API address.")
     http_port: int = Field(8090, ge=0, le=65535, description="Local API port (0: any).")
-    max_body_bytes: int = Field(20 << 20, ge=1024, description="Largest request body.")
     allow_webhooks: bool = Field(
         False, description="Accept an x-fleetvl-webhook header on queued requests: the agent "
         "POSTs the answer there when delivered. Off by default: a webhook makes the agent "
         "call a URL a client chose."
     )  # fmt: skip
-    max_image_bytes: int = Field(10 << 20, ge=1024, description="Largest image.")
-    max_input_pixels: int = Field(40_000_000, ge=1, description="Decoded pixel budget.")
+    limits: RequestLimits = Field(
+        default_factory=RequestLimits, description="What one request may ask for (body, "
+        "images, pixels, prompt length); the router checks the same limits the same way."
+    )  # fmt: skip
     router: RouterLink | None = Field(None, description="The cloud uplink; None: offline box.")
     gate: GateConfig = Field(default_factory=GateConfig, description="The confidence gate.")
     spool: SpoolConfig = Field(default_factory=SpoolConfig, description="Store-and-forward.")

@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from fleetvl.errors import FleetVLError
+from fleetvl.errors import FleetVLError, Unavailable
 from fleetvl.policy import SlaPolicy
 from fleetvl.scheduling import (
     AdmissionDecision,
@@ -50,12 +50,11 @@ def default_factory(bundle: Path, threads: int) -> Any:
     return EdgeEngine(bundle, SessionConfig(intra_op_threads=threads))
 
 
-class LocalRejected(FleetVLError):
+class LocalRejected(Unavailable):
     """The local engines cannot take this request in time (queue full or deadline)."""
 
     def __init__(self, decision: AdmissionDecision | None, reason: str) -> None:
         self.decision = decision
-        self.reason = reason
         pred = decision.predicted_s if decision else None
         allowed = decision.allowed_s if decision else None
         detail = (
@@ -63,7 +62,8 @@ class LocalRejected(FleetVLError):
             if pred is not None and allowed is not None
             else ""
         )
-        super().__init__(f"local engines refused the request ({reason}){detail}")
+        super().__init__(reason, f"local engines refused the request ({reason}){detail}",
+                         decision.retry_after_s if decision else None)  # fmt: skip
 
 
 @dataclass

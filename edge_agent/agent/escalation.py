@@ -123,5 +123,5 @@ class CloudClient:
     async def close(self) -> None:
         if self._channel is not None:
             with contextlib.suppress(Exception):
-                await self._channel.close()
+                await self._channel.close(None)
             self._channel = self._stub = None

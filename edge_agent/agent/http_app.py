@@ -18,63 +18,50 @@ from collections.abc import AsyncIterator
 from typing import Any
 
 from fastapi import FastAPI, Request
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from edge_agent.agent import metrics
-from edge_agent.agent.answers import (
-    AgentError,
-    AgentRequest,
-    Answer,
-    Queued,
-    completion_body,
-    fleetvl_section,
-)
-from edge_agent.agent.engines import LocalRejected
+from edge_agent.agent.answers import Answer, Piece, Queued, completion_body, fleetvl_section
 from edge_agent.agent.requests import parse_chat
 from edge_agent.agent.service import AgentService
-from fleetvl.errors import InputError
+from fleetvl.errors import InputError, InvalidFields
 from fleetvl.policy import PolicyOverride
+from fleetvl.protocol.http_front import (
+    SSE_DONE,
+    BodyLimit,
+    error_json,
+    error_response,
+    install_error_handlers,
+    sse,
+)
 from fleetvl.protocol.openai_api import (
     ChatCompletionRequest,
     SlaHeaderError,
-    client_error,
+    logprobs_json,
     refusal_text,
     request_sla,
 )
+from fleetvl.protocol.request import ChatRequest
+from fleetvl.vlm.confidence import TokenLogprob
 
 __all__ = ["create_app"]
 
 log = logging.getLogger("fleetvl.edge.requests")
 
 
-def _error(status: int, type_: str, message: str, **extra: Any) -> JSONResponse:
-    headers = {}
-    if extra.get("retry_after_s") is not None:
-        headers["retry-after"] = str(max(1, round(extra["retry_after_s"] + 0.5)))
-    body = {"error": {"type": type_, "message": message, "code": status, **extra}}
-    return JSONResponse(body, status_code=status, headers=headers)
-
-
 def _map_error(exc: BaseException) -> JSONResponse:
-    if isinstance(exc, AgentError):
-        return _error(exc.status, exc.reason, str(exc), **exc.extra)
-    if isinstance(exc, LocalRejected):
-        d = exc.decision
-        return _error(503, exc.reason, str(exc), retry_after_s=d.retry_after_s if d else None)
-    if (known := client_error(exc)) is not None:
-        status, type_, extra = known
-        return _error(status, type_, str(exc), **extra)
+    if (resp := error_response(exc)) is not None:
+        return resp
     log.error("unhandled error", exc_info=exc)
-    return _error(500, "internal_error", "internal error; see the agent log")
+    return error_json(500, "internal_error", "internal error; see the agent log")
 
 
 def _sla(body: ChatCompletionRequest, request: Request) -> PolicyOverride | None:
     try:
         return request_sla(body.sla, request.headers)
     except SlaHeaderError as exc:
-        raise AgentError(422, "invalid_request_error", str(exc), details=exc.details) from None
+        raise InvalidFields(str(exc), exc.details) from None
 
 
 def _log(fields: dict[str, Any], t0: float, status: int, outcome: str, **more: Any) -> None:
@@ -95,30 +82,8 @@ def create_app(service: AgentService) -> FastAPI:
     cfg = service.config
     app = FastAPI(title=f"FleetVL site agent ({cfg.site})", version="1")
 
-    @app.middleware("http")
-    async def _body_limit(request: Request, call_next: Any) -> Response:
-        # Declared sizes are refused before the body is read; uvicorn caps the rest.
-        size = request.headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > cfg.max_body_bytes:
-            return _error(
-                413,
-                "payload_too_large",
-                f"body of {size} bytes is over the {cfg.max_body_bytes}-byte limit",
-            )
-        return await call_next(request)  # fmt: skip
-
-    @app.exception_handler(RequestValidationError)
-    async def _invalid(_: Request, exc: RequestValidationError) -> JSONResponse:
-        details = [
-            {"field": ".".join(str(p) for p in e.get("loc", ()) if p != "body") or "body",
-             "reason": str(e.get("msg", "invalid"))}
-            for e in exc.errors()
-        ]  # fmt: skip
-        return _error(422, "invalid_request_error", "request body is invalid", details=details)
-
-    @app.exception_handler(Exception)
-    async def _unexpected(_: Request, exc: Exception) -> JSONResponse:
-        return _map_error(exc)
+    app.add_middleware(BodyLimit, limit=cfg.limits.max_body_bytes)
+    install_error_handlers(app, log)
 
     @app.get("/healthz")
     async def healthz() -> dict[str, Any]:
@@ -142,7 +107,7 @@ def create_app(service: AgentService) -> FastAPI:
     async def poll(rid: str) -> Response:
         st = service.spool.get(rid)
         if st is None:
-            return _error(404, "not_found", f"no spooled request {rid!r} on this agent")
+            return error_json(404, "not_found", f"no spooled request {rid!r} on this agent")
         status = {"done": "completed"}.get(st.state, st.state)
         return JSONResponse({"id": rid, "status": status, "attempts": st.attempts,
                              "expires_at": st.expires, "response": st.result,
@@ -162,35 +127,42 @@ def create_app(service: AgentService) -> FastAPI:
             events = service.handle(req)
             if body.stream:
                 first = await anext(events)  # errors before the first byte get a status
+                usage = bool(body.stream_options and body.stream_options.include_usage)
                 return StreamingResponse(
-                    _sse(req, first, events, fields, t0),
+                    _sse(req, first, events, fields, t0, usage),
                     media_type="text/event-stream",
                     headers={"x-request-id": req.id, "cache-control": "no-cache"},
                 )
             result: Answer | Queued | None = None
+            streamed: list[TokenLogprob] = []
             async for ev in events:
-                if not isinstance(ev, str):
+                if isinstance(ev, Piece):
+                    if ev.logprob is not None:
+                        streamed.append(ev.logprob)
+                else:
                     result = ev
+            if isinstance(result, Answer) and result.logprobs is None and streamed:
+                result.logprobs = streamed
         except Exception as exc:
             resp = _map_error(exc)
             _log(fields, t0, resp.status_code, "error" if resp.status_code >= 500 else "invalid",
                  error=str(exc))  # fmt: skip
             service.report((time.monotonic() - t0) * 1000, resp.status_code < 500, False, False)
             return resp
-        resp = _respond(req, result, fields, t0)
+        answered = _respond(req, result, fields, t0)
         ms = (time.monotonic() - t0) * 1000
         if isinstance(result, Answer):
             deadline = result.policy.get("deadline_ms", {}).get("value", math.inf)
             service.report(ms, True, result.served_by != "edge", ms <= deadline)
         else:
             service.report(ms, result is not None, True, False)
-        return resp
+        return answered
 
     return app
 
 
 def _respond(
-    req: AgentRequest, result: Answer | Queued | None, fields: dict[str, Any], t0: float
+    req: ChatRequest, result: Answer | Queued | None, fields: dict[str, Any], t0: float
 ) -> Response:
     if isinstance(result, Queued):
         _log(fields, t0, 202, "queued", reason=result.reason)
@@ -202,7 +174,7 @@ def _respond(
         )  # fmt: skip
     if result is None:
         _log(fields, t0, 502, "error", error="no answer")
-        return _error(502, "no_answer", "the request ended without an answer")
+        return error_json(502, "no_answer", "the request ended without an answer")
     _log(fields, t0, 200, _outcome(result), served_by=result.served_by, verdict=result.verdict,
          source=req.source, scope=(result.out_of_scope or {}).get("score"),
          confidence=result.confidence, signal=result.signal, threshold=result.threshold,
@@ -214,31 +186,28 @@ def _respond(
 
 
 async def _sse(
-    req: AgentRequest,
-    first: str | Answer | Queued,
-    events: AsyncIterator[str | Answer | Queued],
+    req: ChatRequest,
+    first: Piece | Answer | Queued,
+    events: AsyncIterator[Piece | Answer | Queued],
     fields: dict[str, Any],
     t0: float,
+    include_usage: bool,
 ) -> AsyncIterator[bytes]:
-    def chunk(delta: dict[str, Any], finish: str | None = None, **extra: Any) -> bytes:
-        body = {
-            "id": req.id,
-            "object": "chat.completion.chunk",
-            "created": req.created,
-            "model": req.model,
-            "choices": [{"index": 0, "delta": delta, "finish_reason": finish}],
-            **extra,
-        }
-        return f"data: {json.dumps(body)}\n\n".encode()  # fmt: skip
+    def chunk(delta: dict[str, object], finish: str | None = None,
+              logprobs: list[TokenLogprob] | None = None, **extra: object) -> bytes:  # fmt: skip
+        choice = {"index": 0, "delta": delta, "finish_reason": finish,
+                  "logprobs": logprobs_json(logprobs)}  # fmt: skip
+        return sse({"id": req.id, "object": "chat.completion.chunk", "created": req.created,
+                    "model": req.model, "choices": [choice], **extra})  # fmt: skip
 
     yield chunk({"role": "assistant"})
     sent = ""
-    ev: str | Answer | Queued | None = first
+    ev: Piece | Answer | Queued | None = first
     try:
         while ev is not None:
-            if isinstance(ev, str):
-                sent += ev
-                yield chunk({"content": ev})
+            if isinstance(ev, Piece):
+                sent += ev.text
+                yield chunk({"content": ev.text}, logprobs=[ev.logprob] if ev.logprob else None)
             elif isinstance(ev, Queued):
                 _log(fields, t0, 202, "queued", reason=ev.reason)
                 yield chunk({}, "stop", fleetvl={"queued": True, "poll": f"/v1/requests/{ev.id}"})
@@ -247,14 +216,20 @@ async def _sse(
                 if ev.verdict == "unanswerable":
                     yield chunk({"refusal": refusal_text(ev.out_of_scope or {})})
                 elif ev.text.startswith(sent) and len(ev.text) > len(sent):
-                    yield chunk({"content": ev.text[len(sent) :]})
+                    # A local answer comes whole: its text, and its tokens' log-probabilities.
+                    yield chunk({"content": ev.text[len(sent) :]},
+                                logprobs=ev.logprobs if not sent else None)  # fmt: skip
                 finish = ev.finish_reason if ev.finish_reason in ("stop", "length") else "stop"
                 yield chunk({}, finish, fleetvl=fleetvl_section(ev))
+                if include_usage:
+                    yield sse({"id": req.id, "object": "chat.completion.chunk",
+                               "created": req.created, "model": req.model, "choices": [],
+                               "usage": completion_body(ev)["usage"]})  # fmt: skip
                 _log(fields, t0, 200, _outcome(ev), served_by=ev.served_by)
                 break
             ev = await anext(events, None)
     except Exception as exc:  # the status line is out: report in-band
         resp = _map_error(exc)
         _log(fields, t0, resp.status_code, "error", error=str(exc))
-        yield f"data: {resp.body.decode()}\n\n".encode()
-    yield b"data: [DONE]\n\n"
+        yield f"data: {bytes(resp.body).decode()}\n\n".encode()
+    yield SSE_DONE

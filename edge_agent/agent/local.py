@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from fleetvl.sampling import CancelToken, SamplingParams
-from fleetvl.vlm.confidence import ConfidenceTracker
+from fleetvl.vlm.confidence import ConfidenceTracker, TokenLogprob
 from fleetvl.vlm.gate import Gate, GateVerdict
 from fleetvl.vlm.scope import ScopeModel, ScopeScore
 
@@ -43,6 +43,7 @@ class LocalAttempt:
     ttft_s: float  # attempt start (image decode included) to the first token
     total_s: float
     scope_s: float = 0.0  # spent on the out-of-scope score
+    logprobs: list[TokenLogprob] | None = None  # each token's, when the request asked
 
     @property
     def complete(self) -> bool:
@@ -115,4 +116,5 @@ def run_local(
         ttft_s=first[0] - t0 if first else encode_s + r.timings.ttft_s,
         scope_s=r.timings.scope_s,
         total_s=clock() - t0,
+        logprobs=r.logprobs,
     )

@@ -13,7 +13,8 @@ from dataclasses import replace
 from typing import TYPE_CHECKING
 
 from edge_agent.agent import metrics
-from edge_agent.agent.answers import AgentRequest, Answer
+from edge_agent.agent.answers import Answer
+from fleetvl.protocol.request import ChatRequest
 from fleetvl.vlm.scope import ScopeScore
 
 if TYPE_CHECKING:
@@ -34,7 +35,7 @@ def frozen_verdict(a: LocalAttempt, unchanged_s: float, after_s: float) -> Local
     return replace(a, scope=scope.with_part("frozen", ratio))
 
 
-def count_verdict(site: str, health: SourceHealth, req: AgentRequest, a: LocalAttempt) -> None:
+def count_verdict(site: str, health: SourceHealth, req: ChatRequest, a: LocalAttempt) -> None:
     """Count a scored attempt: in scope, or the part of the score that refused it."""
     if a.scope is None:
         return
@@ -45,7 +46,7 @@ def count_verdict(site: str, health: SourceHealth, req: AgentRequest, a: LocalAt
 
 
 def unanswerable(
-    req: AgentRequest,
+    req: ChatRequest,
     resolved: ResolvedPolicy,
     a: LocalAttempt,
     site: str,

@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from edge_agent.agent import metrics
-from edge_agent.agent.answers import AgentError, AgentRequest, Answer, Queued, gate_dict
+from edge_agent.agent.answers import Answer, Piece, Queued, gate_dict
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.engines import EnginePool, LocalRejected
 from edge_agent.agent.escalation import CloudClient, EscalationError
@@ -45,6 +45,7 @@ from edge_agent.agent.requests import to_generate_request
 from edge_agent.agent.scope_verdicts import count_verdict, frozen_verdict, unanswerable
 from edge_agent.agent.source_health import SourceHealth
 from edge_agent.agent.spool import Spool, SpoolFull
+from fleetvl.errors import StorageFull, Unavailable, UpstreamError
 from fleetvl.policy import (
     OutOfScopeAction,
     PolicyOverride,
@@ -54,6 +55,8 @@ from fleetvl.policy import (
     UplinkDownAction,
     resolve_policy,
 )
+from fleetvl.protocol.convert import delta_logprob
+from fleetvl.protocol.request import ChatRequest
 from fleetvl.sampling import CancelToken
 from fleetvl.vlm.gate import Gate
 
@@ -61,7 +64,7 @@ __all__ = ["AgentService"]
 
 log = logging.getLogger("fleetvl.edge")
 
-Event = str | Answer | Queued
+Event = Piece | Answer | Queued
 
 
 class AgentService:
@@ -96,7 +99,7 @@ class AgentService:
             observe(total_ms, ok, escalated, met)
 
     async def run_local(
-        self, req: AgentRequest, pol: SlaPolicy, deadline: float, early: bool = False
+        self, req: ChatRequest, pol: SlaPolicy, deadline: float, early: bool = False
     ) -> LocalAttempt:
         """A local attempt under the policy's gate, never escalated (site-bound calls)."""
         return await self._local(req, pol, deadline, self.gate(pol.min_confidence),
@@ -131,18 +134,18 @@ class AgentService:
 
     # -- a request --------------------------------------------------------------------------
 
-    async def handle(self, req: AgentRequest) -> AsyncIterator[Event]:
-        """Text deltas (cloud answers stream), then one :class:`Answer` or :class:`Queued`.
+    async def handle(self, req: ChatRequest) -> AsyncIterator[Event]:
+        """Pieces of text (cloud answers stream), then one :class:`Answer` or :class:`Queued`.
 
         Raises:
-            AgentError: refused with a status and a reason.
+            Unavailable, UpstreamError, StorageFull: refused, with a reason
+                (:mod:`fleetvl.errors`; the front maps them to statuses).
             PolicyError / InputError: bad request (HTTP 4xx).
         """
         resolved = self.resolve(req.sla)
         pol = resolved.policy
         deadline = req.arrival + pol.deadline_ms / 1000.0
-        max_tokens = min(req.requested_max_tokens or pol.max_output_tokens, pol.max_output_tokens)
-        req.params = _with_max_tokens(req.params, max_tokens)
+        req.capped(pol.max_output_tokens)
         res = pol.residency
         if res is Residency.CLOUD_ONLY:
             async for ev in self._escalate(req, resolved, deadline, None, "cloud_only"):
@@ -163,9 +166,9 @@ class AgentService:
         unchanged_s = self.health.unchanged(req.source, "|".join(req.digests))
         try:
             attempt = await self._local(req, pol, deadline, gate, can_escalate, early=True)
-        except LocalRejected as exc:
+        except LocalRejected:
             if not can_escalate(self.clock()):
-                raise AgentError(503, exc.reason, str(exc), retry_after_s=_retry(exc)) from None
+                raise
             async for ev in self._escalate(req, resolved, deadline, None, "local_busy"):
                 yield ev
             return
@@ -196,7 +199,7 @@ class AgentService:
 
     async def _local(
         self,
-        req: AgentRequest,
+        req: ChatRequest,
         pol: SlaPolicy,
         deadline: float,
         gate: Gate,
@@ -209,7 +212,8 @@ class AgentService:
         cancel = CancelToken()
         async with self.pool.lease(item) as lease:
             work = asyncio.ensure_future(asyncio.to_thread(
-                run_local, lease.engine, req.messages, req.decoded or req.images,
+                run_local, lease.engine, req.messages,
+                [i.decoded or i.data for i in req.images],
                 req.params, gate,
                 deadline=deadline, can_escalate=can_escalate,
                 early=early and self.config.gate.early_escalation, cancel=cancel,
@@ -229,7 +233,7 @@ class AgentService:
         return attempt
 
     def _local_answer(
-        self, req: AgentRequest, resolved: ResolvedPolicy, a: LocalAttempt, flag: str | None = None
+        self, req: ChatRequest, resolved: ResolvedPolicy, a: LocalAttempt, flag: str | None = None
     ) -> Answer:
         v = a.verdict
         return Answer(
@@ -253,15 +257,16 @@ class AgentService:
             backend=f"edge:{self.config.site}",
             gate=gate_dict(v),
             out_of_scope=a.scope.as_dict() if a.scope is not None else None,
+            logprobs=a.logprobs,
         )
 
     def _unanswerable(
-        self, req: AgentRequest, resolved: ResolvedPolicy, a: LocalAttempt, note: str = ""
+        self, req: ChatRequest, resolved: ResolvedPolicy, a: LocalAttempt, note: str = ""
     ) -> Answer:
         timings = self._timings(req, local_s=a.total_s, scope_s=a.scope_s)
         return unanswerable(req, resolved, a, self.config.site, timings, note)
 
-    def _timings(self, req: AgentRequest, **parts: float) -> dict[str, float]:
+    def _timings(self, req: ChatRequest, **parts: float) -> dict[str, float]:
         out = {k.removesuffix("_s") + "_ms": round(v * 1000, 2) for k, v in parts.items()}
         out["total_ms"] = round((self.clock() - req.arrival) * 1000, 2)
         return out
@@ -270,7 +275,7 @@ class AgentService:
 
     async def _escalate(
         self,
-        req: AgentRequest,
+        req: ChatRequest,
         resolved: ResolvedPolicy,
         deadline: float,
         attempt: LocalAttempt | None,
@@ -280,7 +285,7 @@ class AgentService:
         if not pol.residency.allows_cloud:
             # Unreachable by construction; refuse loudly rather than trust it.
             self.residency_violations += 1
-            raise AgentError(500, "residency", "edge_only request reached the escalation path")
+            raise RuntimeError("edge_only request reached the escalation path")
         wire = to_generate_request(req, pol, attempt, reason, self.config)
         failure: EscalationError | None = None
         if self.cloud is None:
@@ -294,9 +299,9 @@ class AgentService:
             try:
                 async for chunk in self.cloud.generate(wire, deadline - self.clock()):
                     kind = chunk.WhichOneof("kind")
-                    if kind == "delta" and chunk.delta.text:
+                    if kind == "delta" and (chunk.delta.text or chunk.delta.HasField("logprob")):
                         streamed = True
-                        yield chunk.delta.text
+                        yield Piece(chunk.delta.text, delta_logprob(chunk.delta))
                     elif kind == "final":
                         took = self.clock() - t0
                         self._learn_rtt(took)
@@ -309,10 +314,10 @@ class AgentService:
                 failure = exc
             if streamed:  # part of the cloud answer is out: too late to fall back
                 metrics.ESCALATIONS.labels("failed").inc()
-                raise AgentError(502, "escalation_failed", str(failure))
+                raise UpstreamError("escalation_failed", str(failure))
         metrics.ESCALATIONS.labels("retryable" if failure.retryable else "failed").inc()
         if not failure.retryable:
-            raise AgentError(502, "escalation_refused", str(failure), code=failure.code)
+            raise UpstreamError("escalation_refused", str(failure), grpc_code=failure.code)
         async for ev in self._uplink_down(req, resolved, deadline, attempt, reason, wire, failure):
             yield ev
 
@@ -321,7 +326,7 @@ class AgentService:
 
     def _cloud_answer(
         self,
-        req: AgentRequest,
+        req: ChatRequest,
         resolved: ResolvedPolicy,
         attempt: LocalAttempt | None,
         reason: str,
@@ -348,7 +353,7 @@ class AgentService:
 
     async def _uplink_down(
         self,
-        req: AgentRequest,
+        req: ChatRequest,
         resolved: ResolvedPolicy,
         deadline: float,
         attempt: LocalAttempt | None,
@@ -369,7 +374,7 @@ class AgentService:
                                 "policy": resolved.explain()})  # fmt: skip
             except SpoolFull as exc:
                 metrics.SPOOL_REFUSED.inc()
-                raise AgentError(507, "spool_full", str(exc)) from None
+                raise StorageFull("spool_full", str(exc)) from None
             self.spool_wakeup.set()
             yield Queued(req.id, time.time() + ttl, f"{reason}; {failure.details}")
             return
@@ -386,14 +391,4 @@ class AgentService:
             answer.escalation_reason = f"{reason}; uplink_down"
             yield answer
             return
-        raise AgentError(503, "uplink_down", f"cannot escalate ({reason}): {failure}")
-
-
-def _with_max_tokens(params: Any, max_tokens: int) -> Any:
-    from dataclasses import replace
-
-    return replace(params, max_tokens=max_tokens)
-
-
-def _retry(exc: LocalRejected) -> float | None:
-    return exc.decision.retry_after_s if exc.decision else None
+        raise Unavailable("uplink_down", f"cannot escalate ({reason}): {failure}")

@@ -15,12 +15,13 @@ import threading
 import uuid
 from collections.abc import AsyncIterator
 
-from edge_agent.agent.answers import AgentRequest
 from edge_agent.agent.scope_verdicts import count_verdict
 from edge_agent.agent.service import AgentService
+from fleetvl.errors import InputError
 from fleetvl.policy import PolicyOverride, Residency
 from fleetvl.protocol import fleetvl_pb2 as pb
-from fleetvl.protocol.convert import inline_call_inputs, scope_message
+from fleetvl.protocol.convert import scope_message
+from fleetvl.protocol.request import ChatRequest
 
 __all__ = ["site_call_handler"]
 
@@ -31,23 +32,17 @@ def site_call_handler(service: AgentService):  # noqa: ANN201 - edge_agent.uplin
     async def handle(
         req: pb.GenerateRequest, cancel: threading.Event
     ) -> AsyncIterator[pb.GenerateChunk]:
-        messages, images, params = inline_call_inputs(req)
-        areq = AgentRequest(
-            id=req.request_id or f"call-{uuid.uuid4().hex[:20]}",
-            tenant=req.tenant or service.config.tenant,
-            model=req.model,
-            messages=messages,
-            images=images,
-            digests=[],
-            params=params,
-            requested_max_tokens=params.max_tokens,
-            # Whatever the cloud side resolved, this request stays on the box.
-            sla=PolicyOverride(residency=Residency.EDGE_ONLY),
-            prompt_tokens_estimate=sum(len(str(m["content"])) // 4 + 8 for m in messages),
-            source=req.source or None,
-        )
+        areq, missing = ChatRequest.from_pb(
+            req, service.config.limits, id=req.request_id or f"call-{uuid.uuid4().hex[:20]}",
+            tenant=req.tenant or service.config.tenant, decode=True,
+        )  # fmt: skip
+        if missing:
+            raise InputError(f"call without the bytes of images {missing}")
+        # Whatever the cloud side resolved, this request stays on the box.
+        areq.sla = PolicyOverride(residency=Residency.EDGE_ONLY)
         resolved = service.resolve(areq.sla)
         pol = resolved.policy
+        areq.capped(pol.max_output_tokens)
         deadline = areq.arrival + pol.deadline_ms / 1000.0
         attempt = await service.run_local(areq, pol, deadline, early=False)
         count_verdict(service.config.site, service.health, areq, attempt)

@@ -26,7 +26,7 @@ from edge_agent.engine.kv_arena import KVArena, KVPrefix
 from edge_agent.engine.types import CancelToken, EarlyStop, GenerationResult, Timings, TokenEvent
 from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import Sampler, SamplingParams
-from fleetvl.vlm.confidence import ConfidenceTracker, token_confidence
+from fleetvl.vlm.confidence import ConfidenceTracker, TokenLogprob, token_confidence, top_logprobs
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.image import ImageInput, PreprocessedImage, prepare_image
 from fleetvl.vlm.mrope import rope_index
@@ -288,6 +288,7 @@ class EdgeEngine:
 
             sampler = Sampler(params)
             tracker = ConfidenceTracker()
+            logprobs: list[TokenLogprob] = []
             detok = IncrementalDetokenizer(self.processor.decode)
             out_ids: list[int] = []
             text = ""
@@ -300,6 +301,8 @@ class EdgeEngine:
                 if index == 0:
                     t_first = time.perf_counter()
                     timings.ttft_s = t_first - t0
+                # Before token_confidence, which masks the logits buffer in place for a moment.
+                lp = self._logprob(logits, token, params.logprobs)
                 # In place: the logits buffer is ours until the next step overwrites it.
                 tc = token_confidence(logits, token, inplace=True) if with_confidence else None
                 if token in eos:
@@ -315,7 +318,9 @@ class EdgeEngine:
                         emit = (text + emit)[len(text) : stop_at]
                         finish = "stop"
                 text += emit
-                yield TokenEvent(index=index, token_id=token, text=emit, confidence=tc)
+                if lp is not None:
+                    logprobs.append(lp)
+                yield TokenEvent(index=index, token_id=token, text=emit, confidence=tc, logprob=lp)
                 if finish == "stop":
                     break
                 if stop_when is not None and tc is not None and stop_when(tracker):
@@ -347,6 +352,7 @@ class EdgeEngine:
                 image_features=encoded,
                 scope=verdict,
                 scope_inputs=inputs,
+                logprobs=logprobs if params.logprobs is not None else None,
             )
 
     def _scope_inputs(
@@ -374,6 +380,15 @@ class EdgeEngine:
         vision = [encoded.get(i, given.get(i)) for i in range(len(prompt.images))]
         return request_inputs(question, vision, [img.thumb for img in prompt.images],
                               [img.camera for img in prompt.images])  # fmt: skip
+
+    def _logprob(self, logits: np.ndarray, token: int, k: int | None) -> TokenLogprob | None:
+        """OpenAI's log-probabilities of the chosen token and its ``k`` best alternatives
+        (None: not asked for)."""
+        if k is None:
+            return None
+        lp, top = top_logprobs(logits, token, k)
+        text = self.processor.decode
+        return TokenLogprob(text([token]), lp, tuple((text([i]), v) for i, v in top))
 
     def _prefill(self, embeds: np.ndarray, position_ids: np.ndarray, total_len: int) -> np.ndarray:
         """Decoder run over the uncached prompt; logits land in ``self._logits``."""

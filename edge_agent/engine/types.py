@@ -9,7 +9,12 @@ import numpy as np
 
 from edge_agent.engine.kv_arena import KVPrefix
 from fleetvl.sampling import CancelToken
-from fleetvl.vlm.confidence import AnswerConfidence, ConfidenceTracker, TokenConfidence
+from fleetvl.vlm.confidence import (
+    AnswerConfidence,
+    ConfidenceTracker,
+    TokenConfidence,
+    TokenLogprob,
+)
 from fleetvl.vlm.scope import ScopeInputs, ScopeScore
 
 __all__ = ["CancelToken", "EarlyStop", "GenerationResult", "TokenEvent", "Timings"]
@@ -26,6 +31,7 @@ class TokenEvent:
     token_id: int
     text: str  # new text since the previous event (may be "" while a UTF-8 char is partial)
     confidence: TokenConfidence | None
+    logprob: TokenLogprob | None = None  # when ``SamplingParams.logprobs`` asked for it
 
 
 @dataclass
@@ -60,8 +66,10 @@ class GenerationResult:
     prefix: KVPrefix | None = None  # KV captured after prefill, when asked for
     # Vision features computed by this request, by image index (for the cache to store).
     image_features: dict[int, np.ndarray] = field(default_factory=dict)
-    extra: dict = field(default_factory=dict)
+    extra: dict[str, object] = field(default_factory=dict)
     # The out-of-scope verdict when the caller passed a scope model (fleetvl.vlm.scope), and
     # what it read (kept for calibration even without a model; empty without images).
     scope: ScopeScore | None = None
     scope_inputs: list[ScopeInputs] = field(default_factory=list)
+    # Each generated token's log-probabilities, when ``SamplingParams.logprobs`` asked for them.
+    logprobs: list[TokenLogprob] | None = None

@@ -3,21 +3,19 @@
 
 from __future__ import annotations
 
-import hashlib
-from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
-from fleetvl.errors import InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.sampling import SamplingParams
+from fleetvl.vlm.confidence import TokenLogprob
 
 if TYPE_CHECKING:
     from fleetvl.policy import SlaPolicy
     from fleetvl.vlm.scope import ScopeScore
 
 __all__ = [
-    "chat_inputs",
-    "inline_call_inputs",
+    "delta_logprob",
+    "logprob_message",
     "sampling_message",
     "sampling_params",
     "scope_dict",
@@ -35,12 +33,12 @@ def sampling_params(s: pb.Sampling, default_max_tokens: int = 256) -> SamplingPa
         top_k=s.top_k if s.HasField("top_k") else 0,
         seed=s.seed if s.HasField("seed") else None,
         stop=tuple(s.stop),
+        logprobs=s.top_logprobs if s.HasField("top_logprobs") else None,
     )
 
 
-def sampling_message(s: Any) -> pb.Sampling:
-    """The inverse of :func:`sampling_params`: ``s`` is anything with SamplingParams' fields
-    (SamplingParams itself, the router's backend request); a ``None`` seed stays unset."""
+def sampling_message(s: SamplingParams) -> pb.Sampling:
+    """The inverse of :func:`sampling_params`; a ``None`` seed or logprobs stays unset."""
     return pb.Sampling(
         max_tokens=s.max_tokens,
         temperature=s.temperature,
@@ -48,52 +46,24 @@ def sampling_message(s: Any) -> pb.Sampling:
         top_k=s.top_k,
         seed=s.seed,
         stop=list(s.stop),
+        top_logprobs=s.logprobs,
     )
 
 
-def chat_inputs(
-    messages: Sequence[pb.Message], image_bytes: Callable[[pb.Image], bytes | None]
-) -> tuple[list[dict[str, Any]], list[bytes], list[str]]:
-    """Chat-template messages (images as ``{"type": "image"}``), the images' bytes in order,
-    and the digests of images whose bytes ``image_bytes`` could not supply.
-
-    Raises:
-        InputError: an image's bytes do not match the digest sent with them.
-    """
-    out: list[dict[str, Any]] = []
-    images: list[bytes] = []
-    missing: list[str] = []
-    for m in messages:
-        parts: list[dict[str, Any]] = []
-        for p in m.content:
-            if p.WhichOneof("part") != "image":
-                parts.append({"type": "text", "text": p.text})
-                continue
-            data = image_bytes(p.image)
-            if not data:
-                missing.append(p.image.digest)
-                continue
-            if p.image.digest and hashlib.sha256(data).hexdigest() != p.image.digest:
-                raise InputError("image digest does not match its bytes")
-            images.append(data)
-            parts.append({"type": "image"})
-        out.append({"role": m.role, "content": parts})
-    return out, images, missing
+def logprob_message(lp: TokenLogprob | None) -> pb.TokenLogprob | None:
+    """A token's log-probabilities on the wire (``Delta.logprob``)."""
+    if lp is None:
+        return None
+    return pb.TokenLogprob(token=lp.token, logprob=lp.logprob,
+                           top=[pb.TopLogprob(token=t, logprob=v) for t, v in lp.top])  # fmt: skip
 
 
-def inline_call_inputs(
-    req: pb.GenerateRequest,
-) -> tuple[list[dict[str, Any]], list[bytes], SamplingParams]:
-    """Messages, image bytes and sampling of a site-bound call: the router sends those with
-    their images inline, so an image without bytes is bad input.
-
-    Raises:
-        InputError: an image without its bytes, or bytes that do not match their digest.
-    """
-    messages, images, missing = chat_inputs(req.messages, lambda image: image.data)
-    if missing:
-        raise InputError(f"call without the bytes of images {missing}")
-    return messages, images, sampling_params(req.sampling)
+def delta_logprob(d: pb.Delta) -> TokenLogprob | None:
+    """The inverse of :func:`logprob_message`, from a wire delta (None when it has none)."""
+    if not d.HasField("logprob"):
+        return None
+    lp = d.logprob
+    return TokenLogprob(lp.token, lp.logprob, tuple((t.token, t.logprob) for t in lp.top))
 
 
 def sla_message(policy: SlaPolicy) -> pb.Sla:

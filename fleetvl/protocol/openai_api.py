@@ -8,7 +8,7 @@ harmless client metadata, which is ignored.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal
 
 from pydantic import (
@@ -23,10 +23,12 @@ from pydantic import (
 from fleetvl.errors import InputError, UnsupportedImageFormat
 from fleetvl.policy import PolicyError, PolicyOverride, error_details
 from fleetvl.protocol.image_urls import PayloadTooLarge
+from fleetvl.vlm.confidence import TokenLogprob
 
 __all__ = [
     "SLA_HEADERS",
     "answer_message",
+    "logprobs_json",
     "refusal_text",
     "client_error",
     "SlaHeaderError",
@@ -78,6 +80,11 @@ class StreamOptions(BaseModel):
     include_usage: bool = False
 
 
+class ResponseFormat(BaseModel):
+    model_config = ConfigDict(extra="allow")  # json_schema carries its schema
+    type: Literal["text", "json_object", "json_schema"]
+
+
 class ChatCompletionRequest(BaseModel):
     # Unknown fields are refused: a typo'd SLA field must not pass silently.
     model_config = ConfigDict(extra="forbid")
@@ -93,7 +100,10 @@ class ChatCompletionRequest(BaseModel):
     top_k: int = Field(default=0, ge=0, le=1000)
     seed: int | None = Field(default=None, ge=0, le=2**63 - 1)
     stop: str | list[str] | None = None
-    n: int = Field(default=1, ge=1, le=1)
+    n: int = Field(default=1, ge=1, le=128)  # n > 1: a clear 400 (one choice per request)
+    logprobs: bool = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: ResponseFormat | None = None  # text only; others: a clear 400
     user: str | None = Field(default=None, max_length=256)
     # FleetVL (extra_body)
     sla: PolicyOverride | None = None
@@ -205,6 +215,18 @@ def refusal_text(scope: Mapping[str, Any]) -> str:
         f"unanswerable: {what}; out-of-scope score {float(scope.get('score', 0)):.2f} >= "
         f"{float(scope.get('threshold', 1)):.2f} ({scope.get('part')} part{about})"
     )
+
+
+def logprobs_json(tokens: Sequence[TokenLogprob] | None) -> dict[str, object] | None:
+    """OpenAI's ``choices[].logprobs`` for these tokens (None: none were asked for)."""
+    if tokens is None:
+        return None
+    return {"content": [
+        {"token": t.token, "logprob": t.logprob, "bytes": list(t.token.encode()),
+         "top_logprobs": [{"token": a, "logprob": v, "bytes": list(a.encode())}
+                          for a, v in t.top]}
+        for t in tokens
+    ], "refusal": None}  # fmt: skip
 
 
 def answer_message(text: str, verdict: str, scope: Mapping[str, Any] | None) -> dict[str, Any]:

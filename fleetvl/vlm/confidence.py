@@ -15,7 +15,14 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-__all__ = ["AnswerConfidence", "ConfidenceTracker", "TokenConfidence", "token_confidence"]
+__all__ = [
+    "AnswerConfidence",
+    "ConfidenceTracker",
+    "TokenConfidence",
+    "TokenLogprob",
+    "token_confidence",
+    "top_logprobs",
+]
 
 
 @dataclass(frozen=True)
@@ -28,6 +35,33 @@ class TokenConfidence:
     top1_prob: float
     margin: float  # p(top1) - p(top2)
     entropy: float  # nats
+
+
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A chosen token's log-probability under the model's distribution (before temperature,
+    top-k or top-p), and the most likely tokens at its position: OpenAI's ``logprobs``."""
+
+    token: str
+    logprob: float
+    top: tuple[tuple[str, float], ...] = ()  # (token, logprob), most likely first
+
+
+def top_logprobs(
+    logits: np.ndarray, token_id: int, k: int
+) -> tuple[float, list[tuple[int, float]]]:
+    """``token_id``'s log-probability under ``softmax(logits)`` (1-D) and the ``k`` most
+    likely token ids with theirs, most likely first."""
+    x = logits.astype(np.float32, copy=False)
+    m = float(x.max())
+    log_z = m + float(np.log(np.exp(x - m).sum()))
+    top: list[tuple[int, float]] = []
+    if k > 0:
+        k = min(k, x.shape[0])
+        ids = np.argpartition(x, -k)[-k:]
+        ids = ids[np.argsort(-x[ids], kind="stable")]
+        top = [(int(i), float(x[i]) - log_z) for i in ids]
+    return float(x[token_id]) - log_z, top
 
 
 def token_confidence(

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from fleetvl.cli import main
 from fleetvl.vlm.calibration import Calibration
+from fleetvl_tools.cli import main
 from tests.helpers import png_bytes, random_image
 
 
@@ -36,8 +36,9 @@ def test_the_agent_gates_with_the_bundles_calibration(fp32_bundle: Path, tmp_pat
     import shutil
 
     from edge_agent.agent import Agent, AgentConfig
-    from edge_agent.agent.answers import AgentRequest, Answer
+    from edge_agent.agent.answers import Answer
     from fleetvl.policy import PolicyOverride
+    from fleetvl.protocol.request import ChatRequest, ImageRef
     from fleetvl.sampling import SamplingParams
 
     bundle = tmp_path / "bundle"
@@ -70,13 +71,12 @@ def test_the_agent_gates_with_the_bundles_calibration(fp32_bundle: Path, tmp_pat
             want = cal.signals["mean_prob"].threshold_for_accuracy(0.4)
             got = agent.service.gate(0.4).threshold
             assert got == want
-            req = AgentRequest(
+            req = ChatRequest(
                 id="r", tenant="t", model="edge",
                 messages=[{"role": "user", "content": [{"type": "image"},
                                                        {"type": "text", "text": "q0"}]}],
-                images=[png], digests=["d"], params=SamplingParams(max_tokens=4),
+                images=[ImageRef("d", png, 16)], params=SamplingParams(max_tokens=4),
                 requested_max_tokens=4, sla=PolicyOverride(min_confidence=0.4),
-                prompt_tokens_estimate=40,
             )  # fmt: skip
             out = [ev async for ev in agent.service.handle(req)]
             assert isinstance(out[-1], Answer)

@@ -296,7 +296,7 @@ def test_bad_input_gets_a_status_and_a_reason(
 ) -> None:
     url, _ = site
     cases = [
-        ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 400, "not served"),
+        ({"model": "nope", "messages": [{"role": "user", "content": "hi"}]}, 404, "not served"),
         ({"model": "edge", "messages": [{"role": "user", "content": [
             {"type": "image_url", "image_url": {"url": "https://example.com/a.png"}}]}]},
          400, "data:image"),

@@ -12,24 +12,25 @@ import pytest
 from pydantic import ValidationError
 
 from edge_agent.agent import Agent, AgentConfig
-from edge_agent.agent.answers import AgentRequest, Answer
+from edge_agent.agent.answers import Answer
 from fleetvl.errors import BundleError
+from fleetvl.protocol.request import ChatRequest, ImageRef
 from fleetvl.sampling import SamplingParams
 from fleetvl.vlm.bundle_archive import archive_digest
 from tests.helpers import png_bytes, random_image
 
 
-def _request(max_tokens: int) -> AgentRequest:
-    return AgentRequest(
+def _request(max_tokens: int) -> ChatRequest:
+    return ChatRequest(
         id=f"r{max_tokens}", tenant="t", model="edge",
         messages=[{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "?"}]}],
-        images=[png_bytes(random_image(56, 56))], digests=["d"],
+        images=[ImageRef("d", png_bytes(random_image(56, 56)), 4)],
         params=SamplingParams(max_tokens=max_tokens, ignore_eos=True),
-        requested_max_tokens=max_tokens, sla=None, prompt_tokens_estimate=40,
+        requested_max_tokens=max_tokens,
     )  # fmt: skip
 
 
-async def _answer(agent: Agent, req: AgentRequest) -> Answer:
+async def _answer(agent: Agent, req: ChatRequest) -> Answer:
     out = [ev async for ev in agent.service.handle(req)]
     assert isinstance(out[-1], Answer)
     return out[-1]

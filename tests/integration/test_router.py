@@ -166,7 +166,7 @@ def test_models_and_auth(client: openai.OpenAI, router: RunningRouter) -> None:
     [
         ({"messages": [{"role": "user", "content": "hi"}]}, 422, "model"),
         ({"model": "fleet-sim", "messages": [{"role": "user", "content": "hi"}], "n": 2},
-         422, "n"),
+         400, "n=2"),
         ({"model": "fleet-sim", "messages": [{"role": "user", "content": "hi"}], "tools": []},
          422, "tools"),
         ({"model": "fleet-sim", "messages": [{"role": "user", "content": "hi"}],
@@ -251,7 +251,7 @@ def test_edge_only_requests_never_reach_a_cloud_backend(
         served = list(pool.map(ask, range(16)))
     assert served.count("edge") == 8
     assert served.count("cloud") == 8
-    assert all(req.site != "sub-secret" for req in cloud.served[seen_before:])
+    assert all(req.chat.site != "sub-secret" for req in cloud.served[seen_before:])
     # An edge_only site whose agent is not connected: refused, never sent to the cloud.
     with pytest.raises(openai.APIStatusError) as err:
         client.chat.completions.create(
@@ -259,7 +259,7 @@ def test_edge_only_requests_never_reach_a_cloud_backend(
         )
     assert err.value.status_code == 503
     assert "no_eligible_backend" in err.value.response.text
-    assert all(req.site != "sub-nolink" for req in cloud.served)
+    assert all(req.chat.site != "sub-nolink" for req in cloud.served)
     assert _violations() == before == 0
 
 

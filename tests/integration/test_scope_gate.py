@@ -20,9 +20,9 @@ import openai
 import pytest
 from PIL import Image
 
-from fleetvl.fleetdata import Sample, generate
 from fleetvl.vlm.bundle_manifest import file_sha256
 from fleetvl.vlm.calibration import load_calibration, load_scope
+from fleetvl_tools.fleetdata import Sample, generate
 from tests.edge_harness import FakeWanLink, metric, start_agent, start_router, wait_for
 
 SITE = "scope-site"
@@ -150,7 +150,7 @@ def test_a_frozen_feed_is_refused_until_the_picture_changes(agent: str) -> None:
     assert stale["fleetvl"]["out_of_scope"]["part"] == "frozen"
     assert stale["choices"][0]["message"]["content"] is None
     assert metric(agent, "fleetvl_edge_scope_verdicts_total", source="cam-frozen",
-                  part="frozen") >= 1  # fmt: skip
+                  verdict="frozen") >= 1  # fmt: skip
     # A new picture from the same camera is answered again.
     live = ask(second)
     assert live["fleetvl"].get("verdict") != "unanswerable"

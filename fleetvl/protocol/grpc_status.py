@@ -1,0 +1,43 @@
+"""The one table from the typed errors of :mod:`fleetvl.errors` to gRPC status codes, for
+every gRPC front (the router, the cloud worker, a site agent answering a router's call)."""
+
+from __future__ import annotations
+
+import grpc
+
+from fleetvl.errors import (
+    DeadlineExceeded,
+    InputError,
+    ModelNotFound,
+    ServiceError,
+    StorageFull,
+    Unavailable,
+    UpstreamError,
+)
+
+__all__ = ["grpc_status"]
+
+# A refusal's reason, where a more precise code than UNAVAILABLE tells the caller what to do:
+# nothing is fast enough for its deadline, or everything is busy (retry after a while).
+_REASONS = {
+    "deadline_unmeetable": grpc.StatusCode.DEADLINE_EXCEEDED,
+    "overloaded": grpc.StatusCode.RESOURCE_EXHAUSTED,
+    "queue_full": grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def grpc_status(exc: BaseException) -> grpc.StatusCode | None:
+    """The status for a typed error; None for anything else (a bug: INTERNAL, logged)."""
+    if isinstance(exc, ModelNotFound):
+        return grpc.StatusCode.NOT_FOUND
+    if isinstance(exc, InputError):
+        return grpc.StatusCode.INVALID_ARGUMENT
+    if isinstance(exc, Unavailable):
+        return _REASONS.get(exc.reason, grpc.StatusCode.UNAVAILABLE)
+    if isinstance(exc, DeadlineExceeded):
+        return grpc.StatusCode.DEADLINE_EXCEEDED
+    if isinstance(exc, StorageFull):
+        return grpc.StatusCode.RESOURCE_EXHAUSTED
+    if isinstance(exc, UpstreamError | ServiceError):
+        return grpc.StatusCode.UNAVAILABLE
+    return None
