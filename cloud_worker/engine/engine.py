@@ -33,6 +33,7 @@ from cloud_worker.engine.decode_step import DecodeStep
 from cloud_worker.engine.model import (
     LoadedModel,
     PrefillResult,
+    cached_features,
     load_model,
     model_digest,
     prefill,
@@ -43,11 +44,10 @@ from cloud_worker.engine.scope import check_scorable, load_model_scope
 from cloud_worker.engine.slot_cache import SlotCache
 from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
-from fleetvl.vlm.confidence import TokenConfidence, TokenLogprob, top_logprobs
+from fleetvl.vlm.confidence import TokenConfidence, token_logprob
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.image import ImageInput, prepare_image
 from fleetvl.vlm.processor import Prompt, QwenVLProcessor
-from fleetvl.vlm.scope import ScopeInputs
 
 __all__ = ["CloudEngine", "CloudResult", "EngineConfig", "StreamEvent", "model_digest"]
 
@@ -173,28 +173,6 @@ class CloudEngine:
         assert result is not None
         return result
 
-    def scope_inputs(self, prompts: Sequence[Prompt]) -> list[list[ScopeInputs]]:
-        """What the out-of-scope score reads for each prompt (one entry per image; empty
-        without images), from a prefill on the engine thread with no decode step; the
-        prompts are queued together, at batch priority, so they are prefilled in batches.
-        For fitting a scope model (:func:`cloud_worker.engine.scope.fit_scope`).
-
-        Raises:
-            InputError: an image has no thumbnail (built outside ``fleetvl.vlm.image``).
-        """
-        for p in prompts:
-            check_scorable(p)
-        params = SamplingParams(max_tokens=1, ignore_eos=True)
-        pending = [self.submit(p, params, rank=2) for p in prompts]
-        out = []
-        for events in pending:
-            result = None
-            for ev in events:
-                result = ev
-            assert isinstance(result, CloudResult)
-            out.append(result.scope_inputs)
-        return out
-
     def close(self) -> None:
         with self._lock:
             self._stop = True
@@ -258,7 +236,8 @@ class CloudEngine:
                 live.append((slot, req))
         if not live:
             return
-        given = self._cached_features([req for _, req in live])
+        given = cached_features(self.vision_cache, [req.prompt for _, req in live],
+                                self.lm.spatial_merge_size)  # fmt: skip
         try:
             results = prefill(self.lm, [req.prompt for _, req in live], given,
                               between_layers=self._decode_between_layers,
@@ -308,18 +287,6 @@ class CloudEngine:
         self.timings["out_of_scope"] += 1
         self._finish(req, "out_of_scope")
         return True
-
-    def _cached_features(self, reqs: list[EngineRequest]) -> dict[tuple[int, int], torch.Tensor]:
-        """Vision features of these requests' images found in the shared cache (one MGET)."""
-        if self.vision_cache is None:
-            return {}
-        m = self.lm.spatial_merge_size
-        keys = [(b, i) for b, r in enumerate(reqs) for i in range(len(r.prompt.images))]
-        if not keys:
-            return {}
-        imgs = [reqs[b].prompt.images[i] for b, i in keys]
-        got = self.vision_cache.get_many([(img.digest, img.num_tokens(m)) for img in imgs]) or {}
-        return {keys[j]: torch.from_numpy(f) for j, f in got.items()}
 
     def _decode(self) -> None:
         """Launch one step for every running request that still needs one, then process the
@@ -415,9 +382,7 @@ class CloudEngine:
     ) -> None:
         lp = None
         if r.params.logprobs is not None and row is not None:
-            logprob, top = top_logprobs(row, token, r.params.logprobs)
-            dec = self.processor.decode
-            lp = TokenLogprob(dec([token]), logprob, tuple((dec([i]), v) for i, v in top))
+            lp = token_logprob(row, token, r.params.logprobs, self.processor.decode)
         finish = r.advance(token, conf, self.eos, lp)
         if finish is not None:
             self._finish(r, finish)

@@ -9,7 +9,7 @@ step is in :mod:`cloud_worker.engine.decode_step`.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,11 +17,19 @@ import numpy as np
 import torch
 
 from cloud_worker.engine.attention import use_varlen_vision_attention
+from fleetvl.cache.vision import VisionCache
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
 from fleetvl.vlm.scope import ScopeInputs, question_span, request_inputs
 
-__all__ = ["LoadedModel", "PrefillResult", "load_model", "model_digest", "prefill"]
+__all__ = [
+    "LoadedModel",
+    "PrefillResult",
+    "cached_features",
+    "load_model",
+    "model_digest",
+    "prefill",
+]
 
 log = logging.getLogger("fleetvl.cloud")
 
@@ -45,6 +53,21 @@ class LoadedModel:
     @property
     def language_model(self) -> torch.nn.Module:
         return self.model.model.language_model
+
+
+def cached_features(
+    vision_cache: VisionCache | None, prompts: Sequence[Prompt], merge: int
+) -> dict[tuple[int, int], torch.Tensor]:
+    """Vision features of these prompts' images found in the shared cache (one MGET), by
+    (prompt, image) index."""
+    if vision_cache is None:
+        return {}
+    keys = [(b, i) for b, p in enumerate(prompts) for i in range(len(p.images))]
+    if not keys:
+        return {}
+    imgs = [prompts[b].images[i] for b, i in keys]
+    got = vision_cache.get_many([(img.digest, img.num_tokens(merge)) for img in imgs]) or {}
+    return {keys[j]: torch.from_numpy(f) for j, f in got.items()}
 
 
 def load_model(

@@ -41,7 +41,14 @@ if TYPE_CHECKING:
 CALIBRATION_FILE = "calibration.json"
 SCOPE_FILE = "scope.npz"
 
-__all__ = ["ScopeExample", "check_scorable", "fit_scope", "load_model_scope", "write_scope"]
+__all__ = [
+    "ScopeExample",
+    "check_scorable",
+    "fit_scope",
+    "load_model_scope",
+    "scope_inputs",
+    "write_scope",
+]
 
 
 @dataclass(frozen=True)
@@ -93,6 +100,31 @@ def check_scorable(prompt: Prompt) -> None:
 _CHUNK = 250  # examples per progress line
 
 
+def scope_inputs(engine: CloudEngine, prompts: Sequence[Prompt]) -> list[list[ScopeInputs]]:
+    """What the out-of-scope score reads for each prompt (one entry per image; empty without
+    images), from a prefill on the engine thread with no decode step; the prompts are queued
+    together, at batch priority, so they are prefilled in batches.
+
+    Raises:
+        InputError: an image has no thumbnail (built outside ``fleetvl.vlm.image``).
+    """
+    from cloud_worker.engine.requests import CloudResult
+    from fleetvl.sampling import SamplingParams
+
+    for p in prompts:
+        check_scorable(p)
+    params = SamplingParams(max_tokens=1, ignore_eos=True)
+    pending = [engine.submit(p, params, rank=2) for p in prompts]
+    out = []
+    for events in pending:
+        result = None
+        for ev in events:
+            result = ev
+        assert isinstance(result, CloudResult)
+        out.append(result.scope_inputs)
+    return out
+
+
 def fit_scope(
     engine: CloudEngine,
     examples: Sequence[ScopeExample],
@@ -121,7 +153,7 @@ def fit_scope(
     inputs, scenes = [], []
     for start in range(0, len(prompts), _CHUNK):
         progress(f"scope inputs: {start}/{len(prompts)} examples")
-        part = engine.scope_inputs(prompts[start : start + _CHUNK])
+        part = scope_inputs(engine, prompts[start : start + _CHUNK])
         for ex, got in zip(examples[start : start + _CHUNK], part, strict=True):
             inputs += got
             scenes += [ex.scene] * len(got)

@@ -23,15 +23,21 @@ import onnxruntime as ort
 
 from edge_agent.engine.bundle import EdgeBundle, SessionConfig
 from edge_agent.engine.kv_arena import KVArena, KVPrefix
+from edge_agent.engine.scoping import engine_scope_inputs
 from edge_agent.engine.types import CancelToken, EarlyStop, GenerationResult, Timings, TokenEvent
 from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import Sampler, SamplingParams
-from fleetvl.vlm.confidence import ConfidenceTracker, TokenLogprob, token_confidence, top_logprobs
+from fleetvl.vlm.confidence import (
+    ConfidenceTracker,
+    TokenLogprob,
+    token_confidence,
+    token_logprob,
+)
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.image import ImageInput, PreprocessedImage, prepare_image
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
-from fleetvl.vlm.scope import ScopeInputs, ScopeModel, question_span, request_inputs
+from fleetvl.vlm.scope import ScopeModel
 
 __all__ = ["EdgeEngine", "Generation"]
 
@@ -269,7 +275,8 @@ class EdgeEngine:
                 ["inputs_embeds"], {"input_ids": suffix[None, :], "image_features": feats}
             )[0]
             t_scope = time.perf_counter()
-            inputs = self._scope_inputs(prompt, cached, embeds[0], encoded, image_features or {})
+            inputs = engine_scope_inputs(self.processor, self._embed_ids, prompt, cached,
+                                         embeds[0], encoded, image_features or {})  # fmt: skip
             verdict = scope.score(inputs) if scope is not None and inputs else None
             # With what preprocessing spent on the score's thumbnail and camera features.
             timings.scope_s = time.perf_counter() - t_scope + sum(
@@ -302,7 +309,9 @@ class EdgeEngine:
                     t_first = time.perf_counter()
                     timings.ttft_s = t_first - t0
                 # Before token_confidence, which masks the logits buffer in place for a moment.
-                lp = self._logprob(logits, token, params.logprobs)
+                lp = None
+                if params.logprobs is not None:
+                    lp = token_logprob(logits, token, params.logprobs, self.processor.decode)
                 # In place: the logits buffer is ours until the next step overwrites it.
                 tc = token_confidence(logits, token, inplace=True) if with_confidence else None
                 if token in eos:
@@ -355,40 +364,12 @@ class EdgeEngine:
                 logprobs=logprobs if params.logprobs is not None else None,
             )
 
-    def _scope_inputs(
-        self,
-        prompt: Prompt,
-        cached: int,
-        suffix_embeds: np.ndarray,
-        encoded: Mapping[int, np.ndarray],
-        given: Mapping[int, np.ndarray],
-    ) -> list[ScopeInputs]:
-        """What the out-of-scope score reads: the question's embeddings (re-embedded in the
-        rare case a cached prefix reaches into it) and each image's vision output."""
-        if not prompt.images:
-            return []
-        p = self.processor
-        start, end = question_span(prompt.input_ids, p.image_token_id, p.special_token_ids)
-        if start >= cached:
-            question = suffix_embeds[start - cached : end - cached]
-        else:
-            question = self.bundle.embedding.run(
-                ["inputs_embeds"],
-                {"input_ids": prompt.input_ids[None, start:end],
-                 "image_features": self._no_features},
-            )[0][0]  # fmt: skip
-        vision = [encoded.get(i, given.get(i)) for i in range(len(prompt.images))]
-        return request_inputs(question, vision, [img.thumb for img in prompt.images],
-                              [img.camera for img in prompt.images])  # fmt: skip
-
-    def _logprob(self, logits: np.ndarray, token: int, k: int | None) -> TokenLogprob | None:
-        """OpenAI's log-probabilities of the chosen token and its ``k`` best alternatives
-        (None: not asked for)."""
-        if k is None:
-            return None
-        lp, top = top_logprobs(logits, token, k)
-        text = self.processor.decode
-        return TokenLogprob(text([token]), lp, tuple((text([i]), v) for i, v in top))
+    def _embed_ids(self, ids: np.ndarray) -> np.ndarray:
+        """Input embeddings of token ids with no image features ``[len(ids), D]``."""
+        out: np.ndarray = self.bundle.embedding.run(
+            ["inputs_embeds"], {"input_ids": ids[None], "image_features": self._no_features}
+        )[0][0]
+        return out
 
     def _prefill(self, embeds: np.ndarray, position_ids: np.ndarray, total_len: int) -> np.ndarray:
         """Decoder run over the uncached prompt; logits land in ``self._logits``."""

@@ -11,6 +11,7 @@ temporary: ~0.3 ms for a 152k vocabulary, small next to a decode step.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 
 import numpy as np
@@ -21,6 +22,7 @@ __all__ = [
     "TokenConfidence",
     "TokenLogprob",
     "token_confidence",
+    "token_logprob",
     "top_logprobs",
 ]
 
@@ -62,6 +64,15 @@ def top_logprobs(
         ids = ids[np.argsort(-x[ids], kind="stable")]
         top = [(int(i), float(x[i]) - log_z) for i in ids]
     return float(x[token_id]) - log_z, top
+
+
+def token_logprob(
+    logits: np.ndarray, token_id: int, k: int, decode: Callable[[list[int]], str]
+) -> TokenLogprob:
+    """OpenAI's log-probabilities of ``token_id`` and its ``k`` best alternatives, their
+    texts by ``decode`` (a processor's)."""
+    lp, top = top_logprobs(logits, token_id, k)
+    return TokenLogprob(decode([token_id]), lp, tuple((decode([i]), v) for i, v in top))
 
 
 def token_confidence(
