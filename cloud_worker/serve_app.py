@@ -26,7 +26,6 @@ import math
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
-from typing import Any
 
 from ray import serve
 from ray.serve.metrics import Counter
@@ -151,8 +150,11 @@ class VLMWorker:
                     _log_line(request, "cloud", ev.finish_reason, final.verdict, ev.scope,
                               len(ev.token_ids), total_s)  # fmt: skip
                     yield pb.GenerateChunk(final=final)
+                    # cache: read reuses stored answers and stores none.
+                    store = not request.HasField("sla") or request.sla.cache != "read"
                     if (
-                        rdigest is not None
+                        store
+                        and rdigest is not None
                         and self.responses is not None
                         and ev.finish_reason in ("stop", "length")
                     ):
@@ -241,6 +243,6 @@ def _log_line(
     log.info(json.dumps(fields, separators=(",", ":")))
 
 
-def build_app(args: dict[str, Any]) -> serve.Application:
+def build_app(args: dict[str, object]) -> serve.Application:
     """Serve config entry point (``import_path: cloud_worker.serve_app:build_app``)."""
     return VLMWorker.bind(**args)  # type: ignore[attr-defined]  # added by @serve.deployment

@@ -7,12 +7,19 @@ site agent and the controller read their files the same way.
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TypeAlias
 
-__all__ = ["expand_env"]
+__all__ = ["JsonObject", "JsonValue", "expand_env"]
+
+#: A value as JSON (or YAML read with ``safe_load``) holds it.
+JsonValue: TypeAlias = (
+    str | int | float | bool | None | list["JsonValue"] | dict[str, "JsonValue"]
+)
+#: A JSON object.
+JsonObject: TypeAlias = dict[str, JsonValue]
 
 
-def expand_env(value: Any) -> Any:
+def expand_env(value: JsonValue) -> JsonValue:
     """``value`` with ``${VAR}`` expanded in every string, through nested dicts and lists
     (an unset variable stays as written, so validation names it)."""
     if isinstance(value, str):

@@ -25,7 +25,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Annotated, Any
+from typing import Annotated
 
 from pydantic import (
     BaseModel,
@@ -290,7 +290,7 @@ def resolve_policy(
     Raises:
         ResidencyLoosened: the request override loosens residency (see the module docstring).
     """
-    values: dict[str, Any] = dict(global_policy)
+    values: dict[str, object] = dict(global_policy)
     sources = dict.fromkeys(values, PolicyLevel.GLOBAL)
     clamps: list[Clamp] = []
     for level, override in (
@@ -303,14 +303,18 @@ def resolve_policy(
         for name, value in override:
             if value is None:
                 continue
-            if name == "residency" and value.strictness < values[name].strictness:
+            kept = values[name]
+            if (
+                isinstance(value, Residency)
+                and isinstance(kept, Residency)
+                and value.strictness < kept.strictness
+            ):
                 if level is PolicyLevel.REQUEST:
-                    raise ResidencyLoosened(value, values[name], sources[name])
-                clamps.append(Clamp(name, level, value.value, values[name].value, sources[name]))
+                    raise ResidencyLoosened(value, kept, sources[name])
+                clamps.append(Clamp(name, level, value.value, kept.value, sources[name]))
                 log.warning(
                     "%s policy sets residency %r looser than %r from the %s policy; kept %r",
-                    level.value, value.value, values[name].value, sources[name].value,
-                    values[name].value,
+                    level.value, value.value, kept.value, sources[name].value, kept.value,
                 )  # fmt: skip
                 continue
             values[name] = value
@@ -318,10 +322,10 @@ def resolve_policy(
     # A lower level may shorten the deadline below an inherited TTFT target; the target then
     # becomes the deadline (a stricter TTFT than asked for is never a violation).
     ttft, deadline = values["ttft_target_ms"], values["deadline_ms"]
-    if ttft is not None and ttft > deadline:
+    if isinstance(ttft, int) and isinstance(deadline, int) and ttft > deadline:
         values["ttft_target_ms"] = deadline
         sources["ttft_target_ms"] = sources["deadline_ms"]
-    return ResolvedPolicy(SlaPolicy(**values), sources, tuple(clamps))
+    return ResolvedPolicy(SlaPolicy.model_validate(values), sources, tuple(clamps))
 
 
 def error_details(exc: ValidationError | PolicyError, prefix: str = "") -> list[dict[str, str]]:

@@ -15,6 +15,7 @@ import logging
 from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
+from typing import TypedDict
 
 from fleetvl_tools.presets import SPECIAL_TOKENS, Preset
 
@@ -88,14 +89,27 @@ def _chat_template() -> str:
     return (resources.files("fleetvl.vlm") / "templates" / "qwen2_vl_chat.jinja").read_text()
 
 
+class _CommonConfig(TypedDict):
+    """The top-level ``config.json`` keys both families share."""
+
+    image_token_id: int
+    video_token_id: int
+    vision_start_token_id: int
+    vision_end_token_id: int
+    tie_word_embeddings: bool
+    bos_token_id: int
+    eos_token_id: int
+
+
 def _config(preset: Preset, special_base: int):
     from transformers import Qwen2_5_VLConfig, Qwen2VLConfig
 
     ids = {tok: special_base + i for i, tok in enumerate(SPECIAL_TOKENS)}
-    text = dict(preset.text)
+    text: dict[str, object] = dict(preset.text)
     mrope = text.pop("mrope_section")
     theta = text.pop("rope_theta")
-    tie = text.pop("tie_word_embeddings")
+    text.pop("tie_word_embeddings")
+    tie = preset.text["tie_word_embeddings"]
     text.update(
         rope_parameters={"rope_type": "default", "rope_theta": theta, "mrope_section": mrope},
         bos_token_id=ids["<|endoftext|>"],
@@ -103,7 +117,7 @@ def _config(preset: Preset, special_base: int):
         tie_word_embeddings=tie,
         use_sliding_window=False,
     )
-    common = {
+    common: _CommonConfig = {
         "image_token_id": ids["<|image_pad|>"],
         "video_token_id": ids["<|video_pad|>"],
         "vision_start_token_id": ids["<|vision_start|>"],
@@ -122,7 +136,9 @@ def _config(preset: Preset, special_base: int):
             "temporal_patch_size": 2,
             "tokens_per_second": 2,
         }
-        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)
+        # transformers' @strict configs take keys they do not declare (bos_token_id) through
+        # __post_init__(**kwargs), which its signature does not show.
+        return Qwen2_5_VLConfig(text_config=text, vision_config=vision, **common)  # type: ignore[misc]
     # Qwen2-VL's tower: plain ViT with a 4x MLP and no windows; `hidden_size` is its output.
     vision = {
         "depth": v["depth"],
@@ -135,7 +151,7 @@ def _config(preset: Preset, special_base: int):
         "spatial_merge_size": 2,
         "temporal_patch_size": 2,
     }
-    return Qwen2VLConfig(text_config=text, vision_config=vision, **common)
+    return Qwen2VLConfig(text_config=text, vision_config=vision, **common)  # type: ignore[misc]
 
 
 def build_checkpoint(

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 __all__ = ["PRESETS", "Preset", "get_preset"]
 
@@ -31,14 +31,43 @@ SPECIAL_TOKENS = (
 )
 
 
+class TextConfig(TypedDict):
+    """The text tower's settings (Hugging Face ``text_config`` keys, before the rope ones are
+    folded into ``rope_parameters``)."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    rms_norm_eps: float
+    rope_theta: float
+    mrope_section: list[int]
+    tie_word_embeddings: bool
+
+
+class VisionConfig(TypedDict):
+    """The vision tower's settings (Qwen2.5-VL ``vision_config`` keys)."""
+
+    depth: int
+    hidden_size: int
+    intermediate_size: int
+    num_heads: int
+    out_hidden_size: int
+    fullatt_block_indexes: list[int]
+    window_size: int
+
+
 @dataclass(frozen=True)
 class Preset:
     """A checkpoint recipe: the architecture's config and the tokenizer's size."""
 
     name: str
     family: str  # "qwen2_5_vl" or "qwen2_vl"
-    text: dict[str, Any]
-    vision: dict[str, Any]
+    text: TextConfig
+    vision: VisionConfig
     bpe_vocab: int  # regular (non-special) tokens the locally trained tokenizer learns
     min_pixels: int = 56 * 56
     max_pixels: int = 28 * 28 * 1280
@@ -65,7 +94,7 @@ class Preset:
         )
 
 
-_TINY_TEXT = {
+_TINY_TEXT: TextConfig = {
     "hidden_size": 64,
     "intermediate_size": 128,
     "num_hidden_layers": 2,
@@ -81,7 +110,7 @@ _TINY_TEXT = {
     "tie_word_embeddings": False,
 }
 
-_TINY_VISION = {
+_TINY_VISION: VisionConfig = {
     "depth": 2,
     "hidden_size": 32,
     "intermediate_size": 64,
@@ -91,7 +120,7 @@ _TINY_VISION = {
     "window_size": 56,
 }
 
-_EDGE_TEXT = {
+_EDGE_TEXT: TextConfig = {
     # The text tower of Qwen2.5-0.5B.
     "hidden_size": 896,
     "intermediate_size": 4864,
@@ -106,7 +135,7 @@ _EDGE_TEXT = {
     "tie_word_embeddings": True,
 }
 
-_EDGE_VISION = {
+_EDGE_VISION: VisionConfig = {
     "depth": 8,
     "hidden_size": 1280,
     "intermediate_size": 3420,
@@ -118,7 +147,7 @@ _EDGE_VISION = {
 }
 
 # Qwen2.5-VL-7B-Instruct's published config.json, for cloud benchmarks.
-_7B_TEXT = {
+_7B_TEXT: TextConfig = {
     "hidden_size": 3584,
     "intermediate_size": 18944,
     "num_hidden_layers": 28,
@@ -132,7 +161,7 @@ _7B_TEXT = {
     "tie_word_embeddings": False,
 }
 
-_7B_VISION = {
+_7B_VISION: VisionConfig = {
     "depth": 32,
     "hidden_size": 1280,
     "intermediate_size": 3420,
@@ -147,7 +176,7 @@ _7B_VISION = {
 _FLEET_IMAGE = 168 * 168
 
 
-def _fleet_text(hidden: int, layers: int, heads: int, kv_heads: int) -> dict[str, Any]:
+def _fleet_text(hidden: int, layers: int, heads: int, kv_heads: int) -> TextConfig:
     head_dim = hidden // heads
     # MRoPE splits head_dim / 2 rotary pairs over (t, h, w) in Qwen's 1 : 1.5 : 1.5 ratio.
     pairs = head_dim // 2
@@ -168,7 +197,7 @@ def _fleet_text(hidden: int, layers: int, heads: int, kv_heads: int) -> dict[str
     }
 
 
-def _fleet_vision(hidden: int, depth: int, heads: int, out: int) -> dict[str, Any]:
+def _fleet_vision(hidden: int, depth: int, heads: int, out: int) -> VisionConfig:
     return {
         "depth": depth,
         "hidden_size": hidden,

@@ -14,8 +14,7 @@ import asyncio
 import itertools
 import logging
 import time
-from collections.abc import AsyncGenerator, AsyncIterator
-from typing import Any
+from collections.abc import AsyncGenerator, AsyncIterator, Iterable
 
 import grpc
 
@@ -161,5 +160,5 @@ async def serve_agent_stream(
         log.info("agent of site %s disconnected", hello.site)
 
 
-def agent_backends(backends: list[Any]) -> dict[str, AgentBackend]:
+def agent_backends(backends: Iterable[object]) -> dict[str, AgentBackend]:
     return {b.site or "": b for b in backends if isinstance(b, AgentBackend)}

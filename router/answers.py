@@ -12,8 +12,8 @@ It is an answer, not an error: the request's outcome is ``ok``.
 from __future__ import annotations
 
 import time
-from typing import Any
 
+from fleetvl.protocol.answer_section import FleetvlSection
 from fleetvl.protocol.convert import scope_dict
 from fleetvl.protocol.openai_api import answer_message
 from router.backends import Final
@@ -48,7 +48,7 @@ def usage(final: Final) -> dict[str, int]:
     }
 
 
-def _scope_json(final: Final) -> dict[str, Any] | None:
+def _scope_json(final: Final) -> dict[str, object] | None:
     msg = wire_scope(final)
     return scope_dict(msg) if msg is not None else None
 
@@ -56,7 +56,7 @@ def _scope_json(final: Final) -> dict[str, Any] | None:
 def completion_body(
     rid: str, model: str, t: Ticket, final: Final, text: str,
     logprobs: dict[str, object] | None = None,
-) -> dict[str, Any]:
+) -> dict[str, object]:
     """The ``chat.completion`` JSON of a finished request (``text``: the streamed answer;
     ``logprobs``: OpenAI's ``choices[].logprobs``, when asked for)."""
     served = served_by(t, final)
@@ -78,7 +78,7 @@ def completion_body(
     }
 
 
-def closing_deltas(final: Final) -> list[dict[str, Any]]:
+def closing_deltas(final: Final) -> list[dict[str, object]]:
     """Stream deltas to send after the streamed text and before the finishing chunk: the
     refusal of an unanswerable answer, nothing for an answer."""
     if final.verdict != "unanswerable":
@@ -87,25 +87,24 @@ def closing_deltas(final: Final) -> list[dict[str, Any]]:
     return [{"role": "assistant", "refusal": message["refusal"]}]
 
 
-def fleetvl_section(t: Ticket, final: Final, served: str) -> dict[str, Any]:
-    """The ``fleetvl`` object of an answer (the same keys streamed or not)."""
+def fleetvl_section(t: Ticket, final: Final, served: str) -> dict[str, object]:
+    """The ``fleetvl`` object of an answer (the same keys streamed or not, and at the agent)."""
     o = t.outcome
     pol = t.policy.policy
-    conf_ok = final.confidence is None or final.confidence >= pol.min_confidence
-    return {
-        "verdict": final.verdict,
-        "out_of_scope": _scope_json(final),
-        "served_by": served,
-        "backend": o.backend,
-        "finish_reason": final.finish_reason,
-        "confidence": final.confidence,
-        "confidence_signal": final.confidence_signal,
-        "meets_min_confidence": conf_ok,
-        "escalation_reason": t.req.edge_attempt.reason if t.req.edge_attempt else None,
-        "timings": {
+    return FleetvlSection(
+        verdict=final.verdict,
+        out_of_scope=_scope_json(final),
+        served_by=served,
+        backend=o.backend,
+        finish_reason=final.finish_reason,
+        confidence=final.confidence,
+        confidence_signal=final.confidence_signal,
+        meets_min_confidence=final.confidence is None or final.confidence >= pol.min_confidence,
+        escalation_reason=t.req.edge_attempt.reason if t.req.edge_attempt else None,
+        timings={
             "queue_ms": round(o.queue_s * 1000, 2),
             "ttft_ms": round((o.ttft_s or 0) * 1000, 2),
             "total_ms": round((time.monotonic() - t.started) * 1000, 2),
         },
-        "policy": t.policy.explain(),
-    }
+        policy=t.policy.explain(),
+    ).as_json()

@@ -14,7 +14,6 @@ import contextlib
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 import grpc
 
@@ -28,13 +27,14 @@ from router import metrics
 from router.agents import agent_backends, serve_agent_stream
 from router.backends import Delta, Final
 from router.idempotency import IdempotencyRecord, RedisFinals
-from router.service import Expired, Rejected, RouterService, log_line
+from router.images import BlobStore
+from router.service import Expired, Rejected, RouterService, Ticket, log_line
 from router.wire import wire_scope
 
 __all__ = ["RouterServicer", "add_router_servicer"]
 
 class RouterServicer(pb_grpc.RouterServicer):
-    def __init__(self, service: RouterService, blobs: Any) -> None:
+    def __init__(self, service: RouterService, blobs: BlobStore) -> None:
         self.service = service
         self.blobs = blobs
         self.keys = service.config.keys()
@@ -73,7 +73,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         if tenant is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key")
         rid = request.request_id or f"grpc-{uuid.uuid4().hex[:20]}"
-        fields: dict[str, Any] = {"id": rid, "api": "grpc", "tenant": tenant,
+        fields: dict[str, object] = {"id": rid, "api": "grpc", "tenant": tenant,
                                   "site": request.site, "model": request.model}  # fmt: skip
         key = request.idempotency_key
         if not key:
@@ -125,7 +125,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         context: grpc.aio.ServicerContext,
         rid: str,
         tenant: str,
-        fields: dict[str, Any],
+        fields: dict[str, object],
     ) -> AsyncIterator[pb.GenerateChunk]:
         t0 = time.monotonic()
         try:
@@ -184,7 +184,7 @@ class _Abort(Exception):  # noqa: N818 - a control-flow signal, not an error typ
         self.message = message
 
 
-def _final(t: Any, f: Final) -> pb.Final:
+def _final(t: Ticket, f: Final) -> pb.Final:
     """The backend's answer on the wire, verdict and scope score as they came."""
     o = t.outcome
     return pb.Final(
@@ -206,5 +206,7 @@ def _final(t: Any, f: Final) -> pb.Final:
     )
 
 
-def add_router_servicer(server: grpc.aio.Server, service: RouterService, blobs: Any) -> None:
+def add_router_servicer(
+    server: grpc.aio.Server, service: RouterService, blobs: BlobStore
+) -> None:
     pb_grpc.add_RouterServicer_to_server(RouterServicer(service, blobs), server)

@@ -18,7 +18,6 @@ import logging
 import time
 import uuid
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -112,7 +111,7 @@ def create_app(service: RouterService) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def models(request: Request) -> dict[str, Any]:
+    async def models(request: Request) -> dict[str, object]:
         tenant_of(request)
         return {
             "object": "list",
@@ -127,7 +126,8 @@ def create_app(service: RouterService) -> FastAPI:
         t0 = time.monotonic()
         rid = request.headers.get("x-request-id") or f"chatcmpl-{uuid.uuid4().hex[:24]}"
         tenant = tenant_of(request)
-        fields: dict[str, Any] = {"id": rid, "api": "http", "tenant": tenant, "model": body.model}
+        fields: dict[str, object] = {"id": rid, "api": "http", "tenant": tenant,
+                                     "model": body.model}  # fmt: skip
         try:
             req = ChatRequest.from_openai(
                 body, cfg.limits, service.served_models(), id=rid, tenant=tenant,
@@ -159,7 +159,7 @@ def create_app(service: RouterService) -> FastAPI:
             out,
             headers={
                 "x-request-id": rid,
-                "x-fleetvl-served-by": out["fleetvl"]["served_by"],
+                "x-fleetvl-served-by": served_by(ticket, final),
                 "server-timing": _server_timing(t0),
             },
         )
@@ -229,7 +229,7 @@ async def _sse(
     service: RouterService,
     t: Ticket,
     body: ChatCompletionRequest,
-    fields: dict[str, Any],
+    fields: dict[str, object],
     t0: float,
 ) -> AsyncIterator[bytes]:
     rid = fields["id"]
@@ -291,7 +291,7 @@ def _outcome_of(exc: BaseException) -> str:
 
 
 def _finish_log(
-    fields: dict[str, Any],
+    fields: dict[str, object],
     t0: float,
     status: int,
     outcome: str,
@@ -305,7 +305,7 @@ def _finish_log(
     metrics.LATENCY.labels(fields.get("api", "http")).observe(elapsed)
     if t is not None and t.outcome.ttft_s is not None:
         metrics.TTFT.observe(t.outcome.ttft_s)
-    extra: dict[str, Any] = {"status": status, "outcome": outcome, "served_by": served,
+    extra: dict[str, object] = {"status": status, "outcome": outcome, "served_by": served,
                              "total_ms": round(elapsed * 1000, 2)}  # fmt: skip
     if t is not None:
         extra.update(

@@ -22,7 +22,7 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
 from fleetvl.protocol import fleetvl_pb2 as pb
 
@@ -112,7 +112,7 @@ class IdempotencyRecord:
         self.clock = clock
         self.store = store
         self._slots: OrderedDict[tuple[str, str], Slot] = OrderedDict()
-        self._writes: set[asyncio.Task[Any]] = set()
+        self._writes: set[asyncio.Task[None]] = set()
 
     async def claim(self, tenant: str, key: str) -> tuple[bool, Slot]:
         """``(True, slot)`` when the caller must run the request and then :meth:`finish` it;

@@ -6,8 +6,20 @@ from __future__ import annotations
 import hashlib
 import threading
 from collections import OrderedDict
+from typing import Protocol
 
-__all__ = ["MemoryBlobStore"]
+__all__ = ["BlobStore", "MemoryBlobStore"]
+
+
+class BlobStore(Protocol):
+    """Image bytes by their SHA-256: this store, or the shared cache's
+    (:meth:`fleetvl.cache.FleetCache.images`). ``has`` answers None when it cannot tell."""
+
+    def has(self, digests: list[str]) -> list[bool] | None: ...
+
+    def put(self, data: bytes) -> str | None: ...
+
+    def get(self, digest: str) -> bytes | None: ...
 
 
 class MemoryBlobStore:

@@ -20,7 +20,7 @@ from router.config import BackendConfig, RouterConfig
 from router.grpc_backend import GrpcBackend
 from router.grpc_server import add_router_servicer
 from router.http_app import create_app
-from router.images import MemoryBlobStore
+from router.images import BlobStore, MemoryBlobStore
 from router.service import RouterService
 from router.simulated import SimulatedBackend
 
@@ -57,7 +57,7 @@ def build_backends(config: RouterConfig) -> list[Backend]:
     return [build_backend(c) for c in config.backends]
 
 
-def blob_store(config: RouterConfig) -> Any:
+def blob_store(config: RouterConfig) -> BlobStore:
     if config.redis_url:
         from fleetvl.cache import CacheConfig, FleetCache
 
@@ -109,13 +109,10 @@ async def serve(
     check_ports(config)
     service = RouterService(config, backends if backends is not None else build_backends(config))
     app = create_app(service)
-    ssl: dict[str, Any] = {}
-    if config.tls:
-        ssl = {"ssl_certfile": config.tls.cert_file, "ssl_keyfile": config.tls.key_file}
-        if config.tls.client_ca_file:
-            import ssl as _ssl
+    import ssl as _ssl
 
-            ssl.update(ssl_ca_certs=config.tls.client_ca_file, ssl_cert_reqs=_ssl.CERT_REQUIRED)
+    tls = config.tls
+    client_ca = tls.client_ca_file if tls else None
     server = uvicorn.Server(
         uvicorn.Config(
             app,
@@ -125,7 +122,10 @@ async def serve(
             access_log=False,
             lifespan="on",
             timeout_graceful_shutdown=30,
-            **ssl,
+            ssl_certfile=tls.cert_file if tls else None,
+            ssl_keyfile=tls.key_file if tls else None,
+            ssl_ca_certs=client_ca,
+            ssl_cert_reqs=_ssl.CERT_REQUIRED if client_ca else _ssl.CERT_NONE,
         )  # fmt: skip
     )
     grpc_server = None

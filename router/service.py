@@ -18,7 +18,6 @@ import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from fleetvl.errors import DeadlineExceeded, FleetVLError, ModelNotFound, Unavailable
 from fleetvl.policy import Residency, ResolvedPolicy, resolve_policy
@@ -354,6 +353,6 @@ class RouterService:
                 log.exception("expiry pass failed")
 
 
-def log_line(**fields: Any) -> None:
+def log_line(**fields: object) -> None:
     """One structured line per request."""
     log.info(json.dumps(fields, separators=(",", ":"), default=str))

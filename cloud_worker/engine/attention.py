@@ -15,8 +15,6 @@
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 import torch.nn.functional as F
 
@@ -49,7 +47,7 @@ def _varlen_attention(
     scaling: float | None = None,
     dropout: float = 0.0,
     cu_seq_lens_q: torch.Tensor | None = None,
-    **_: Any,
+    **_: object,
 ) -> tuple[torch.Tensor, None]:
     """Block-diagonal attention over packed segments: ``query`` ``[1, H, N, D]`` holding
     segments bounded by ``cu_seq_lens_q``; returns ``[1, N, H, D]`` (flash layout)."""

@@ -22,9 +22,9 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, TypedDict, Unpack
 
 import numpy as np
 import torch
@@ -49,9 +49,20 @@ from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.image import ImageInput, prepare_image
 from fleetvl.vlm.processor import Prompt, QwenVLProcessor
 
+if TYPE_CHECKING:
+    from fleetvl.cache import FleetCache
+
 __all__ = ["CloudEngine", "CloudResult", "EngineConfig", "StreamEvent", "model_digest"]
 
 log = logging.getLogger("fleetvl.cloud")
+
+
+class SubmitOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`CloudEngine.submit`."""
+
+    rank: int
+    deadline: float | None
+    cancel: CancelToken | None
 
 
 class CloudEngine:
@@ -59,7 +70,7 @@ class CloudEngine:
         self,
         model_dir: str | Path,
         config: EngineConfig | None = None,
-        cache: Any = None,
+        cache: FleetCache | None = None,
         scope: bool = True,
     ) -> None:
         """Load ``model_dir`` and start the engine thread.
@@ -125,7 +136,7 @@ class CloudEngine:
     # -- API ------------------------------------------------------------------------------
 
     def encode(
-        self, messages: Sequence[dict[str, Any]], images: Sequence[ImageInput] = ()
+        self, messages: Sequence[Mapping[str, object]], images: Sequence[ImageInput] = ()
     ) -> Prompt:
         cfg = self.processor.image_config
         return self.processor.encode(messages, [prepare_image(i, cfg) for i in images])
@@ -164,7 +175,7 @@ class CloudEngine:
         return self._events(req)
 
     def generate(
-        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any
+        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Unpack[SubmitOptions]
     ) -> CloudResult:
         result = None
         for ev in self.submit(prompt, params, **kw):

@@ -15,12 +15,12 @@ with any of them runs synchronously: the host writes every slot's inputs itself.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import torch
 
 from cloud_worker.engine.decode_step import DecodeStep
+from cloud_worker.engine.requests import EngineRequest
 from fleetvl.vlm.confidence import TokenConfidence
 
 __all__ = ["DecodePipeline", "LaunchedStep", "row_stats", "token_confidence"]
@@ -52,7 +52,7 @@ def token_confidence(token: int, logprob: float, stats: np.ndarray) -> TokenConf
 class LaunchedStep:
     """A step on its way: which requests took part (by slot), and where its results land."""
 
-    rows: list[tuple[int, Any]]  # (slot, request) as launched
+    rows: list[tuple[int, EngineRequest]]  # (slot, request) as launched
     stats: torch.Tensor  # [slots, 4] float64, host side (pinned on CUDA)
     event: torch.cuda.Event | None
     sampled: dict[int, np.ndarray] = field(default_factory=dict)  # slot -> logits (sync only)
@@ -85,7 +85,9 @@ class DecodePipeline:
             self.active.copy_(torch.tensor(mask, dtype=torch.long))
             self._active_host = list(mask)
 
-    def launch(self, span: int, rows: list[tuple[int, Any]], sampled: list[int]) -> LaunchedStep:
+    def launch(
+        self, span: int, rows: list[tuple[int, EngineRequest]], sampled: list[int]
+    ) -> LaunchedStep:
         """Run one step (asynchronously on CUDA), feed its greedy choices back as the next
         step's inputs, and start copying its per-row statistics to the host."""
         logits = self.step(span)

@@ -22,7 +22,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -147,7 +147,7 @@ def fit_scope(
     for n, ex in enumerate(examples):
         if not ex.images:
             raise InputError(f"example {n} ({ex.question[:40]!r}) has no image to score")
-        content: list[dict[str, Any]] = [{"type": "image"} for _ in ex.images]
+        content: list[dict[str, str]] = [{"type": "image"} for _ in ex.images]
         content.append({"type": "text", "text": ex.question})
         prompts.append(engine.encode([{"role": "user", "content": content}], ex.images))
     inputs, scenes = [], []

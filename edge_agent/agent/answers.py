@@ -16,9 +16,12 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
+from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.protocol.answer_section import FleetvlSection
 from fleetvl.protocol.convert import scope_dict
 from fleetvl.protocol.openai_api import answer_message, logprobs_json
 from fleetvl.vlm.confidence import TokenLogprob
+from fleetvl.vlm.gate import GateVerdict
 
 __all__ = ["Answer", "Piece", "Queued", "completion_body", "gate_dict"]
 
@@ -50,24 +53,25 @@ class Answer:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     timings_ms: dict[str, float] = field(default_factory=dict)
-    policy: dict[str, Any] = field(default_factory=dict)
+    policy: dict[str, dict[str, object]] = field(default_factory=dict)
     backend: str | None = None
     replayed: bool = False
     # The edge gate's verdict on the local attempt (local and escalated answers alike):
     # {"signal", "value", "threshold", "passed"}; None when no local attempt ran.
-    gate: dict[str, Any] | None = None
+    gate: dict[str, object] | None = None
     created: int = field(default_factory=lambda: int(time.time()))
     # answer | unanswerable (out of scope: no text, ``out_of_scope`` says why).
     verdict: str = "answer"
     # The serving model's out-of-scope verdict ({"score", "threshold", "out_of_scope",
     # "part", "scene"}); None when no scope model judged the input.
-    out_of_scope: dict[str, Any] | None = None
+    out_of_scope: dict[str, object] | None = None
     # Each token's log-probabilities, when the request asked for them.
     logprobs: list[TokenLogprob] | None = None
 
     @classmethod
     def from_cloud(
-        cls, final: Any, *, answer_id: str, model: str, min_confidence: float, **fields: Any
+        cls, final: pb.Final, *, answer_id: str, model: str, min_confidence: float,
+        **fields: Any,  # noqa: ANN401 - the Answer fields only the caller knows
     ) -> Answer:
         """The answer in a cloud ``fleetvl.v1`` Final, whether it came back at once or from the
         spool; ``fields`` are what only the caller knows (why it escalated, the local attempt)."""
@@ -102,7 +106,7 @@ class Queued:
     reason: str  # why it could not be answered now
 
 
-def gate_dict(v: Any) -> dict[str, Any]:
+def gate_dict(v: GateVerdict) -> dict[str, object]:
     """A :class:`fleetvl.vlm.gate.GateVerdict` as JSON (an unreachable threshold as None)."""
     return {"signal": v.signal, "value": _num(v.value), "threshold": _num(v.threshold),
             "passed": v.passed}  # fmt: skip
@@ -116,7 +120,7 @@ def _openai_finish(reason: str) -> str:
     return reason if reason in ("stop", "length") else "stop"
 
 
-def completion_body(a: Answer) -> dict[str, Any]:
+def completion_body(a: Answer) -> dict[str, object]:
     """OpenAI ``chat.completion`` JSON with FleetVL's ``fleetvl`` object."""
     return {
         "id": a.id,
@@ -140,23 +144,24 @@ def completion_body(a: Answer) -> dict[str, Any]:
     }
 
 
-def fleetvl_section(a: Answer) -> dict[str, Any]:
-    return {
-        "verdict": a.verdict,
-        "out_of_scope": a.out_of_scope,
-        "served_by": a.served_by,
-        "backend": a.backend,
-        "confidence": _num(a.confidence),
-        "confidence_signal": a.signal,
-        "threshold": _num(a.threshold),
-        "meets_min_confidence": a.meets_min_confidence,
-        "low_confidence": a.low_confidence,
-        "finish_reason": a.finish_reason,
-        "escalation_reason": a.escalation_reason,
-        "local_tokens": a.local_tokens,
-        "local_max_tokens": a.local_max_tokens,
-        "replayed": a.replayed,
-        "gate": a.gate,
-        "timings": a.timings_ms,
-        "policy": a.policy,
-    }
+def fleetvl_section(a: Answer) -> dict[str, object]:
+    """The ``fleetvl`` object of an answer (the router's shape)."""
+    return FleetvlSection(
+        verdict=a.verdict,
+        out_of_scope=a.out_of_scope,
+        served_by=a.served_by,
+        backend=a.backend,
+        confidence=a.confidence,
+        confidence_signal=a.signal,
+        threshold=a.threshold,
+        meets_min_confidence=a.meets_min_confidence,
+        low_confidence=a.low_confidence,
+        finish_reason=a.finish_reason,
+        escalation_reason=a.escalation_reason,
+        local_tokens=a.local_tokens,
+        local_max_tokens=a.local_max_tokens,
+        replayed=a.replayed,
+        gate=a.gate,
+        timings=a.timings_ms,
+        policy=a.policy,
+    ).as_json()

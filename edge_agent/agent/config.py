@@ -151,8 +151,11 @@ class AgentConfig(_Strict):
                 continue
             *parents, leaf = key.removeprefix(ENV_PREFIX).lower().split("__")
             node = raw
+            if not isinstance(node, dict):
+                raise TypeError(f"{path}: the config must be a mapping")
             for p in parents:
-                node = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
+                child = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
+                node = child if isinstance(child, dict) else {}
             node[leaf] = value
         return cls.model_validate(raw)
 

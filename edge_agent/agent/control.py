@@ -12,8 +12,8 @@ from __future__ import annotations
 import asyncio
 import math
 import threading
+from collections.abc import Coroutine
 from pathlib import Path
-from typing import Any
 
 from edge_agent.agent.service import AgentService
 from edge_agent.agent.source_health import SourceStatus
@@ -41,7 +41,7 @@ class AgentControl:
 
     # -- ControlHandler ---------------------------------------------------------------------
 
-    def apply_policies(self, policies: dict[str, Any]) -> None:
+    def apply_policies(self, policies: dict[str, dict[str, object]]) -> None:
         """Replace the site's SLA layers (``{"global": {...}, "tenant": {...}, "site": {...}}``
         in :mod:`fleetvl.policy` field names); a missing layer keeps the current one.
 
@@ -109,7 +109,7 @@ class AgentControl:
         heartbeat's ``sources``)."""
         return self.service.health.snapshot()
 
-    def _on_loop(self, coro: Any) -> None:
+    def _on_loop(self, coro: Coroutine[object, object, None]) -> None:
         try:
             running = asyncio.get_running_loop()
         except RuntimeError:

@@ -20,8 +20,8 @@ import time
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
+from edge_agent.agent.local import LocalEngine
 from fleetvl.errors import FleetVLError, Unavailable
 from fleetvl.policy import SlaPolicy
 from fleetvl.scheduling import (
@@ -41,10 +41,10 @@ log = logging.getLogger("fleetvl.edge")
 
 LOCAL = "local"
 
-EngineFactory = Callable[[Path, int], Any]
+EngineFactory = Callable[[Path, int], LocalEngine]
 
 
-def default_factory(bundle: Path, threads: int) -> Any:
+def default_factory(bundle: Path, threads: int) -> LocalEngine:
     from edge_agent.engine import EdgeEngine, SessionConfig
 
     return EdgeEngine(bundle, SessionConfig(intra_op_threads=threads))
@@ -70,7 +70,7 @@ class LocalRejected(Unavailable):
 class Lease:
     """An engine held by one request, with what the scheduler needs back."""
 
-    engine: Any
+    engine: LocalEngine
     generation: int
     item: WorkItem
     started: float
@@ -84,7 +84,7 @@ class _Generation:
     digest: str
     calibration: Calibration | None
     scope: ScopeModel | None  # the bundle's out-of-scope score (from its calibration)
-    free: list[Any]
+    free: list[LocalEngine]
 
 
 class EnginePool:

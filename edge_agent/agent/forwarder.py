@@ -17,8 +17,7 @@ import logging
 import random
 import time
 import urllib.request
-from collections.abc import Callable
-from typing import Any
+from collections.abc import Callable, Mapping
 
 from edge_agent.agent import metrics
 from edge_agent.agent.answers import Answer, completion_body
@@ -134,7 +133,7 @@ def _answer(e: SpoolEntry, req: pb.GenerateRequest, f: pb.Final) -> Answer:
     )
 
 
-def _post_webhook(url: str, rid: str, body: dict[str, Any]) -> None:
+def _post_webhook(url: str, rid: str, body: Mapping[str, object]) -> None:
     """Best effort, three tries: the answer stays pollable whatever happens here."""
     data = json.dumps({"id": rid, "status": "completed", "response": body}).encode()
     for i in range(3):

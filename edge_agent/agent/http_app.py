@@ -15,7 +15,6 @@ import logging
 import math
 import time
 from collections.abc import AsyncIterator
-from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
@@ -64,7 +63,7 @@ def _sla(body: ChatCompletionRequest, request: Request) -> PolicyOverride | None
         raise InvalidFields(str(exc), exc.details) from None
 
 
-def _log(fields: dict[str, Any], t0: float, status: int, outcome: str, **more: Any) -> None:
+def _log(fields: dict[str, object], t0: float, status: int, outcome: str, **more: object) -> None:
     metrics.REQUESTS.labels(outcome).inc()
     metrics.LATENCY.observe(time.monotonic() - t0)
     line = {**fields, "status": status, "outcome": outcome,
@@ -86,12 +85,12 @@ def create_app(service: AgentService) -> FastAPI:
     install_error_handlers(app, log)
 
     @app.get("/healthz")
-    async def healthz() -> dict[str, Any]:
+    async def healthz() -> dict[str, object]:
         return {"status": "ok", "site": cfg.site, "bundle": service.pool.digest[:16],
                 "uplink": "up" if service.link_up() else "down"}  # fmt: skip
 
     @app.get("/readyz")
-    async def readyz() -> dict[str, Any]:
+    async def readyz() -> dict[str, object]:
         return {"status": "ready", "engines": service.pool.size}
 
     @app.get("/metrics")
@@ -99,7 +98,7 @@ def create_app(service: AgentService) -> FastAPI:
         return Response(generate_latest(), media_type=CONTENT_TYPE_LATEST)
 
     @app.get("/v1/models")
-    async def models() -> dict[str, Any]:
+    async def models() -> dict[str, object]:
         return {"object": "list", "data": [
             {"id": cfg.model, "object": "model", "created": 0, "owned_by": "fleetvl"}]}  # fmt: skip
 
@@ -116,7 +115,7 @@ def create_app(service: AgentService) -> FastAPI:
     @app.post("/v1/chat/completions", response_model=None)
     async def chat(body: ChatCompletionRequest, request: Request) -> Response:
         t0 = time.monotonic()
-        fields: dict[str, Any] = {"site": cfg.site, "model": body.model}
+        fields: dict[str, object] = {"site": cfg.site, "model": body.model}
         try:
             webhook = request.headers.get("x-fleetvl-webhook")
             if webhook and not cfg.allow_webhooks:
@@ -153,6 +152,7 @@ def create_app(service: AgentService) -> FastAPI:
         ms = (time.monotonic() - t0) * 1000
         if isinstance(result, Answer):
             deadline = result.policy.get("deadline_ms", {}).get("value", math.inf)
+            assert isinstance(deadline, float | int)
             service.report(ms, True, result.served_by != "edge", ms <= deadline)
         else:
             service.report(ms, result is not None, True, False)
@@ -162,7 +162,7 @@ def create_app(service: AgentService) -> FastAPI:
 
 
 def _respond(
-    req: ChatRequest, result: Answer | Queued | None, fields: dict[str, Any], t0: float
+    req: ChatRequest, result: Answer | Queued | None, fields: dict[str, object], t0: float
 ) -> Response:
     if isinstance(result, Queued):
         _log(fields, t0, 202, "queued", reason=result.reason)
@@ -189,7 +189,7 @@ async def _sse(
     req: ChatRequest,
     first: Piece | Answer | Queued,
     events: AsyncIterator[Piece | Answer | Queued],
-    fields: dict[str, Any],
+    fields: dict[str, object],
     t0: float,
     include_usage: bool,
 ) -> AsyncIterator[bytes]:

@@ -18,14 +18,19 @@ caller refuses it or escalates it as the policy says.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Protocol, Unpack
 
 from fleetvl.sampling import CancelToken, SamplingParams
 from fleetvl.vlm.confidence import ConfidenceTracker, TokenLogprob
 from fleetvl.vlm.gate import Gate, GateVerdict
 from fleetvl.vlm.scope import ScopeModel, ScopeScore
+
+if TYPE_CHECKING:
+    from edge_agent.engine.engine import Generation, StreamOptions
+    from fleetvl.vlm.image import ImageInput
+    from fleetvl.vlm.processor import Prompt
 
 __all__ = ["LocalAttempt", "run_local"]
 
@@ -55,10 +60,25 @@ class LocalAttempt:
         return self.scope is not None and self.scope.out_of_scope
 
 
+class LocalEngine(Protocol):
+    """What the agent needs of an engine: :class:`edge_agent.engine.EdgeEngine`, or a fake."""
+
+    @property
+    def digest(self) -> str: ...
+
+    def encode(
+        self, messages: Sequence[Mapping[str, object]], images: Sequence[ImageInput] = ()
+    ) -> Prompt: ...
+
+    def stream(
+        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Unpack[StreamOptions]
+    ) -> Generation: ...
+
+
 def run_local(
-    engine: Any,
-    messages: Sequence[dict[str, Any]],
-    images: Sequence[Any],  # bytes or decoded images (fleetvl.vlm.image.ImageInput)
+    engine: LocalEngine,
+    messages: Sequence[Mapping[str, object]],
+    images: Sequence[ImageInput],  # bytes or decoded images
     params: SamplingParams,
     gate: Gate,
     *,
@@ -100,6 +120,7 @@ def run_local(
     for _ in gen:
         pass
     r = gen.result
+    assert r is not None  # set by the generation's last step
     verdict = gate.verdict(r.tokens, r.last_hidden)
     if r.finish_reason == "out_of_scope":
         stopped.insert(0, "out_of_scope")

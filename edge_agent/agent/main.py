@@ -6,7 +6,6 @@ import asyncio
 import contextlib
 import gc
 import logging
-from typing import Any
 
 import uvicorn
 
@@ -40,11 +39,11 @@ class Agent:
         self.spool = Spool(config.spool.path, config.spool.max_bytes, config.spool.keep_s)
         self.cloud = CloudClient(config.router) if config.router else None
         self.uplink: Uplink | None = None
-        self._tasks: list[asyncio.Task[Any]] = []
+        self._tasks: list[asyncio.Task[None]] = []
         self.service = AgentService(config, self.pool, self.spool, self.cloud, self.link_up)
         self.control: AgentControl | None = None
         self.forwarder: Forwarder | None = None
-        self.control_client: Any = None
+        self.control_client: ControlClient | None = None
 
     def link_up(self) -> bool:
         if self.config.router is None:

@@ -33,7 +33,6 @@ import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Callable
-from typing import Any
 
 from edge_agent.agent import metrics
 from edge_agent.agent.answers import Answer, Piece, Queued, gate_dict
@@ -55,6 +54,7 @@ from fleetvl.policy import (
     UplinkDownAction,
     resolve_policy,
 )
+from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol.convert import delta_logprob
 from fleetvl.protocol.request import ChatRequest
 from fleetvl.sampling import CancelToken
@@ -330,7 +330,7 @@ class AgentService:
         resolved: ResolvedPolicy,
         attempt: LocalAttempt | None,
         reason: str,
-        f: Any,
+        f: pb.Final,
         took: float,
     ) -> Answer:
         return Answer.from_cloud(
@@ -358,7 +358,7 @@ class AgentService:
         deadline: float,
         attempt: LocalAttempt | None,
         reason: str,
-        wire: Any,
+        wire: pb.GenerateRequest,
         failure: EscalationError,
     ) -> AsyncIterator[Event]:
         pol = resolved.policy

@@ -20,14 +20,29 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict
 
 from fleetvl.errors import FleetVLError
 
-__all__ = ["Spool", "SpoolEntry", "SpoolFull", "SpoolStatus"]
+__all__ = ["Spool", "SpoolEntry", "SpoolFull", "SpoolMeta", "SpoolStatus"]
+
+# What sqlite3 stores in a column.
+_SqlValue = str | bytes | int | float | None
+
+
+class SpoolMeta(TypedDict, total=False):
+    """What the agent knew of a queued escalation, for the answer the forwarder builds."""
+
+    model: str
+    reason: str
+    webhook: str | None
+    local_tokens: int
+    local_max_tokens: int
+    gate: dict[str, object] | None  # the local attempt's gate verdict
+    policy: dict[str, dict[str, object]]  # ResolvedPolicy.explain()
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS spool (
@@ -70,7 +85,7 @@ class SpoolEntry:
     payload: bytes
     expires: float
     attempts: int
-    meta: dict[str, Any]
+    meta: SpoolMeta
 
 
 @dataclass(frozen=True)
@@ -82,9 +97,9 @@ class SpoolStatus:
     created: float
     expires: float
     attempts: int
-    result: dict[str, Any] | None
+    result: dict[str, object] | None
     error: str | None
-    meta: dict[str, Any]
+    meta: SpoolMeta
 
 
 class Spool:
@@ -112,13 +127,13 @@ class Spool:
         with self._lock:
             self._db.close()
 
-    def _tx(self, sql: str, args: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+    def _tx(self, sql: str, args: tuple[_SqlValue, ...] = ()) -> sqlite3.Cursor:
         with self._lock:
             return self._db.execute(sql, args)
 
     # -- writes ---------------------------------------------------------------------------
 
-    def put(self, id: str, tenant: str, payload: bytes, ttl_s: float, meta: dict[str, Any]) -> None:
+    def put(self, id: str, tenant: str, payload: bytes, ttl_s: float, meta: SpoolMeta) -> None:
         """Persist a waiting escalation (committed and fsynced on return).
 
         Raises:
@@ -143,7 +158,7 @@ class Spool:
                 self._db.execute("ROLLBACK")
                 raise
 
-    def complete(self, id: str, result: dict[str, Any]) -> bool:
+    def complete(self, id: str, result: Mapping[str, object]) -> bool:
         """Record the cloud's answer; False if the row was not pending (already finished)."""
         cur = self._tx(
             "UPDATE spool SET state = 'done', result = ?, payload = NULL, bytes = 0, "

@@ -18,9 +18,9 @@ Cache trouble of any kind degrades to the uncached path; what happened is report
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import asdict
-from typing import Any, Literal
+from typing import Literal, TypedDict, Unpack
 
 import numpy as np
 
@@ -33,7 +33,16 @@ from edge_agent.engine.types import (
     Timings,
     TokenEvent,
 )
-from fleetvl.cache import FleetCache, ImageSpan, KVShape, ModelCache, block_hashes, request_digest
+from fleetvl.cache import (
+    Decision,
+    FleetCache,
+    ImageSpan,
+    KVShape,
+    ModelCache,
+    block_hashes,
+    request_digest,
+)
+from fleetvl.cache.responses import StoredAnswer
 from fleetvl.sampling import SamplingParams
 from fleetvl.vlm.confidence import AnswerConfidence
 from fleetvl.vlm.processor import Prompt, QwenVLProcessor
@@ -42,6 +51,15 @@ __all__ = ["CacheUse", "CachedEngine"]
 
 # off: no cache; read: lookups only; read_write: lookups and stores (the default).
 CacheUse = Literal["off", "read", "read_write"]
+
+
+class CachedOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`CachedEngine.stream`."""
+
+    stop_when: EarlyStop | None
+    cancel: CancelToken | None
+    confidence: bool
+    use: CacheUse
 
 
 class CachedEngine:
@@ -61,7 +79,7 @@ class CachedEngine:
         return self.engine.processor
 
     def generate(
-        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any
+        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Unpack[CachedOptions]
     ) -> GenerationResult:
         gen = self.stream(prompt, params, **kw)
         for _ in gen:
@@ -106,7 +124,7 @@ class CachedEngine:
         use: CacheUse,
     ) -> Iterator[TokenEvent]:
         mc = self.model
-        report: dict[str, Any] = {"use": use}
+        report: dict[str, object] = {"use": use}
         if use == "off":
             inner = self.engine.stream(
                 prompt, params, stop_when=stop_when, cancel=cancel, confidence=with_confidence
@@ -206,7 +224,7 @@ class CachedEngine:
         gen.result = res
 
     def _replay(
-        self, gen: Generation, prompt: Prompt, cached: dict[str, Any], report: dict[str, Any]
+        self, gen: Generation, prompt: Prompt, cached: StoredAnswer, report: dict[str, object]
     ) -> Iterator[TokenEvent]:
         ids = [int(i) for i in cached["token_ids"]]
         text_so_far = ""
@@ -232,17 +250,17 @@ def _sha256(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _params_dict(p: SamplingParams) -> dict[str, Any]:
+def _params_dict(p: SamplingParams) -> dict[str, object]:
     d = asdict(p)
     d["stop"] = list(p.stop)
     return d
 
 
-def _decision(d: Any) -> dict[str, Any]:
+def _decision(d: Decision) -> dict[str, object]:
     return {"choice": d.choice, "est_fetch_s": d.est_fetch_s, "est_recompute_s": d.est_recompute_s}
 
 
-def _answer_dict(res: GenerationResult) -> dict[str, Any]:
+def _answer_dict(res: GenerationResult) -> StoredAnswer:
     return {
         "text": res.text,
         "token_ids": res.token_ids,
@@ -251,8 +269,10 @@ def _answer_dict(res: GenerationResult) -> dict[str, Any]:
     }
 
 
-def _confidence_from(d: dict[str, Any], n: int) -> AnswerConfidence:
+def _confidence_from(d: Mapping[str, object], n: int) -> AnswerConfidence:
     """The stored summary; NaN for any field an older or foreign entry lacks."""
     names = [k for k in AnswerConfidence.__dataclass_fields__ if k != "num_tokens"]
-    vals = {k: float(d[k]) if isinstance(d.get(k), int | float) else float("nan") for k in names}
+    vals = {
+        k: float(v) if isinstance(v := d.get(k), int | float) else float("nan") for k in names
+    }
     return AnswerConfidence(num_tokens=n, **vals)

@@ -16,7 +16,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, Unpack
 
 import numpy as np
 import onnxruntime as ort
@@ -52,6 +52,19 @@ class Generation:
 
     def __iter__(self) -> Iterator[TokenEvent]:
         return self._events
+
+
+class StreamOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`EdgeEngine.stream`."""
+
+    prefix: KVPrefix | None
+    capture_prefix: int | None
+    stop_when: EarlyStop | None
+    cancel: CancelToken | None
+    confidence: bool
+    image_features: Mapping[int, np.ndarray] | None
+    scope: ScopeModel | None
+    refuse_out_of_scope: bool
 
 
 class EdgeEngine:
@@ -97,14 +110,14 @@ class EdgeEngine:
         return [prepare_image(img, self.processor.image_config) for img in images]
 
     def encode(
-        self, messages: Sequence[dict[str, Any]], images: Sequence[ImageInput] = ()
+        self, messages: Sequence[Mapping[str, object]], images: Sequence[ImageInput] = ()
     ) -> Prompt:
         return self.processor.encode(messages, self.prepare_images(images))
 
     # -- generation -------------------------------------------------------------------------
 
     def generate(
-        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Any
+        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Unpack[StreamOptions]
     ) -> GenerationResult:
         """Run to completion; same arguments as :meth:`stream`."""
         gen = self.stream(prompt, params, **kw)

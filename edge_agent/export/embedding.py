@@ -9,13 +9,16 @@ multimodal models; the decoder never sees token ids.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 __all__ = ["export_embedding"]
 
 
 def export_embedding(
-    model: Any,
+    model: PreTrainedModel,
     out_path: str | Path,
     *,
     image_token_id: int,
@@ -31,7 +34,10 @@ def export_embedding(
     import torch
     from torch import nn
 
-    table = model.get_input_embeddings().weight.detach().float()
+    weight = model.get_input_embeddings().weight
+    if not isinstance(weight, torch.Tensor):
+        raise TypeError(f"the input embedding of {type(model).__name__} has no weight tensor")
+    table = weight.detach().float()
     store = table.half() if weight_dtype == "float16" else table
 
     class EmbeddingForExport(nn.Module):

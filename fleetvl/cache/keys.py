@@ -15,9 +15,8 @@ from __future__ import annotations
 import hashlib
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 
@@ -103,7 +102,7 @@ def block_hashes(
     return out
 
 
-def request_digest(model_digest: str, messages: Any, params: dict[str, Any]) -> str:
+def request_digest(model_digest: str, messages: object, params: Mapping[str, object]) -> str:
     """Digest of (model, messages, generation parameters); images must be given as digests."""
     canon = json.dumps(
         {"model": model_digest, "messages": messages, "params": params},

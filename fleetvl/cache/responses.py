@@ -8,7 +8,7 @@ Values are JSON inside the checked container, validated on read.
 from __future__ import annotations
 
 import json
-from typing import Any
+from typing import NotRequired, TypedDict, cast
 
 import numpy as np
 
@@ -18,7 +18,18 @@ from fleetvl.cache.config import CacheConfig
 from fleetvl.cache.keys import Namespace
 from fleetvl.cache.store import RedisStore
 
-__all__ = ["ResponseCache"]
+__all__ = ["ResponseCache", "StoredAnswer"]
+
+
+class StoredAnswer(TypedDict):
+    """A cached answer's JSON (``confidence``: the :class:`AnswerConfidence` summary; older
+    entries may lack it or some of its fields)."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    confidence: NotRequired[dict[str, float]]
+
 
 _REQUIRED = {"text": str, "token_ids": list, "finish_reason": str}
 
@@ -32,7 +43,7 @@ class ResponseCache:
         self.ttl = config.ttl_response_s
         self.max_bytes = config.max_value_bytes
 
-    def get(self, request_digest: str) -> dict[str, Any] | None:
+    def get(self, request_digest: str) -> StoredAnswer | None:
         key = self.ns.response(request_digest)
         raw = self.store.mget([key])
         if not raw or raw[0] is None:
@@ -53,9 +64,9 @@ class ResponseCache:
             return None
         metrics.HITS.labels(self.kind).inc()
         metrics.BYTES_READ.labels(self.kind).inc(len(raw[0]))
-        return obj
+        return cast(StoredAnswer, obj)  # validated above
 
-    def put_async(self, request_digest: str, answer: dict[str, Any]) -> bool:
+    def put_async(self, request_digest: str, answer: StoredAnswer) -> bool:
         key = self.ns.response(request_digest)
         body = np.frombuffer(json.dumps(answer, separators=(",", ":")).encode(), np.uint8)
         if body.nbytes > self.max_bytes - 512:

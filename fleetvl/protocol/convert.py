@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.sampling import SamplingParams
@@ -85,7 +85,7 @@ def scope_message(score: ScopeScore) -> pb.OutOfScope:
                          scene=score.scene)  # fmt: skip
 
 
-def scope_dict(msg: pb.OutOfScope) -> dict[str, Any]:
+def scope_dict(msg: pb.OutOfScope) -> dict[str, object]:
     """A wire scope verdict as the JSON of an answer's ``fleetvl.out_of_scope``."""
     return {"score": round(msg.score, 4), "threshold": round(msg.threshold, 4),
             "out_of_scope": msg.score >= msg.threshold, "part": msg.part,

@@ -9,7 +9,7 @@ harmless client metadata, which is ignored.
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Annotated, Any, Literal
+from typing import Annotated, Literal
 
 from pydantic import (
     BaseModel,
@@ -20,9 +20,7 @@ from pydantic import (
     model_validator,
 )
 
-from fleetvl.errors import InputError, UnsupportedImageFormat
-from fleetvl.policy import PolicyError, PolicyOverride, error_details
-from fleetvl.protocol.image_urls import PayloadTooLarge
+from fleetvl.policy import PolicyOverride, error_details
 from fleetvl.vlm.confidence import TokenLogprob
 
 __all__ = [
@@ -30,7 +28,6 @@ __all__ = [
     "answer_message",
     "logprobs_json",
     "refusal_text",
-    "client_error",
     "SlaHeaderError",
     "request_sla",
     "ChatCompletionRequest",
@@ -118,7 +115,7 @@ class ChatCompletionRequest(BaseModel):
         "alert at the controller.",
     )
     # Harmless client metadata the openai client may send.
-    metadata: dict[str, Any] | None = None
+    metadata: dict[str, str] | None = None  # OpenAI's: string values
     store: bool | None = None
 
     @field_validator("stop")
@@ -161,7 +158,7 @@ SLA_HEADERS = {
 class SlaHeaderError(ValueError):
     """SLA headers that do not validate; ``details`` name each offending header."""
 
-    def __init__(self, details: list[dict[str, Any]]) -> None:
+    def __init__(self, details: list[dict[str, object]]) -> None:
         super().__init__("SLA headers are invalid")
         self.details = details
 
@@ -186,22 +183,11 @@ def request_sla(sla: PolicyOverride | None, headers: Mapping[str, str]) -> Polic
         ) from None
 
 
-def client_error(exc: BaseException) -> tuple[int, str, dict[str, Any]] | None:
-    """HTTP status, OpenAI error type and extra fields for the request errors every HTTP front
-    (the router, a site agent) answers alike; None for anything else. Subclasses come before
-    the ``InputError`` they extend."""
-    if isinstance(exc, PolicyError):
-        return 422, "invalid_request_error", {"details": error_details(exc, "sla.")}
-    if isinstance(exc, PayloadTooLarge):
-        return 413, "payload_too_large", {}
-    if isinstance(exc, UnsupportedImageFormat):
-        return 415, "unsupported_media_type", {}
-    if isinstance(exc, InputError):
-        return 400, "invalid_request_error", {}
-    return None
+def _num(v: object, default: float) -> float:
+    return float(v) if isinstance(v, int | float) else default
 
 
-def refusal_text(scope: Mapping[str, Any]) -> str:
+def refusal_text(scope: Mapping[str, object]) -> str:
     """The ``message.refusal`` of an ``unanswerable`` answer, from its scope verdict
     (``score``, ``threshold``, ``part``, ``scene``): what a person reading it needs to act."""
     what = {
@@ -212,8 +198,8 @@ def refusal_text(scope: Mapping[str, Any]) -> str:
     }.get(str(scope.get("part")), "the input is out of this model's scope")
     about = f", the question is about a {scope['scene']} scene" if scope.get("scene") else ""
     return (
-        f"unanswerable: {what}; out-of-scope score {float(scope.get('score', 0)):.2f} >= "
-        f"{float(scope.get('threshold', 1)):.2f} ({scope.get('part')} part{about})"
+        f"unanswerable: {what}; out-of-scope score {_num(scope.get('score'), 0.0):.2f} >= "
+        f"{_num(scope.get('threshold'), 1.0):.2f} ({scope.get('part')} part{about})"
     )
 
 
@@ -229,7 +215,9 @@ def logprobs_json(tokens: Sequence[TokenLogprob] | None) -> dict[str, object] | 
     ], "refusal": None}  # fmt: skip
 
 
-def answer_message(text: str, verdict: str, scope: Mapping[str, Any] | None) -> dict[str, Any]:
+def answer_message(
+    text: str, verdict: str, scope: Mapping[str, object] | None
+) -> dict[str, object]:
     """The ``choices[0].message`` of a chat completion: the answer, or for the verdict
     ``unanswerable`` OpenAI's refusal shape (``content`` null, ``refusal`` says why), which
     the stock ``openai`` client exposes as ``message.refusal``."""

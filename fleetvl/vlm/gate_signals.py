@@ -11,13 +11,22 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 
 from fleetvl.vlm.gate import Probe
 
-__all__ = ["TOKEN_SIGNALS", "HiddenProbe", "auroc", "token_signal"]
+__all__ = ["TOKEN_SIGNALS", "HiddenProbe", "HiddenProbeDict", "auroc", "token_signal"]
+
+
+class HiddenProbeDict(TypedDict):
+    """The JSON form of a :class:`HiddenProbe`."""
+
+    mean: list[float]
+    std: list[float]
+    weight: list[float]
+    bias: float
 
 # name -> score from an AnswerConfidence dict; entropies are negated so higher = surer.
 TOKEN_SIGNALS: dict[str, Callable[[Mapping[str, float]], float]] = {
@@ -143,7 +152,7 @@ class HiddenProbe:
         w = self.weight / self.std
         return Probe(tuple(float(v) for v in w), float(self.bias - np.dot(w, self.mean)))
 
-    def to_dict(self) -> dict[str, object]:
+    def to_dict(self) -> HiddenProbeDict:
         return {
             "mean": self.mean.tolist(),
             "std": self.std.tolist(),
@@ -152,7 +161,7 @@ class HiddenProbe:
         }
 
     @classmethod
-    def from_dict(cls, d: Mapping[str, Any]) -> HiddenProbe:
+    def from_dict(cls, d: HiddenProbeDict) -> HiddenProbe:
         return cls(
             mean=np.asarray(d["mean"]),
             std=np.asarray(d["std"]),

@@ -17,9 +17,8 @@ import json
 import math
 import time
 import warnings
-from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TypedDict
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -31,6 +30,7 @@ __all__ = [
     "ImageConfig",
     "ImageInput",
     "PreprocessedImage",
+    "PreprocessorConfig",
     "decode_image",
     "prepare_image",
     "preprocess",
@@ -42,6 +42,20 @@ OPENAI_CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 ALLOWED_FORMATS = ("PNG", "JPEG", "WEBP", "BMP", "GIF")
 
 
+class PreprocessorConfig(TypedDict, total=False):
+    """The keys of a Hugging Face ``preprocessor_config.json`` read here (others are ignored);
+    ``size``: ``shortest_edge`` / ``longest_edge`` in pixels (the newer convention)."""
+
+    size: dict[str, int]
+    min_pixels: int
+    max_pixels: int
+    patch_size: int
+    temporal_patch_size: int
+    merge_size: int
+    image_mean: list[float]
+    image_std: list[float]
+
+
 @dataclass(frozen=True)
 class ImageConfig:
     """Preprocessing settings; part of every image digest and of the bundle digest."""
@@ -51,8 +65,8 @@ class ImageConfig:
     patch_size: int = 14
     temporal_patch_size: int = 2
     merge_size: int = 2
-    image_mean: tuple[float, float, float] = OPENAI_CLIP_MEAN
-    image_std: tuple[float, float, float] = OPENAI_CLIP_STD
+    image_mean: tuple[float, ...] = OPENAI_CLIP_MEAN  # per RGB channel
+    image_std: tuple[float, ...] = OPENAI_CLIP_STD
     # Refuse to decode anything larger: the decompression-bomb guard.
     max_input_pixels: int = 40_000_000
 
@@ -65,7 +79,7 @@ class ImageConfig:
         return 3 * self.temporal_patch_size * self.patch_size * self.patch_size
 
     @classmethod
-    def from_preprocessor_config(cls, cfg: Mapping[str, Any]) -> ImageConfig:
+    def from_preprocessor_config(cls, cfg: PreprocessorConfig) -> ImageConfig:
         """Read a Hugging Face ``preprocessor_config.json`` dict (either size convention)."""
         size = cfg.get("size") or {}
         min_pixels = cfg.get("min_pixels", size.get("shortest_edge", cls.min_pixels))
@@ -235,7 +249,7 @@ ImageInput = bytes | bytearray | Image.Image | np.ndarray | PreprocessedImage
 
 
 def prepare_image(image: ImageInput, cfg: ImageConfig) -> PreprocessedImage:
-    """Any image an engine accepts, preprocessed; bytes are untrusted (see
+    """An image of any kind an engine accepts, preprocessed; bytes are untrusted (see
     :func:`decode_image`), and an already preprocessed image is passed through."""
     if isinstance(image, PreprocessedImage):
         return image

@@ -13,14 +13,14 @@ import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TypedDict, TypeVar
 
 import numpy as np
 from jinja2.sandbox import ImmutableSandboxedEnvironment
 from tokenizers import Tokenizer
 
 from fleetvl.errors import BundleError, PromptError
-from fleetvl.vlm.image import ImageConfig, PreprocessedImage
+from fleetvl.vlm.image import ImageConfig, PreprocessedImage, PreprocessorConfig
 
 __all__ = ["Prompt", "QwenVLProcessor"]
 
@@ -37,10 +37,29 @@ class Prompt:
         return int(self.input_ids.shape[0])
 
 
-def _read_json(path: Path) -> dict[str, Any]:
-    """A Hugging Face JSON config: arbitrary keys, read field by field by the caller."""
+_Config = TypeVar("_Config")
+
+
+class _TokenizerConfig(TypedDict, total=False):
+    chat_template: str
+
+
+class _TextConfig(TypedDict, total=False):
+    eos_token_id: int | list[int]
+    max_position_embeddings: int
+
+
+class _ModelConfig(_TextConfig, total=False):
+    image_token_id: int
+    vision_start_token_id: int
+    text_config: _TextConfig
+
+
+def _read_json(path: Path, shape: type[_Config]) -> _Config:
+    """A Hugging Face JSON config, as ``shape`` describes the keys the caller reads (read field
+    by field and converted by the caller; the file is not checked against it)."""
     try:
-        data: dict[str, Any] = json.loads(path.read_text())
+        data: _Config = json.loads(path.read_text())
         return data
     except FileNotFoundError:
         raise BundleError(f"missing {path.name} in {path.parent}") from None
@@ -61,7 +80,7 @@ class QwenVLProcessor:
             self.tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
         except Exception as exc:  # tokenizers raises plain Exception subclasses
             raise BundleError(f"cannot load tokenizer.json from {d}: {exc}") from None
-        tok_cfg = _read_json(d / "tokenizer_config.json")
+        tok_cfg = _read_json(d / "tokenizer_config.json", _TokenizerConfig)
         template_file = d / "chat_template.jinja"
         template = (
             template_file.read_text() if template_file.exists() else tok_cfg.get("chat_template")
@@ -75,14 +94,17 @@ class QwenVLProcessor:
         env.globals["raise_exception"] = _raise_template_error
         self._template = env.from_string(template)
         self.image_config = ImageConfig.from_preprocessor_config(
-            _read_json(d / "preprocessor_config.json")
+            _read_json(d / "preprocessor_config.json", PreprocessorConfig)
         )
-        cfg = _read_json(d / "config.json")
+        cfg = _read_json(d / "config.json", _ModelConfig)
         self.image_token_id = int(cfg["image_token_id"])
         self.vision_start_token_id = int(cfg["vision_start_token_id"])
         text_cfg = cfg.get("text_config", cfg)
         eos = text_cfg.get("eos_token_id", cfg.get("eos_token_id"))
-        self.eos_token_ids: tuple[int, ...] = tuple(eos if isinstance(eos, list) else [eos])
+        # A config without eos_token_id adds none (no token id is None).
+        self.eos_token_ids: tuple[int, ...] = tuple(
+            eos if isinstance(eos, list) else [] if eos is None else [eos]
+        )
         im_end = self.tokenizer.token_to_id("<|im_end|>")
         endoftext = self.tokenizer.token_to_id("<|endoftext|>")
         extra = tuple(t for t in (im_end, endoftext) if t is not None)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -66,7 +65,7 @@ class Sample:
     answer: str
     difficulty: Difficulty
     image: Image.Image
-    params: dict[str, Any] = field(default_factory=dict)
+    params: dict[str, object] = field(default_factory=dict)
     fault: Fault | None = None  # a camera fault applied to the image (faults.py)
 
     @property
@@ -74,7 +73,7 @@ class Sample:
         """Whether ``answer`` can still be read from ``image`` (False under a severe fault)."""
         return self.fault is None or self.fault.answerable
 
-    def record(self, image_path: str) -> dict[str, Any]:
+    def record(self, image_path: str) -> dict[str, object]:
         """The JSONL line of this sample (the format ``fleetvl calibrate`` reads)."""
         return {
             "id": self.id,

@@ -9,18 +9,41 @@ every agent already running what it assigns (no downloads); declared rollouts ar
 from __future__ import annotations
 
 import copy
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import yaml
 
 from fleetvl_tools.launch.config import UpConfig
 
-__all__ = ["MODEL", "FleetPlan", "SitePlan", "plan_fleet"]
+__all__ = ["MODEL", "FleetPlan", "FleetSpecFile", "SitePlan", "plan_fleet"]
 
 MODEL = "fleet-demo"
 ROOT = Path(__file__).resolve().parents[2]
+
+
+class SpecSite(TypedDict):
+    id: str
+    tenant: str
+    kind: NotRequired[str]
+    policy: NotRequired[dict[str, object] | None]
+
+
+class SpecTenant(TypedDict, total=False):
+    policy: dict[str, object] | None
+
+
+class FleetSpecFile(TypedDict):
+    """The parts of a fleet spec file (``controller.spec``) the plan reads or rewrites; the
+    rest is passed through as written."""
+
+    sites: list[SpecSite]
+    tenants: dict[str, SpecTenant]
+    global_policy: NotRequired[dict[str, object] | None]
+    bundles: NotRequired[Mapping[str, Mapping[str, object]]]
+    rollouts: NotRequired[list[object]]
 
 
 @dataclass(frozen=True)
@@ -29,7 +52,7 @@ class SitePlan:
     tenant: str
     kind: str
     port: int
-    config: dict[str, Any]
+    config: dict[str, object]  # the site agent's config file
 
     @property
     def url(self) -> str:
@@ -38,10 +61,10 @@ class SitePlan:
 
 @dataclass(frozen=True)
 class FleetPlan:
-    spec: dict[str, Any]
-    router: dict[str, Any]
-    controller: dict[str, Any]
-    serve: dict[str, Any]
+    spec: FleetSpecFile
+    router: dict[str, object]
+    controller: dict[str, object]
+    serve: dict[str, object]
     sites: list[SitePlan]
     keys: dict[str, str]  # tenant -> demo API key
     trained: bool = True  # the trained fleet models (False: the random-weight fallback)
@@ -55,7 +78,7 @@ class FleetPlan:
             (self.spec["tenants"].get(site.tenant) or {}).get("policy") or {},
             next(s for s in self.spec["sites"] if s["id"] == site.id).get("policy") or {},
         ]
-        found = [lv["residency"] for lv in levels if lv.get("residency")]
+        found = [r for lv in levels if isinstance(r := lv.get("residency"), str) and r]
         return max(found, key=order.index) if found else "prefer_edge"  # fmt: skip
 
     def write(self, run_dir: Path) -> dict[str, Path]:
@@ -75,9 +98,9 @@ class FleetPlan:
         return files
 
 
-def _run_spec(raw: dict[str, Any], digest: str, bars: dict[str, float]) -> dict[str, Any]:
+def _run_spec(raw: FleetSpecFile, digest: str, bars: dict[str, float]) -> FleetSpecFile:
     spec = copy.deepcopy(raw)
-    spec["bundles"] = {name: {"digest": digest} for name in raw.get("bundles") or {"demo": 0}}
+    spec["bundles"] = {name: {"digest": digest} for name in raw.get("bundles") or ("demo",)}
     spec.pop("rollouts", None)
     for site in spec["sites"]:
         bar = bars.get(site["id"])
@@ -100,7 +123,7 @@ def plan_fleet(cfg: UpConfig, redis_url: str, hf_dir: Path, bundle_dir: Path, di
         raise ValueError(f"up config: no api_keys entry for tenant(s) {', '.join(missing)}")
     keys = {t: by_tenant[t] for t in tenants}
     p = cfg.port
-    router = {
+    router: dict[str, object] = {
         "http_host": "127.0.0.1", "http_port": p("router_http"),
         "grpc_host": "127.0.0.1", "grpc_port": p("router_grpc"),
         "api_keys": dict(cfg.api_keys), "redis_url": redis_url,
@@ -116,7 +139,7 @@ def plan_fleet(cfg: UpConfig, redis_url: str, hf_dir: Path, bundle_dir: Path, di
               for s in spec["sites"]),
         ],
     }  # fmt: skip
-    controller = {
+    controller: dict[str, object] = {
         "http_host": "127.0.0.1", "http_port": p("controller_http"),
         "grpc_host": "127.0.0.1", "grpc_port": p("controller_grpc"),
         "redis_url": redis_url, "namespace": f"up-{cfg.base_port}",
@@ -140,7 +163,7 @@ def plan_fleet(cfg: UpConfig, redis_url: str, hf_dir: Path, bundle_dir: Path, di
     sites = []
     for i, s in enumerate(spec["sites"]):
         tenant = spec["tenants"][s["tenant"]]
-        site_cfg = {
+        site_cfg: dict[str, object] = {
             "site": s["id"], "tenant": s["tenant"], "model": MODEL, "bundle": str(bundle_dir),
             "engines": cfg.agent.engines, "intra_op_threads": cfg.agent.intra_op_threads,
             "http_host": "127.0.0.1", "http_port": p("agents", i),

@@ -7,13 +7,18 @@ import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 from fleetvl.errors import FleetVLError
 from fleetvl_tools.launch.config import UpConfig
-from fleetvl_tools.launch.report import print_report, summarize
+from fleetvl_tools.launch.report import DemoSummary, print_report, summarize
 from fleetvl_tools.launch.stack import Stack, endpoints_path, running_stack
-from fleetvl_tools.launch.workload import Outcome, plan_workload, run_workload, send
+from fleetvl_tools.launch.workload import (
+    Endpoints,
+    Outcome,
+    plan_workload,
+    run_workload,
+    send,
+)
 
 __all__ = ["run_demo", "run_up"]
 
@@ -31,8 +36,8 @@ def _progress(say: Callable[[str], None]) -> Callable[[int, int, Outcome], None]
     return show
 
 
-def run_demo(endpoints: dict[str, Any], say: Callable[[str], None], json_path: Path | None = None,
-             per_site: int = 6, burst: int = 12) -> dict[str, Any]:  # fmt: skip
+def run_demo(endpoints: Endpoints, say: Callable[[str], None], json_path: Path | None = None,
+             per_site: int = 6, burst: int = 12) -> DemoSummary:  # fmt: skip
     """Drive the mixed workload through the agents and the router; print and return the report.
 
     Raises:
@@ -122,7 +127,7 @@ def run_up(cfg: UpConfig, say: Callable[[str], None], *, demo: bool = False,
         return 0
 
 
-def demo_endpoints(cfg: UpConfig) -> dict[str, Any]:
+def demo_endpoints(cfg: UpConfig) -> Endpoints:
     path = endpoints_path(cfg)
     if not path.exists():
         raise FleetVLError(f"no running fleet ({path} is missing): start `fleetvl up` first, "

@@ -6,23 +6,52 @@ from __future__ import annotations
 
 from collections import Counter
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import NotRequired, TypedDict
 
 import numpy as np
 
 from fleetvl_tools.launch.workload import Outcome
 
-__all__ = ["accuracy_line", "format_report", "print_report", "summarize"]
+__all__ = ["DemoSummary", "Summary", "accuracy_line", "format_report", "print_report",
+           "summarize"]  # fmt: skip
 
 
-def _accuracy(outs: Sequence[Outcome]) -> dict[str, Any]:
+class Accuracy(TypedDict):
+    graded: int
+    correct: int
+    accuracy: float | None
+
+
+class Summary(Accuracy):
+    """One site's requests, or all of them."""
+
+    requests: int
+    answered: int
+    served_by: dict[str, int]  # edge | cloud | cache -> answers
+    escalated: int
+    escalation_rate: float | None
+    latency_p50_ms: float | None
+    latency_p95_ms: float | None
+    sla_met: int
+    sla_attainment: float | None
+    refused: dict[str, int]  # "status reason" -> requests
+    accuracy_by: dict[str, Accuracy]
+
+
+class DemoSummary(TypedDict):
+    sites: dict[str, Summary]
+    overall: Summary
+    wall_s: NotRequired[float]  # set by run_demo
+
+
+def _accuracy(outs: Sequence[Outcome]) -> Accuracy:
     graded = [o.correct for o in outs if o.correct is not None]
     right = sum(graded)
     return {"graded": len(graded), "correct": right,
             "accuracy": right / len(graded) if graded else None}  # fmt: skip
 
 
-def _summary(outs: Sequence[Outcome]) -> dict[str, Any]:
+def _summary(outs: Sequence[Outcome]) -> Summary:
     answered = [o for o in outs if o.answered]
     lat = np.array([o.latency_s * 1000 for o in answered]) if answered else np.array([])
     from_agent = [o for o in answered if o.req.via == "agent"]
@@ -46,7 +75,7 @@ def _summary(outs: Sequence[Outcome]) -> dict[str, Any]:
     }  # fmt: skip
 
 
-def summarize(outs: Sequence[Outcome], sites: Sequence[str]) -> dict[str, Any]:
+def summarize(outs: Sequence[Outcome], sites: Sequence[str]) -> DemoSummary:
     return {
         "sites": {s: _summary([o for o in outs if o.req.site == s]) for s in sites},
         "overall": _summary(outs),
@@ -61,7 +90,7 @@ def _ms(v: float | None) -> str:
     return "-" if v is None else f"{v:.0f}"
 
 
-def format_report(summary: dict[str, Any], residency: dict[str, str]) -> list[str]:
+def format_report(summary: DemoSummary, residency: dict[str, str]) -> list[str]:
     head = (f"{'site':<16} {'residency':<12} {'req':>4} {'ok':>4} {'edge':>5} {'cloud':>5} "
             f"{'cache':>5} {'escal.':>7} {'p50 ms':>7} {'p95 ms':>7} {'SLA':>5} "
             f"{'acc.':>5}")  # fmt: skip
@@ -86,7 +115,7 @@ def format_report(summary: dict[str, Any], residency: dict[str, str]) -> list[st
     return lines
 
 
-def accuracy_line(s: dict[str, Any]) -> str:
+def accuracy_line(s: Summary) -> str:
     """Exact-answer accuracy overall and by who served the answer."""
     if not s["graded"]:
         return "accuracy: n/a (no graded answers: the random-weight fallback model)"
@@ -98,7 +127,7 @@ def accuracy_line(s: dict[str, Any]) -> str:
     )
 
 
-def print_report(summary: dict[str, Any], residency: dict[str, str],
+def print_report(summary: DemoSummary, residency: dict[str, str],
                  say: Callable[[str], None]) -> None:  # fmt: skip
     for line in format_report(summary, residency):
         say(line)

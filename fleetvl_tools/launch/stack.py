@@ -16,8 +16,9 @@ from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import Any
+from typing import IO
 
+from fleetvl.config_files import JsonObject
 from fleetvl_tools.launch.artifacts import DemoArtifacts, prepare_for
 from fleetvl_tools.launch.config import UpConfig
 from fleetvl_tools.launch.configs import MODEL, FleetPlan, plan_fleet
@@ -30,6 +31,7 @@ from fleetvl_tools.launch.procs import (
     venv_bin,
     wait_for,
 )
+from fleetvl_tools.launch.workload import Endpoints
 
 __all__ = ["Stack", "endpoints_path", "running_stack"]
 
@@ -46,7 +48,8 @@ def _uplink_up(agent_url: str) -> Callable[[], bool]:
     return lambda: http_json(agent_url + "/healthz")["uplink"] == "up"
 
 
-def http_json(url: str, token: str | None = None, timeout: float = 5.0) -> Any:
+def http_json(url: str, token: str | None = None, timeout: float = 5.0) -> JsonObject:
+    """The JSON object a loopback service answers ``url`` with."""
     req = urllib.request.Request(url)
     if token:
         req.add_header("Authorization", f"Bearer {token}")
@@ -92,7 +95,7 @@ class Stack:
     artifacts: DemoArtifacts | None = None
     redis_url: str = ""
     timings: dict[str, float] = field(default_factory=dict)
-    _lock: Any = field(default=None, init=False, repr=False)
+    _lock: IO[str] | None = field(default=None, init=False, repr=False)
     _ray_tmp: Path | None = field(default=None, init=False, repr=False)
 
     def __post_init__(self) -> None:
@@ -221,13 +224,17 @@ class Stack:
                 "this one its own run_dir (and ports) in a copy of the config"
             ) from None
 
-    def _ready(self, what: str, check: Callable[[], Any], child: Child, timeout: float) -> None:
+    def _ready(self, what: str, check: Callable[[], object], child: Child, timeout: float) -> None:
         wait_for(check, timeout, what, child.check_alive)
         self._step(f"ready: {what}")
 
     def _all_healthy(self) -> bool:
-        st = self.status()
-        return bool(st["sites"]) and all(s["healthy"] for s in st["sites"])
+        sites = self.status()["sites"]
+        return (
+            isinstance(sites, list)
+            and bool(sites)
+            and all(isinstance(s, dict) and s["healthy"] for s in sites)
+        )
 
     def _start_redis(self) -> None:
         cfg = self.cfg
@@ -257,11 +264,11 @@ class Stack:
 
     # -- while running ----------------------------------------------------------------------
 
-    def status(self) -> dict[str, Any]:
+    def status(self) -> JsonObject:
         url = f"http://127.0.0.1:{self.cfg.port('controller_http')}/api/status"
         return http_json(url, self.cfg.admin_token)
 
-    def endpoints(self) -> dict[str, Any]:
+    def endpoints(self) -> Endpoints:
         cfg, p = self.cfg, self.plan
         assert p is not None
         ctl = f"http://127.0.0.1:{cfg.port('controller_http')}"

@@ -16,13 +16,46 @@ import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import NotRequired, TypedDict
 
 from fleetvl.answers import answer_matches
 from fleetvl_tools.launch.images import gauge_png, png_bytes, shelf_png
 
 __all__ = ["Outcome", "Planned", "plan_workload", "repeats_of", "run_workload",
            "send"]  # fmt: skip
+
+
+class SiteEndpoint(TypedDict):
+    """A site of the running fleet, as ``endpoints.json`` lists it."""
+
+    id: str
+    tenant: str
+    kind: str
+    url: str
+    residency: str
+    min_confidence: float | None
+
+
+class Endpoints(TypedDict):
+    """``endpoints.json``: where the running fleet's services listen (``fleetvl up``)."""
+
+    model: str
+    trained: bool
+    base_port: int
+    redis_url: str
+    router_http: str
+    router_grpc: str
+    controller_http: str
+    controller_grpc: str
+    status_page: str
+    admin_token: str
+    cloud_worker_grpc: str
+    ray_gcs: str
+    api_keys: dict[str, str]  # tenant -> demo API key
+    sites: list[SiteEndpoint]
+    pids: dict[str, int | None]
+    logs: str
+    timings: NotRequired[dict[str, float]]  # in the published file
 
 FLEET_SEED = 9  # the demo's fleet questions: samples of the test split drawn with this seed
 FLEET_MAX_TOKENS = 8  # the longest answer ("closed", "normal", three digits) and its end token
@@ -110,7 +143,7 @@ def fleet_question(kind: str, i: int) -> Question:
     return Question(png_bytes(sample.image), sample.question, sample.answer, sample.task)
 
 
-def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 12,
+def plan_workload(sites: list[SiteEndpoint], per_site: int = 6, burst: int = 12,
                   run_seed: int | None = None,
                   fleet_questions: bool = False) -> list[list[Planned]]:  # fmt: skip
     """Phases run one after another; requests inside a phase run concurrently.
@@ -122,7 +155,7 @@ def plan_workload(sites: list[dict[str, Any]], per_site: int = 6, burst: int = 1
     generator's questions with their expected answers (the trained models), else drawings."""
     n = 0
 
-    def ask(s: dict[str, Any], via: str, kind: str, sla: dict[str, str | int] | None = None,
+    def ask(s: SiteEndpoint, via: str, kind: str, sla: dict[str, str | int] | None = None,
             i: int | None = None) -> Planned:  # fmt: skip
         nonlocal n
         if i is None:
@@ -180,7 +213,7 @@ def _data_url(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode()
 
 
-def send(p: Planned, endpoints: dict[str, Any], timeout: float = 60.0) -> Outcome:
+def send(p: Planned, endpoints: Endpoints, timeout: float = 60.0) -> Outcome:
     """One request with the stock ``openai`` client; refusals become outcomes with a reason."""
     import openai
 
@@ -219,7 +252,7 @@ def send(p: Planned, endpoints: dict[str, Any], timeout: float = 60.0) -> Outcom
     )  # fmt: skip
 
 
-def run_workload(phases: list[list[Planned]], endpoints: dict[str, Any],
+def run_workload(phases: list[list[Planned]], endpoints: Endpoints,
                  progress: Callable[[int, int, Outcome], None],
                  concurrency: int = 4) -> list[Outcome]:  # fmt: skip
     total = sum(len(ph) for ph in phases)

@@ -9,7 +9,7 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import NotRequired, TypedDict
 
 import numpy as np
 import torch
@@ -19,6 +19,20 @@ from fleetvl_tools.training.data import IGNORE, FleetSet, patchify
 
 __all__ = ["TrainConfig", "Trainer", "exact_match"]
 
+
+
+class TrainState(TypedDict):
+    """What :meth:`Trainer.save` writes (``val_curve`` and ``steps``: absent from older
+    states)."""
+
+    model: dict[str, torch.Tensor]
+    opt: dict[str, object]
+    step: int
+    losses: list[float]
+    val_curve: NotRequired[list[tuple[int, float]]]
+    rng: dict[str, object]
+    config: dict[str, object]
+    steps: NotRequired[int]
 
 
 class ModelInputs(TypedDict, total=False):
@@ -226,14 +240,14 @@ class Trainer:
         """Resume from ``state_path`` if it exists; returns whether it did."""
         if not self.state_path.exists():
             return False
-        state: dict[str, Any] = torch.load(
+        state: TrainState = torch.load(
             self.state_path, map_location=self.device, weights_only=False
         )
         self.model.load_state_dict(state["model"])
         self.opt.load_state_dict(state["opt"])
         self.step = int(state["step"])
         self.losses = list(state["losses"])
-        self.val_curve = [tuple(x) for x in state.get("val_curve", [])]
+        self.val_curve = [(step, loss) for step, loss in state.get("val_curve", [])]
         self.rng.bit_generator.state = state["rng"]
         # A budget-cut total is part of the run: resuming keeps its schedule.
         self.cfg.steps = min(self.cfg.steps, int(state.get("steps", self.cfg.steps)))

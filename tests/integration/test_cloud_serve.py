@@ -204,3 +204,16 @@ def test_repeated_greedy_requests_are_answered_from_the_response_cache(cloud: st
     sampled.sampling.temperature = 0.8
     served = {asyncio.run(_collect(cloud, sampled))[-1].final.served_by for _ in range(2)}
     assert served == {"cloud"}  # fresh randomness was asked for: never replayed
+    # cache: read reuses what is stored and stores nothing.
+    private = _request(max_tokens=6)
+    private.messages[0].content[0].text += " (read only)"
+    private.sla.cache = "read"
+    served = set()
+    for _ in range(3):
+        served.add(asyncio.run(_collect(cloud, private))[-1].final.served_by)
+        time.sleep(0.3)  # time for a write, had there been one
+    assert served == {"cloud"}
+    reader = pb.GenerateRequest()
+    reader.CopyFrom(req)
+    reader.sla.cache = "read"
+    assert asyncio.run(_collect(cloud, reader))[-1].final.served_by == "cache"  # and reads
