@@ -67,6 +67,8 @@ class Forwarder:
         for rid in self.spool.expire():
             metrics.SPOOL_DELIVERIES.labels("expired").inc()
             log.warning("spooled request %s expired before the uplink returned", rid)
+        # Finished rows stay pollable for keep_s, then go: the file does not grow forever.
+        self.spool.purge()
         counts = self.spool.counts()
         metrics.SPOOL_PENDING.set(counts.get("pending", 0))
         metrics.SPOOL_BYTES.set(self.spool.pending_bytes())

@@ -45,3 +45,27 @@ def test_rows_survive_reopening_and_expire_by_ttl(tmp_path: Path) -> None:
     assert s.due() == []
     clock.t += 6
     assert [e.attempts for e in s.due()] == [1]
+
+
+def test_the_forwarder_forgets_finished_answers_after_keep_s(tmp_path: Path) -> None:
+    """Answers stay pollable for keep_s after they finished, then the forwarder's next pass
+    deletes them (a pending row is kept however old it is)."""
+    import asyncio
+
+    from edge_agent.agent.config import SpoolConfig
+    from edge_agent.agent.forwarder import Forwarder
+
+    clock = Clock()
+    s = Spool(tmp_path / "s.db", 10_000, keep_s=60, clock=clock)
+    s.put("done", "t", b"p", 10_000, {})
+    s.put("waiting", "t", b"p", 10_000, {})
+    assert s.complete("done", {"answer": 1})
+    f = Forwarder(s, None, SpoolConfig(path=tmp_path / "s.db"), lambda: False,  # link down
+                  asyncio.Event())  # fmt: skip
+    clock.t += 30
+    f._tick()
+    assert s.get("done").result == {"answer": 1}
+    clock.t += 31
+    f._tick()
+    assert s.get("done") is None
+    assert s.get("waiting") is not None
