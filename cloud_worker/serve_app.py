@@ -19,6 +19,7 @@ request ends with one JSON log line (``fleetvl.cloud``) that names its verdict.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import json
 import logging
@@ -35,6 +36,7 @@ from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol.convert import logprob_message, scope_message
 from fleetvl.protocol.request import ChatRequest, RequestLimits
 from fleetvl.sampling import CancelToken, SamplingParams
+from fleetvl.threaded_stream import stream_in_thread
 from fleetvl.vlm.scope import ScopeScore
 
 __all__ = ["VLMWorker", "build_app"]
@@ -132,11 +134,9 @@ class VLMWorker:
         cancel = CancelToken()
         events = self.engine.submit(prompt, params, rank=rank, cancel=cancel)
         t0 = time.monotonic()
-        try:
-            while True:
-                ev = await asyncio.to_thread(next, events, None)
-                if ev is None:
-                    return
+        # Leaving early (the caller went away, the deadline passed) cancels: the slot frees.
+        async with contextlib.aclosing(stream_in_thread(lambda: events, cancel)) as stream:
+            async for ev in stream:
                 if isinstance(ev, StreamEvent):
                     prob = ev.confidence.prob if ev.confidence else None
                     yield pb.GenerateChunk(delta=pb.Delta(
@@ -164,8 +164,6 @@ class VLMWorker:
                             "confidence": ev.confidence.as_dict(),
                         })  # fmt: skip
                     return
-        finally:
-            cancel.cancel()  # the caller went away or the deadline passed: free the slot
 
     def _response_key(self, request: pb.GenerateRequest, params: SamplingParams) -> str | None:
         """Response-cache key of a deterministic request whose policy allows the cache."""

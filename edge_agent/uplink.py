@@ -9,6 +9,7 @@ exponential backoff and jitter; mTLS when certificates are given.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import random
 import threading
@@ -200,8 +201,9 @@ def engine_handler(engine: Any, signal: str = "mean_logprob") -> Handler:
                 timings=pb.Timings(ttft_ms=r.timings.ttft_s * 1000),
             ))  # fmt: skip
 
-        async with lock:  # one request at a time per engine
-            async for chunk in stream_in_thread(chunks, token):
+        # One request at a time per engine.
+        async with lock, contextlib.aclosing(stream_in_thread(chunks, token)) as stream:
+            async for chunk in stream:
                 yield chunk
 
     return handle

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, Callable, Iterator
 from typing import TypeVar
 
 from fleetvl.sampling import CancelToken
@@ -26,9 +26,12 @@ class _End:
 
 async def stream_in_thread(
     produce: Callable[[], Iterator[T]], cancel: CancelToken
-) -> AsyncIterator[T]:
+) -> AsyncGenerator[T, None]:
     """Yield what ``produce()`` yields, iterated in a worker thread; its exceptions are
-    raised here. Leaving early cancels ``cancel`` and waits for the thread."""
+    raised here. Leaving early cancels ``cancel`` and waits for the thread — once the
+    generator is closed, so iterate it under ``contextlib.aclosing`` (an async generator left
+    by ``break``, ``return`` or an exception is otherwise closed only when collected, and the
+    engine would be reused while its thread still runs)."""
     loop = asyncio.get_running_loop()
     items: asyncio.Queue[T | BaseException | _End] = asyncio.Queue()
 

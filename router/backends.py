@@ -13,6 +13,7 @@ one :class:`Final`. ``kind`` is what residency checks: ``cloud`` backends never 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
@@ -162,8 +163,9 @@ class EngineBackend:
         try:
             # Leaving early (the caller went away, the deadline passed) stops the engine at
             # its next step; the engine goes back to the pool once its thread is done.
-            async for ev in stream_in_thread(events, token):
-                yield ev
+            async with contextlib.aclosing(stream_in_thread(events, token)) as stream:
+                async for ev in stream:
+                    yield ev
         finally:
             pool.put_nowait(engine)
 
