@@ -151,12 +151,9 @@ class BodyLimit:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
-        too_large = error_json(413, "invalid_request_error",
-                               f"body is over the {self.limit}-byte limit",
-                               code="payload_too_large")  # fmt: skip
         declared = dict(scope.get("headers") or []).get(b"content-length")
         if declared is not None and declared.isdigit() and int(declared) > self.limit:
-            return await too_large(scope, receive, send)
+            return await self._too_large()(scope, receive, send)
         seen = 0
 
         async def limited() -> Message:
@@ -171,7 +168,12 @@ class BodyLimit:
         try:
             return await self.app(scope, limited, send)
         except _TooLarge:
-            return await too_large(scope, receive, send)
+            return await self._too_large()(scope, receive, send)
+
+    def _too_large(self) -> JSONResponse:
+        return error_json(413, "invalid_request_error",
+                          f"body is over the {self.limit}-byte limit",
+                          code="payload_too_large")  # fmt: skip
 
 
 class _TooLarge(Exception):

@@ -154,11 +154,11 @@ class ChatRequest:
                 for p in m.content if isinstance(p, ImageUrlPart)]  # fmt: skip
         if len(urls) > limits.max_images:
             raise TooManyImages(len(urls), limits.max_images)
-        texts: list[str] = []
+        chars = 0
         messages: list[Turn] = []
         for m in body.messages:
             if isinstance(m.content, str):
-                texts.append(m.content)
+                chars += len(m.content)
                 messages.append({"role": m.role, "content": [{"type": "text", "text": m.content}]})
                 continue
             parts: list[dict[str, str]] = []
@@ -166,10 +166,9 @@ class ChatRequest:
                 if isinstance(p, ImageUrlPart):
                     parts.append({"type": "image"})
                 else:
-                    texts.append(p.text)
+                    chars += len(p.text)
                     parts.append({"type": "text", "text": p.text})
             messages.append({"role": m.role, "content": parts})
-        chars = sum(len(t) for t in texts)
         _fits(limits, chars, len(messages), 0)
         images = [_image(parse_data_url(u, limits.max_image_bytes), limits, decode) for u in urls]
         _fits(limits, chars, len(messages), sum(i.tokens for i in images))
