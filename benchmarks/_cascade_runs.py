@@ -108,6 +108,31 @@ def export_bundles(hf: Path, precisions: list[str], cache: Path) -> dict[str, Pa
     return out
 
 
+def calibrated_bundle(bundle: Path, n: int, cache: Path, max_tokens: int = 8) -> Path:
+    """A copy of ``bundle`` calibrated as a site calibrates it, on ``n`` questions of the calib
+    split (a fifth through a mild camera fault), cached by the bundle and the code that
+    calibrates it."""
+    import shutil
+
+    from edge_agent.calibrate import calibrate_bundle
+    from fleetvl_tools.fleetdata import write_split
+    from fleetvl_tools.launch.artifacts import calibration_key
+
+    key = calibration_key(bundle)
+    out = cache / f"{bundle.parent.name}-{bundle.name}-calib{n}-{key}"
+    if (out / "calibration.json").exists():
+        return out
+    data = cache / f"calib-data-{n}-{key}"
+    if not (data / "calib.jsonl").exists():
+        print(f"writing {n} calibration questions", flush=True)
+        write_split(data, "calib", n, faults=0.2)
+    shutil.rmtree(out, ignore_errors=True)
+    shutil.copytree(bundle, out)
+    print(f"calibrating {out.name}", flush=True)
+    calibrate_bundle(out, data / "calib.jsonl", max_tokens=max_tokens, progress=print)
+    return out
+
+
 def quick_models(cache: Path) -> tuple[Path, Path]:
     """Under-trained fleet-edge and fleet-cloud (a few CPU steps): a real path, no accuracy."""
     from fleetvl_tools.training.train import _parser, train_model

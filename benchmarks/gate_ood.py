@@ -40,10 +40,15 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks import _ood_families as fam  # noqa: E402
 from benchmarks._artifacts import finite  # noqa: E402
-from benchmarks._cascade_runs import export_bundles, quick_models, run_cloud  # noqa: E402
+from benchmarks._cascade_runs import (  # noqa: E402
+    calibrated_bundle,
+    export_bundles,
+    quick_models,
+    run_cloud,
+)
 from fleetvl.answers import answer_matches  # noqa: E402
 from fleetvl.vlm.gate_signals import auroc  # noqa: E402
-from fleetvl_tools.fleetdata import Sample, write_split  # noqa: E402
+from fleetvl_tools.fleetdata import Sample  # noqa: E402
 from fleetvl_tools.fleetdata.faults import KINDS  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench" / "gate_ood"
@@ -55,29 +60,6 @@ def _png(img) -> bytes:  # noqa: ANN001 - a PIL image
     buf = io.BytesIO()
     img.save(buf, format="PNG")
     return buf.getvalue()
-
-
-def calibrated_bundle(bundle: Path, n: int, tag: str) -> Path:
-    """A copy of ``bundle`` calibrated on ``n`` questions of the calib split (cached by the
-    bundle and the code that calibrates it)."""
-    import shutil
-
-    from edge_agent.calibrate import calibrate_bundle
-    from fleetvl_tools.launch.artifacts import calibration_key
-
-    key = calibration_key(bundle)
-    out = CACHE / f"{bundle.parent.name}-{tag}-calib{n}-{key}"
-    if (out / "calibration.json").exists():
-        return out
-    data = CACHE / f"calib-data-{n}-{key}"
-    if not (data / "calib.jsonl").exists():
-        print(f"writing {n} calibration questions", flush=True)
-        write_split(data, "calib", n, faults=0.2)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(bundle, out)
-    print(f"calibrating {out.name}", flush=True)
-    calibrate_bundle(out, data / "calib.jsonl", max_tokens=MAX_TOKENS, progress=print)
-    return out
 
 
 class EdgeRun:
@@ -172,7 +154,8 @@ def main() -> int:
         edge_hf, cloud_hf = quick_models(CACHE)
     t_start = time.perf_counter()
     bundle = export_bundles(edge_hf, ["int4"], CACHE)["int4"]
-    edge = EdgeRun(calibrated_bundle(bundle, n_cal, "int4"), args.target, args.threads)
+    calibrated = calibrated_bundle(bundle, n_cal, CACHE, max_tokens=MAX_TOKENS)
+    edge = EdgeRun(calibrated, args.target, args.threads)
     sets = {"heldout": fam.in_scope("heldout", n_in, args.seed),
             "hard": fam.hard_mix(n_hard, args.seed)}  # fmt: skip
     res: dict = {"config": {"quick": q, "target_accuracy": args.target, "signal": SIGNAL,

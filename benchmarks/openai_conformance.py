@@ -38,7 +38,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks._cascade_runs import export_bundles, quick_models  # noqa: E402
+from benchmarks._cascade_runs import calibrated_bundle, export_bundles, quick_models  # noqa: E402
 from fleetvl_tools.fleetdata import generate  # noqa: E402
 
 CACHE = ROOT / ".cache" / "bench" / "openai_conformance"
@@ -287,27 +287,6 @@ def any_count() -> int:
     return n
 
 
-def _calibrated(bundle: Path, n: int = 200) -> Path:
-    """A copy of ``bundle`` calibrated as a site calibrates it, on a small calib split (the
-    agent then maps ``min_confidence`` 1.0 to "escalate everything")."""
-    import shutil
-
-    from edge_agent.calibrate import calibrate_bundle
-    from fleetvl_tools.fleetdata import write_split
-    from fleetvl_tools.launch.artifacts import calibration_key
-
-    out = CACHE / f"calibrated-{calibration_key(bundle)}"
-    if (out / "calibration.json").exists():
-        return out
-    data = CACHE / "calib-data"
-    write_split(data, "calib", n, faults=0.2)
-    shutil.rmtree(out, ignore_errors=True)
-    shutil.copytree(bundle, out)
-    print(f"calibrating the bundle on {n} questions", flush=True)
-    calibrate_bundle(out, data / "calib.jsonl", max_tokens=8, progress=print)
-    return out
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--quick", action="store_true", help="untrained models when none ship")
@@ -320,7 +299,9 @@ def main() -> int:
                   file=sys.stderr)  # fmt: skip
             return 2
         edge_hf, _ = quick_models(CACHE)
-    bundle = _calibrated(export_bundles(edge_hf, ["int4"], CACHE)["int4"])
+    # Calibrated as a site calibrates it (on a small calib split): the agent then maps
+    # min_confidence 1.0 to "escalate everything".
+    bundle = calibrated_bundle(export_bundles(edge_hf, ["int4"], CACHE)["int4"], 200, CACHE)
     t0 = time.perf_counter()
     with tempfile.TemporaryDirectory() as tmp_s:
         tmp = Path(tmp_s)

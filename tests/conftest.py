@@ -15,6 +15,8 @@ from pathlib import Path
 
 import pytest
 
+from fleetvl_tools.launch.artifacts import CALIBRATION_CODE
+
 ROOT = Path(__file__).resolve().parents[1]
 _PRODUCERS = [
     ROOT / "fleetvl_tools" / "presets.py",
@@ -108,15 +110,7 @@ def checkpoint_factory(artifacts: Path) -> Callable[[str], Path]:
 
 # The shipped fleet-edge model as a site runs it: the INT4 bundle, calibrated on questions of
 # the calib split (thresholds and the out-of-scope score). Keyed by the checkpoint too.
-_CALIBRATION_CODE = [
-    *sorted((ROOT / "fleetvl_tools" / "fleetdata").glob("*.py")),
-    ROOT / "fleetvl" / "vlm" / "scope.py",
-    ROOT / "fleetvl" / "vlm" / "camera.py",
-    ROOT / "fleetvl" / "vlm" / "calibration.py",
-    ROOT / "fleetvl" / "vlm" / "image.py",
-    ROOT / "edge_agent" / "calibrate.py",
-    ROOT / "models" / "fleet-edge" / "model.safetensors",
-]
+_CALIBRATION_CODE = [*CALIBRATION_CODE, ROOT / "models" / "fleet-edge" / "model.safetensors"]
 FLEET_CALIBRATION_EXAMPLES = 1500
 
 

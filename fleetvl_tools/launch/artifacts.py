@@ -35,7 +35,9 @@ __all__ = ["DemoArtifacts", "artifact_key", "calibration_key", "fallback_note", 
 
 ROOT = Path(__file__).resolve().parents[2]
 _EXPORTER = sorted((ROOT / "edge_agent" / "export").glob("*.py"))
-_CALIBRATION = [
+# What a calibration depends on (with the bundle): the calib split, the score, the thumbnail
+# and camera features, the calibration and its command.
+CALIBRATION_CODE = [
     *sorted((ROOT / "fleetvl_tools" / "fleetdata").glob("*.py")),
     ROOT / "fleetvl" / "vlm" / "scope.py",
     ROOT / "fleetvl" / "vlm" / "camera.py",
@@ -126,7 +128,7 @@ def _export(hf: Path, bundle: Path, progress: Callable[[str], None]) -> bool:
 def calibration_key(bundle: Path) -> str:
     """What a calibration of ``bundle`` depends on: its manifest and the code that writes the
     calibration split, computes the gate signals and fits the out-of-scope score."""
-    return _hash_files(b"calibration", [bundle / "manifest.json", *_CALIBRATION])
+    return _hash_files(b"calibration", [bundle / "manifest.json", *CALIBRATION_CODE])
 
 
 def _calibrate(bundle: Path, root: Path, progress: Callable[[str], None]) -> bool:
