@@ -23,8 +23,6 @@ from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from fleetvl.errors import InvalidFields
-from fleetvl.policy import PolicyOverride
 from fleetvl.protocol.http_front import (
     SSE_DONE,
     BodyLimit,
@@ -35,7 +33,6 @@ from fleetvl.protocol.http_front import (
 )
 from fleetvl.protocol.openai_api import (
     ChatCompletionRequest,
-    SlaHeaderError,
     logprobs_json,
     request_sla,
 )
@@ -131,7 +128,8 @@ def create_app(service: RouterService) -> FastAPI:
         try:
             req = ChatRequest.from_openai(
                 body, cfg.limits, service.served_models(), id=rid, tenant=tenant,
-                sla=_sla(body, request), site=body.site or request.headers.get("x-fleetvl-site"),
+                sla=request_sla(body.sla, request.headers),
+                site=body.site or request.headers.get("x-fleetvl-site"),
             )  # fmt: skip
             fields["site"] = req.site
             ticket = service.submit(req)
@@ -169,13 +167,6 @@ def create_app(service: RouterService) -> FastAPI:
 
 def _server_timing(t0: float) -> str:
     return f"total;dur={(time.monotonic() - t0) * 1000:.1f}"
-
-
-def _sla(body: ChatCompletionRequest, request: Request) -> PolicyOverride | None:
-    try:
-        return request_sla(body.sla, request.headers)
-    except SlaHeaderError as exc:
-        raise InvalidFields(str(exc), exc.details) from None
 
 
 async def _collect(

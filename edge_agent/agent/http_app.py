@@ -24,8 +24,7 @@ from edge_agent.agent import metrics
 from edge_agent.agent.answers import Answer, Piece, Queued, completion_body, fleetvl_section
 from edge_agent.agent.requests import parse_chat
 from edge_agent.agent.service import AgentService
-from fleetvl.errors import InputError, InvalidFields
-from fleetvl.policy import PolicyOverride
+from fleetvl.errors import InputError
 from fleetvl.protocol.http_front import (
     SSE_DONE,
     BodyLimit,
@@ -36,7 +35,6 @@ from fleetvl.protocol.http_front import (
 )
 from fleetvl.protocol.openai_api import (
     ChatCompletionRequest,
-    SlaHeaderError,
     logprobs_json,
     refusal_text,
     request_sla,
@@ -54,13 +52,6 @@ def _map_error(exc: BaseException) -> JSONResponse:
         return resp
     log.error("unhandled error", exc_info=exc)
     return error_json(500, "internal_error", "internal error; see the agent log")
-
-
-def _sla(body: ChatCompletionRequest, request: Request) -> PolicyOverride | None:
-    try:
-        return request_sla(body.sla, request.headers)
-    except SlaHeaderError as exc:
-        raise InvalidFields(str(exc), exc.details) from None
 
 
 def _log(fields: dict[str, object], t0: float, status: int, outcome: str, **more: object) -> None:
@@ -121,7 +112,7 @@ def create_app(service: AgentService) -> FastAPI:
             if webhook and not cfg.allow_webhooks:
                 raise InputError("x-fleetvl-webhook is disabled on this agent "
                                  "(allow_webhooks: false); poll GET /v1/requests/{id}")  # fmt: skip
-            req = parse_chat(body, cfg, _sla(body, request), webhook)
+            req = parse_chat(body, cfg, request_sla(body.sla, request.headers), webhook)
             fields["id"] = req.id
             events = service.handle(req)
             if body.stream:

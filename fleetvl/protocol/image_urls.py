@@ -12,7 +12,7 @@ from PIL import Image
 from fleetvl.errors import InputError
 from fleetvl.vlm.image import decode_image, smart_resize
 
-__all__ = ["PayloadTooLarge", "check_image", "inspect_image", "parse_data_url"]
+__all__ = ["PayloadTooLarge", "inspect_image", "parse_data_url"]
 
 _MERGE = 2  # Qwen-VL merges 2x2 patches into one token
 _PATCH = 14
@@ -41,15 +41,9 @@ def parse_data_url(url: str, max_bytes: int) -> bytes:
         raise InputError(f"image_url data is not valid base64: {exc}") from None
 
 
-def check_image(data: bytes, max_bytes: int, max_pixels: int) -> tuple[str, int]:
-    """Validate untrusted image bytes; their digest and estimated prompt tokens."""
-    _, digest, tokens = inspect_image(data, max_bytes, max_pixels)
-    return digest, tokens
-
-
 def inspect_image(data: bytes, max_bytes: int, max_pixels: int) -> tuple[Image.Image, str, int]:
-    """:func:`check_image` that also returns the decoded image, for a caller that runs the
-    model itself (the edge agent) and should not decode the same bytes twice."""
+    """Validate untrusted image bytes: the decoded image (kept by a tier that runs the model
+    itself, so the bytes are decoded once), their digest and estimated prompt tokens."""
     if len(data) > max_bytes:
         raise PayloadTooLarge(f"image of {len(data)} bytes is over the {max_bytes}-byte limit")
     img = decode_image(data, max_pixels)

@@ -20,6 +20,7 @@ from pydantic import (
     model_validator,
 )
 
+from fleetvl.errors import InvalidFields
 from fleetvl.policy import PolicyOverride, error_details
 from fleetvl.vlm.confidence import TokenLogprob
 
@@ -155,12 +156,11 @@ SLA_HEADERS = {
 }
 
 
-class SlaHeaderError(ValueError):
-    """SLA headers that do not validate; ``details`` name each offending header."""
+class SlaHeaderError(InvalidFields):
+    """SLA headers that do not validate; ``details`` name each offending header (HTTP 422)."""
 
     def __init__(self, details: list[dict[str, object]]) -> None:
-        super().__init__("SLA headers are invalid")
-        self.details = details
+        super().__init__("SLA headers are invalid", details)
 
 
 def request_sla(sla: PolicyOverride | None, headers: Mapping[str, str]) -> PolicyOverride | None:
