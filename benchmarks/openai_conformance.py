@@ -10,7 +10,8 @@ probabilities (plain and streamed), the usage chunk of a stream, ``n``, ``stop``
 check before any work with the same status (too many images, a prompt over the context,
 an unknown model). Each case says what a user is owed; ``ok`` is whether the tier gave it.
 
-Writes ``cases.<name>.{agent,router}`` = ``{status, ok, detail}``, ``summary.failed`` and
+Writes ``cases.<name>.{agent,router}`` = ``{status, ok}`` (what went wrong, where something
+did, under ``details.<name>.<tier>``), ``summary.failed`` and
 ``summary.any_count`` (occurrences of ``Any`` in non-test code: typed boundaries).
 ``--quick`` runs the same cases (they are cheap) on an untrained quick checkpoint when the
 trained models are absent.
@@ -329,11 +330,13 @@ def main() -> int:
             clients = {t: openai.OpenAI(base_url=urls[t] + "/v1", api_key="unused", timeout=60,
                                         max_retries=0) for t in TIERS}  # fmt: skip
             cases: dict[str, dict[str, dict[str, object]]] = {}
+            details: dict[str, dict[str, str]] = {}
             for name, fn in CASES.items():
-                cases[name] = {}
+                cases[name], details[name] = {}, {}
                 for tier in TIERS:
                     r = fn(clients[tier])
-                    cases[name][tier] = {"status": r.status, "ok": r.ok, "detail": r.detail}
+                    cases[name][tier] = {"status": r.status, "ok": r.ok}
+                    details[name][tier] = r.detail
                 print(f"{name:28} " + "  ".join(
                     f"{t}: {cases[name][t]['status']} {'ok' if cases[name][t]['ok'] else 'FAIL'}"
                     for t in TIERS), flush=True)  # fmt: skip
@@ -343,7 +346,7 @@ def main() -> int:
                 p.wait(timeout=30)
     failed = sum(not v["ok"] for c in cases.values() for v in c.values())
     res = {"config": {"quick": args.quick, "model": str(edge_hf), "tiers": list(TIERS)},
-           "cases": cases,
+           "cases": cases, "details": details,
            "summary": {"cases": len(cases), "checks": len(cases) * len(TIERS), "failed": failed,
                        "any_count": any_count()},
            "wall_seconds": time.perf_counter() - t0}  # fmt: skip
