@@ -31,7 +31,7 @@ from pathlib import Path
 from ray import serve
 from ray.serve.metrics import Counter
 
-from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, StreamEvent
+from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, TokenEvent
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol.convert import logprob_message, scope_message
 from fleetvl.protocol.request import ChatRequest, RequestLimits
@@ -137,7 +137,7 @@ class VLMWorker:
         # Leaving early (the caller went away, the deadline passed) cancels: the slot frees.
         async with contextlib.aclosing(stream_in_thread(lambda: events, cancel)) as stream:
             async for ev in stream:
-                if isinstance(ev, StreamEvent):
+                if isinstance(ev, TokenEvent):
                     prob = ev.confidence.prob if ev.confidence else None
                     yield pb.GenerateChunk(delta=pb.Delta(
                         text=ev.text, index=ev.index, token_prob=prob,

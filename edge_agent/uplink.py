@@ -15,10 +15,10 @@ import random
 import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass
-from typing import Any
 
 import grpc
 
+from fleetvl.engines import Engine
 from fleetvl.errors import InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
@@ -169,8 +169,8 @@ class Uplink:
             self._calls.pop(cid, None)
 
 
-def engine_handler(engine: Any, signal: str = "mean_logprob") -> Handler:
-    """A handler answering calls with an :class:`EdgeEngine` (in a worker thread)."""
+def engine_handler(engine: Engine, signal: str = "mean_logprob") -> Handler:
+    """A handler answering calls with an engine (in a worker thread)."""
     lock = asyncio.Lock()
 
     async def handle(
@@ -192,13 +192,14 @@ def engine_handler(engine: Any, signal: str = "mean_logprob") -> Handler:
                 if cancel.is_set():
                     token.cancel()
             r = gen.result
+            assert r is not None  # set when the stream ends
             conf = r.confidence.as_dict().get(signal) if r.token_ids else float("nan")
             yield pb.GenerateChunk(final=pb.Final(
                 text=r.text, finish_reason=r.finish_reason, served_by="edge",
                 confidence=conf, confidence_signal=signal,
-                usage=pb.Usage(prompt_tokens=r.timings.prompt_tokens,
+                usage=pb.Usage(prompt_tokens=r.prompt_tokens,
                                completion_tokens=len(r.token_ids)),
-                timings=pb.Timings(ttft_ms=r.timings.ttft_s * 1000),
+                timings=pb.Timings(ttft_ms=r.ttft_s * 1000),
             ))  # fmt: skip
 
         # One request at a time per engine.

@@ -17,8 +17,9 @@ import contextlib
 import threading
 from collections.abc import AsyncGenerator, Iterator
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Literal, Protocol
 
+from fleetvl.engines import Engine
 from fleetvl.errors import UpstreamError
 from fleetvl.policy import SlaPolicy
 from fleetvl.protocol.request import ChatRequest
@@ -99,13 +100,13 @@ class Backend(Protocol):
 
 
 class EngineBackend:
-    """Runs an engine with ``encode(messages, images)`` and ``stream(prompt, params, cancel=)``
-    (the edge engine's interface) in worker threads, ``slots`` engines in parallel."""
+    """Runs :class:`fleetvl.engines.Engine` s (edge or cloud) in worker threads, ``slots``
+    engines in parallel."""
 
     def __init__(
         self,
         name: str,
-        engines: list[Any],
+        engines: list[Engine],
         *,
         kind: BackendKind = "cloud",
         site: str | None = None,
@@ -120,10 +121,10 @@ class EngineBackend:
         self.slots = len(engines)
         self.models = models
         self.signal = confidence_signal
-        self._free: asyncio.Queue[Any] | None = None
+        self._free: asyncio.Queue[Engine] | None = None
         self._engines = engines
 
-    def _pool(self) -> asyncio.Queue[Any]:
+    def _pool(self) -> asyncio.Queue[Engine]:
         if self._free is None:
             self._free = asyncio.Queue()
             for e in self._engines:
@@ -145,6 +146,7 @@ class EngineBackend:
                 if req.cancel.is_set():
                     token.cancel()
             res = gen.result
+            assert res is not None  # set when the stream ends
             conf = res.confidence.as_dict().get(self.signal) if res.token_ids else None
             refused = res.finish_reason == "out_of_scope"
             yield Final(
@@ -152,10 +154,10 @@ class EngineBackend:
                 finish_reason=res.finish_reason,
                 confidence=conf,
                 confidence_signal=self.signal,
-                prompt_tokens=res.timings.prompt_tokens,
+                prompt_tokens=res.prompt_tokens,
                 completion_tokens=len(res.token_ids),
                 image_tokens=sum(i.num_tokens(2) for i in prompt.images),
-                ttft_s=res.timings.ttft_s,
+                ttft_s=res.ttft_s,
                 verdict="unanswerable" if refused else "answer",
                 scope=res.scope,
             )

@@ -9,6 +9,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from fleetvl.config_files import expand_env
+from fleetvl.engines import engine_names
 from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.protocol.request import RequestLimits
 from fleetvl.scheduling import PredictorConfig, SchedulerConfig
@@ -29,8 +30,9 @@ class BackendConfig(_Strict):
     slots: int = Field(1, ge=1, le=1024)
     models: list[str] = Field(default_factory=list)
     bundle: str | None = None  # type=engine: a model directory for the engine
-    # type=engine: "module:callable" building an engine from ``bundle`` (encode/stream API).
-    engine: str = Field("edge_agent.engine:EdgeEngine", pattern=r"^[\w.]+:\w+$")
+    # type=engine: a registered engine (``fleetvl.engines`` entry points: edge, edge-cached,
+    # cloud, or one a plugin package adds) built on ``bundle``.
+    engine: str = Field("edge", pattern=r"^[\w.-]+$")
     target: str | None = None  # type=grpc: host:port
     tls_ca_file: str | None = None  # type=grpc: verify the backend's certificate
     simulated: dict[str, Any] = Field(default_factory=dict)  # type=simulated: latency profile
@@ -44,6 +46,8 @@ class BackendConfig(_Strict):
             raise ValueError("an edge backend must name its site")
         if self.type == "engine" and not self.bundle:
             raise ValueError("an engine backend needs `bundle`")
+        if self.type == "engine" and self.engine not in engine_names():
+            raise ValueError(f"no engine named {self.engine!r} is installed ({engine_names()})")
         if self.type == "grpc" and not self.target:
             raise ValueError("a grpc backend needs `target` (host:port)")
         return self

@@ -4,15 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import gc
-import importlib
 import logging
 import socket
 from pathlib import Path
-from typing import Any
 
 import grpc
 import uvicorn
 
+from fleetvl.engines import engine_factory
 from fleetvl.serving import listen, serve_until_stopped, stop_on_signals
 from router.agents import AgentBackend
 from router.backends import Backend, EngineBackend
@@ -32,8 +31,8 @@ log = logging.getLogger("fleetvl.router")
 def build_backend(c: BackendConfig) -> Backend:
     models = tuple(c.models)
     if c.type == "engine":
-        # Named by import path, not imported here: the router depends on no other tier.
-        factory = _import(c.engine)
+        # Found by its registered name: the router imports no other tier.
+        factory = engine_factory(c.engine)
         engines = [factory(Path(c.bundle or "")) for _ in range(c.slots)]
         return EngineBackend(c.name, engines, kind=c.kind, site=c.site, models=models)
     if c.type == "agent":
@@ -46,11 +45,6 @@ def build_backend(c: BackendConfig) -> Backend:
     return SimulatedBackend(
         c.name, kind=c.kind, site=c.site, slots=c.slots, models=models, **c.simulated
     )
-
-
-def _import(path: str) -> Any:
-    module, _, attr = path.partition(":")
-    return getattr(importlib.import_module(module), attr)
 
 
 def build_backends(config: RouterConfig) -> list[Backend]:

@@ -91,6 +91,12 @@ class RedisServer:
             self.proc.wait()
             self.proc = None
 
+    def __enter__(self) -> RedisServer:
+        return self if self.proc is not None else self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def pause(self) -> None:
         assert self.proc is not None
         self.proc.send_signal(signal.SIGSTOP)

@@ -39,9 +39,10 @@ from cloud_worker.engine.model import (
     prefill,
 )
 from cloud_worker.engine.pipeline import DecodePipeline, LaunchedStep, row_stats, token_confidence
-from cloud_worker.engine.requests import CloudResult, EngineConfig, EngineRequest, StreamEvent
+from cloud_worker.engine.requests import CloudResult, EngineConfig, EngineRequest
 from cloud_worker.engine.scope import check_scorable, load_model_scope
 from cloud_worker.engine.slot_cache import SlotCache
+from fleetvl.engines import Engine, TokenEvent
 from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
 from fleetvl.vlm.confidence import TokenConfidence, token_logprob
@@ -52,7 +53,14 @@ from fleetvl.vlm.processor import Prompt, QwenVLProcessor
 if TYPE_CHECKING:
     from fleetvl.cache import FleetCache
 
-__all__ = ["CloudEngine", "CloudResult", "EngineConfig", "StreamEvent", "model_digest"]
+__all__ = [
+    "CloudEngine",
+    "CloudResult",
+    "CloudStream",
+    "EngineConfig",
+    "cloud_engine",
+    "model_digest",
+]
 
 log = logging.getLogger("fleetvl.cloud")
 
@@ -63,6 +71,21 @@ class SubmitOptions(TypedDict, total=False):
     rank: int
     deadline: float | None
     cancel: CancelToken | None
+
+
+class CloudStream:
+    """A submitted request's tokens, its :class:`CloudResult` kept aside in ``result``."""
+
+    def __init__(self, events: Iterator[TokenEvent | CloudResult]) -> None:
+        self.result: CloudResult | None = None
+        self._events = events
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        for ev in self._events:
+            if isinstance(ev, CloudResult):
+                self.result = ev
+            else:
+                yield ev
 
 
 class CloudEngine:
@@ -149,7 +172,7 @@ class CloudEngine:
         rank: int = 1,
         deadline: float | None = None,
         cancel: CancelToken | None = None,
-    ) -> Iterator[StreamEvent | CloudResult]:
+    ) -> Iterator[TokenEvent | CloudResult]:
         """Queue a request; iterate for its events, the :class:`CloudResult` last.
 
         Raises:
@@ -174,6 +197,19 @@ class CloudEngine:
             self._lock.notify()
         return self._events(req)
 
+    def stream(
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        cancel: CancelToken | None = None,
+        rank: int = 1,
+        deadline: float | None = None,
+    ) -> CloudStream:
+        """:meth:`submit` as the :class:`fleetvl.engines.Engine` protocol has it: iterate for
+        tokens; ``result`` is set once they end."""
+        return CloudStream(self.submit(prompt, params, rank=rank, deadline=deadline, cancel=cancel))
+
     def generate(
         self, prompt: Prompt, params: SamplingParams | None = None, **kw: Unpack[SubmitOptions]
     ) -> CloudResult:
@@ -194,7 +230,7 @@ class CloudEngine:
     def running(self) -> int:
         return sum(r is not None for r in self._slots)
 
-    def _events(self, req: EngineRequest) -> Iterator[StreamEvent | CloudResult]:
+    def _events(self, req: EngineRequest) -> Iterator[TokenEvent | CloudResult]:
         try:
             while True:
                 ev = req.out.get()
@@ -406,3 +442,8 @@ class CloudEngine:
             cut = find_stop(text, r.params.stop, 0)
             text = text[:cut] if cut is not None else text
         r.out.put(r.result(text, reason))
+
+
+def cloud_engine(model_dir: Path) -> Engine:
+    """The ``cloud`` engine (``fleetvl.engines`` entry point): the full model on PyTorch."""
+    return CloudEngine(model_dir)

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from fleetvl.engines import TokenEvent
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
 from fleetvl.vlm.confidence import (
     AnswerConfidence,
@@ -20,7 +21,7 @@ from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.processor import Prompt
 from fleetvl.vlm.scope import ScopeInputs, ScopeScore
 
-__all__ = ["CloudResult", "EngineConfig", "StreamEvent"]
+__all__ = ["CloudResult", "EngineConfig"]
 
 
 @dataclass(frozen=True)
@@ -37,15 +38,6 @@ class EngineConfig:
     prefills_per_step: int = 8
     decode_impl: str = "fused"  # fused | transformers (reference): see decode_step.py
     vision_attention: str = "varlen"  # varlen | transformers (one SDPA call per window)
-
-
-@dataclass(frozen=True)
-class StreamEvent:
-    index: int
-    token_id: int
-    text: str
-    confidence: TokenConfidence | None
-    logprob: TokenLogprob | None = None  # when ``SamplingParams.logprobs`` asked for it
 
 
 @dataclass
@@ -76,7 +68,7 @@ class EngineRequest:
     rank: int  # priority class: 0 critical, 1 standard, 2 batch
     deadline: float
     cancel: CancelToken
-    out: queue.Queue[StreamEvent | CloudResult | BaseException]
+    out: queue.Queue[TokenEvent | CloudResult | BaseException]
     arrival: float = field(default_factory=time.monotonic)
     # Running state
     slot: int = -1
@@ -132,7 +124,7 @@ class EngineRequest:
         self.text += emit
         if lp is not None:
             self.logprobs.append(lp)
-        self.out.put(StreamEvent(len(self.tokens) - 1, token, emit, conf, lp))
+        self.out.put(TokenEvent(len(self.tokens) - 1, token, emit, conf, lp))
         if finish is None:
             if len(self.tokens) >= p.max_tokens:
                 finish = "length"

@@ -41,7 +41,7 @@ log = logging.getLogger("fleetvl.edge")
 
 LOCAL = "local"
 
-EngineFactory = Callable[[Path, int], LocalEngine]
+LocalEngineFactory = Callable[[Path, int], LocalEngine]
 
 
 def default_factory(bundle: Path, threads: int) -> LocalEngine:
@@ -95,7 +95,7 @@ class EnginePool:
         *,
         threads: int = 0,
         max_queue: int = 64,
-        factory: EngineFactory = default_factory,
+        factory: LocalEngineFactory = default_factory,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.size = engines

@@ -22,6 +22,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol, Unpack
 
+from fleetvl.engines import Engine
 from fleetvl.sampling import CancelToken, SamplingParams
 from fleetvl.vlm.confidence import ConfidenceTracker, TokenLogprob
 from fleetvl.vlm.gate import Gate, GateVerdict
@@ -60,15 +61,10 @@ class LocalAttempt:
         return self.scope is not None and self.scope.out_of_scope
 
 
-class LocalEngine(Protocol):
-    """What the agent needs of an engine: :class:`edge_agent.engine.EdgeEngine`, or a fake."""
-
-    @property
-    def digest(self) -> str: ...
-
-    def encode(
-        self, messages: Sequence[Mapping[str, object]], images: Sequence[ImageInput] = ()
-    ) -> Prompt: ...
+class LocalEngine(Engine, Protocol):
+    """What the agent needs of an engine: the core :class:`Engine` whose ``stream`` also takes
+    the gate's hooks (``stop_when``, ``scope``, ...), as :class:`edge_agent.engine.EdgeEngine`
+    does."""
 
     def stream(
         self, prompt: Prompt, params: SamplingParams | None = None, **kw: Unpack[StreamOptions]

@@ -12,7 +12,7 @@ import uvicorn
 from edge_agent.agent import metrics
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.control import AgentControl
-from edge_agent.agent.engines import EngineFactory, EnginePool, default_factory
+from edge_agent.agent.engines import EnginePool, LocalEngineFactory, default_factory
 from edge_agent.agent.escalation import CloudClient
 from edge_agent.agent.forwarder import Forwarder
 from edge_agent.agent.http_app import create_app
@@ -32,7 +32,7 @@ log = logging.getLogger("fleetvl.edge")
 class Agent:
     """The assembled daemon; :meth:`start` and :meth:`stop` on the serving event loop."""
 
-    def __init__(self, config: AgentConfig, factory: EngineFactory = default_factory) -> None:
+    def __init__(self, config: AgentConfig, factory: LocalEngineFactory = default_factory) -> None:
         self.config = config
         self.pool = EnginePool(config.bundle, config.engines, threads=config.intra_op_threads,
                                max_queue=config.max_queue, factory=factory)  # fmt: skip
@@ -139,7 +139,7 @@ async def serve(
     ready: asyncio.Event | None = None,
     stop: asyncio.Event | None = None,
     install_signals: bool = True,
-    factory: EngineFactory = default_factory,
+    factory: LocalEngineFactory = default_factory,
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop``). The spool needs no drain: it is durable."""
     agent = Agent(config, factory)

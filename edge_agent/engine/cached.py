@@ -18,8 +18,9 @@ Cache trouble of any kind degrades to the uncached path; what happened is report
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
+from pathlib import Path
 from typing import Literal, TypedDict, Unpack
 
 import numpy as np
@@ -34,6 +35,7 @@ from edge_agent.engine.types import (
     TokenEvent,
 )
 from fleetvl.cache import (
+    CacheConfig,
     Decision,
     FleetCache,
     ImageSpan,
@@ -43,11 +45,13 @@ from fleetvl.cache import (
     request_digest,
 )
 from fleetvl.cache.responses import StoredAnswer
+from fleetvl.engines import Engine
 from fleetvl.sampling import SamplingParams
 from fleetvl.vlm.confidence import AnswerConfidence
+from fleetvl.vlm.image import ImageInput
 from fleetvl.vlm.processor import Prompt, QwenVLProcessor
 
-__all__ = ["CacheUse", "CachedEngine"]
+__all__ = ["CacheUse", "CachedEngine", "cached_edge_engine"]
 
 # off: no cache; read: lookups only; read_write: lookups and stores (the default).
 CacheUse = Literal["off", "read", "read_write"]
@@ -77,6 +81,15 @@ class CachedEngine:
     @property
     def processor(self) -> QwenVLProcessor:
         return self.engine.processor
+
+    @property
+    def digest(self) -> str:
+        return self.engine.digest
+
+    def encode(
+        self, messages: Sequence[Mapping[str, object]], images: Sequence[ImageInput] = ()
+    ) -> Prompt:
+        return self.engine.encode(messages, images)
 
     def generate(
         self, prompt: Prompt, params: SamplingParams | None = None, **kw: Unpack[CachedOptions]
@@ -276,3 +289,9 @@ def _confidence_from(d: Mapping[str, object], n: int) -> AnswerConfidence:
         k: float(v) if isinstance(v := d.get(k), int | float) else float("nan") for k in names
     }
     return AnswerConfidence(num_tokens=n, **vals)
+
+
+def cached_edge_engine(bundle_dir: Path) -> Engine:
+    """The ``edge-cached`` engine (``fleetvl.engines`` entry point): the edge engine behind the
+    shared Redis cache that ``FLEETVL_REDIS_URL`` names."""
+    return CachedEngine(EdgeEngine(bundle_dir), FleetCache(CacheConfig.from_env()))

@@ -25,6 +25,7 @@ from edge_agent.engine.bundle import EdgeBundle, SessionConfig
 from edge_agent.engine.kv_arena import KVArena, KVPrefix
 from edge_agent.engine.scoping import engine_scope_inputs
 from edge_agent.engine.types import CancelToken, EarlyStop, GenerationResult, Timings, TokenEvent
+from fleetvl.engines import Engine
 from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import Sampler, SamplingParams
 from fleetvl.vlm.confidence import (
@@ -39,7 +40,7 @@ from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
 from fleetvl.vlm.scope import ScopeModel
 
-__all__ = ["EdgeEngine", "Generation"]
+__all__ = ["EdgeEngine", "Generation", "edge_engine"]
 
 
 class Generation:
@@ -406,3 +407,8 @@ class EdgeEngine:
         self._step_pos.fill(position)
         self._binding.bind_cpu_input("attention_mask", self._mask[:, :total_len])
         self.bundle.decoder.run_with_iobinding(self._binding)
+
+
+def edge_engine(bundle_dir: Path) -> Engine:
+    """The ``edge`` engine (``fleetvl.engines`` entry point): a bundle on ONNX Runtime."""
+    return EdgeEngine(bundle_dir)

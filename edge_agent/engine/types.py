@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from edge_agent.engine.kv_arena import KVPrefix
+from fleetvl.engines import TokenEvent
 from fleetvl.sampling import CancelToken
 from fleetvl.vlm.confidence import (
     AnswerConfidence,
@@ -21,17 +22,6 @@ __all__ = ["CancelToken", "EarlyStop", "GenerationResult", "TokenEvent", "Timing
 
 # Called after every token with the running confidence; True stops decoding ("low_confidence").
 EarlyStop = Callable[[ConfidenceTracker], bool]
-
-
-@dataclass(frozen=True)
-class TokenEvent:
-    """One streamed token: its id, the text it completes, and its confidence."""
-
-    index: int
-    token_id: int
-    text: str  # new text since the previous event (may be "" while a UTF-8 char is partial)
-    confidence: TokenConfidence | None
-    logprob: TokenLogprob | None = None  # when ``SamplingParams.logprobs`` asked for it
 
 
 @dataclass
@@ -73,3 +63,12 @@ class GenerationResult:
     scope_inputs: list[ScopeInputs] = field(default_factory=list)
     # Each generated token's log-probabilities, when ``SamplingParams.logprobs`` asked for them.
     logprobs: list[TokenLogprob] | None = None
+
+    # What fleetvl.engines.EngineResult reads, which the cloud's result keeps at top level.
+    @property
+    def prompt_tokens(self) -> int:
+        return self.timings.prompt_tokens
+
+    @property
+    def ttft_s(self) -> float:
+        return self.timings.ttft_s

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, StreamEvent
+from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, TokenEvent
 from fleetvl.errors import PromptError
 from fleetvl.sampling import CancelToken, SamplingParams
 from tests.helpers import hf_inputs, png_bytes, random_image
@@ -72,7 +72,7 @@ def test_batched_equals_sequential_generate_with_staggered_joins(engine: CloudEn
 def test_streams_tokens_with_confidence(engine: CloudEngine) -> None:
     prompt = _prompts(engine, 2)[1]
     events = list(engine.submit(prompt, SamplingParams(max_tokens=6, ignore_eos=True)))
-    tokens = [e for e in events if isinstance(e, StreamEvent)]
+    tokens = [e for e in events if isinstance(e, TokenEvent)]
     result = events[-1]
     assert isinstance(result, CloudResult)
     assert [e.token_id for e in tokens] == result.token_ids
@@ -87,7 +87,7 @@ def test_cancel_mid_stream_frees_the_slot(engine: CloudEngine) -> None:
     gen = engine.submit(prompt, SamplingParams(max_tokens=200, ignore_eos=True), cancel=cancel)
     got = 0
     for ev in gen:
-        if isinstance(ev, StreamEvent):
+        if isinstance(ev, TokenEvent):
             got += 1
             if got == 3:
                 cancel.cancel()
