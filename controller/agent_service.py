@@ -22,6 +22,7 @@ import grpc
 from controller import metrics as m
 from controller.alerts import OUT_OF_SCOPE, SiteAlerts, SourceReport
 from controller.desired import DesiredState, UnknownObject
+from controller.routing_feed import RoutingFeed
 from controller.sessions import AgentSession, PendingPush, SessionRegistry
 from controller.store import ControllerStore
 from fleetvl.protocol import control_pb2 as cpb
@@ -98,6 +99,7 @@ class ControlServicer(cpb_grpc.ControlServicer):
         heartbeat_s: float,
         site_identity: bool = False,
         alerts: SiteAlerts | None = None,
+        routing: RoutingFeed | None = None,
     ) -> None:
         self.desired = desired
         self.registry = registry
@@ -107,6 +109,7 @@ class ControlServicer(cpb_grpc.ControlServicer):
         self.heartbeat_s = heartbeat_s
         self.site_identity = site_identity
         self.alerts = alerts
+        self.routing = routing
 
     async def Connect(  # noqa: N802 - gRPC method name
         self, request_iterator: AsyncIterator[cpb.AgentMessage], context: grpc.aio.ServicerContext
@@ -147,6 +150,15 @@ class ControlServicer(cpb_grpc.ControlServicer):
             self.registry.close(s)
             m.AGENTS_CONNECTED.set(len(self.registry.connected()))
             log_line(event="agent.disconnect", site=s.site)
+
+    async def WatchRouting(  # noqa: N802 - gRPC method name
+        self, request: cpb.RoutingWatch, context: grpc.aio.ServicerContext
+    ) -> AsyncIterator[cpb.RoutingState]:
+        if self.routing is None:
+            await context.abort(grpc.StatusCode.UNIMPLEMENTED, "this controller feeds no routers")
+        else:
+            async for state in self.routing.watch(request, context):
+                yield state
 
     async def _authorize(self, site_id: str, context: grpc.aio.ServicerContext) -> None:
         try:

@@ -86,6 +86,11 @@ class ControllerConfig(_Strict):
         "default", pattern=r"^[\w.-]+$", description="Redis key namespace of this fleet."
     )
     admin_token: SecretStr = Field(description="Bearer token for the admin API (required).")
+    router_token: SecretStr | None = Field(
+        None,
+        description="Bearer token routers present to watch the routing state (SLA layers, "
+        "sites); None: the admin token.",
+    )
     status_page_public: bool = Field(
         False, description="Serve the status page (read-only) without the admin token."
     )

@@ -31,3 +31,5 @@ API_LATENCY = Histogram("fleetvl_controller_api_seconds", "Admin API request lat
 SITE_ALERTS = Gauge(
     "fleetvl_controller_site_alerts", "Site health alerts holding now (controller.alerts)", ["kind"]
 )
+ROUTERS_WATCHING = Gauge("fleetvl_controller_routers_watching", "Routers watching routing now")
+ROUTING_PUSHES = Counter("fleetvl_controller_routing_pushes_total", "Routing states sent")

@@ -21,6 +21,7 @@ from controller.bundles import BundleStore
 from controller.config import ControllerConfig
 from controller.desired import DesiredState
 from controller.rollout import RolloutError, RolloutManager, RolloutState
+from controller.routing_feed import RoutingFeed
 from controller.sessions import SessionRegistry
 from controller.store import ControllerStore, JsonObject
 
@@ -40,7 +41,9 @@ class Controller:
         self.desired = DesiredState(config.fleet_spec(), self.store, bundle_base_url)
         self.registry = SessionRegistry()
         self.pusher = Pusher(self.desired, self.registry)
-        self.desired.on_change = self.pusher.on_change
+        token = config.router_token or config.admin_token
+        self.routing = RoutingFeed(self.desired, token.get_secret_value())
+        self.desired.on_change = self._on_change
         self.rollouts = RolloutManager(self.desired, self.registry, self.store)
         self.bundles = BundleStore(config.bundle_dir)
         a = config.alerts
@@ -55,12 +58,17 @@ class Controller:
             config.heartbeat_s,
             site_identity=bool(config.tls and config.tls.site_identity),
             alerts=self.alerts,
+            routing=self.routing,
         )
         self._ticker: asyncio.Task[None] | None = None
         self.base_spec = self.desired.spec
         self.kube: CustomResourceWatch | None = None
         self.kube_problems: list[str] = []
         self._kube_lock = asyncio.Lock()
+
+    async def _on_change(self, sites: set[str] | None) -> None:
+        await self.pusher.on_change(sites)
+        self.routing.changed()
 
     async def start(self) -> None:
         """Rebuild hard state from Redis, start declared rollouts, begin evaluating them."""

@@ -56,10 +56,16 @@ class AgentBackend:
         self._configured = bool(models)
         self.conn: AgentConnection | None = None
         self._ids = itertools.count()
+        self.retired = False  # the controller removed the site: its agent is turned away
 
     @property
     def available(self) -> bool:
-        return self.conn is not None and not self.conn.closed
+        return not self.retired and self.conn is not None and not self.conn.closed
+
+    def retire(self, retired: bool = True) -> None:
+        self.retired = retired
+        if retired and self.conn is not None:
+            self.conn.close()
 
     def attach(self, conn: AgentConnection) -> None:
         if self.conn is not None:
@@ -161,4 +167,5 @@ async def serve_agent_stream(
 
 
 def agent_backends(backends: Iterable[object]) -> dict[str, AgentBackend]:
-    return {b.site or "": b for b in backends if isinstance(b, AgentBackend)}
+    """The sites whose agents may connect now, by site."""
+    return {b.site or "": b for b in backends if isinstance(b, AgentBackend) and not b.retired}

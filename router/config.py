@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from fleetvl.config_files import expand_env
 from fleetvl.engines import engine_names
@@ -14,7 +14,7 @@ from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.protocol.request import RequestLimits
 from fleetvl.scheduling import PredictorConfig, SchedulerConfig
 
-__all__ = ["BackendConfig", "PolicyConfig", "RouterConfig", "TlsConfig"]
+__all__ = ["BackendConfig", "ControllerLink", "PolicyConfig", "RouterConfig", "TlsConfig"]
 
 
 
@@ -59,6 +59,26 @@ class TlsConfig(_Strict):
     client_ca_file: str | None = None  # set: clients must present a certificate (mTLS)
 
 
+class ControllerLink(_Strict):
+    """Take SLA policies and agent sites from the fleet controller (its one owner)."""
+
+    target: str = Field(description="The controller's gRPC address, host:port.")
+    token: SecretStr = Field(description="The controller's router token (or its admin token).")
+    tls_ca_file: str | None = Field(None, description="Set: TLS, verifying with this CA (PEM).")
+    tls_cert_file: str | None = Field(
+        None, description="Client certificate (PEM) when the controller's port asks for one."
+    )
+    tls_key_file: str | None = Field(None, description="Its private key (PEM).")
+    tls_server_name: str | None = Field(
+        None, description="Name the controller's certificate carries, when not the target's host."
+    )
+    agent_slots: int = Field(2, ge=1, le=1024, description="Concurrent calls per site agent.")
+    agent_models: list[str] = Field(
+        default_factory=list, description="Models the sites' agents serve; empty: what they say."
+    )
+    retry_s: float = Field(1.0, gt=0, description="First reconnect delay; doubles to 30 s.")
+
+
 class PolicyConfig(_Strict):
     global_: SlaPolicy = Field(default_factory=SlaPolicy, alias="global")
     tenants: dict[str, PolicyOverride] = Field(default_factory=dict)
@@ -79,7 +99,10 @@ class RouterConfig(_Strict):
     default_tenant: str = "default"
     limits: RequestLimits = Field(default_factory=RequestLimits)
     tls: TlsConfig | None = None
+    # With `controller`, the controller's policies and sites replace `policies` (kept until
+    # the first state arrives, and used alone by a router run without a controller).
     policies: PolicyConfig = Field(default_factory=PolicyConfig)
+    controller: ControllerLink | None = None
     scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
     backends: list[BackendConfig] = Field(min_length=1)
     redis_url: str | None = None  # shared cache (image blobs); None: in-memory image store

@@ -38,7 +38,6 @@ class RouterServicer(pb_grpc.RouterServicer):
         self.service = service
         self.blobs = blobs
         self.keys = service.config.keys()
-        self.agents = agent_backends(list(service.backends.values()))
         url = service.config.redis_url
         self.idempotency = IdempotencyRecord(store=RedisFinals(url) if url else None)
         self._detached: set[asyncio.Task[None]] = set()
@@ -48,7 +47,9 @@ class RouterServicer(pb_grpc.RouterServicer):
     ) -> AsyncIterator[pb.AgentDown]:
         if self._tenant(context, "") is None:
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key")
-        async for msg in serve_agent_stream(request_iterator, context, self.agents):
+        async for msg in serve_agent_stream(
+            request_iterator, context, agent_backends(self.service.backends.values())
+        ):
             yield msg
 
     def _tenant(self, context: grpc.aio.ServicerContext, asked: str) -> str | None:

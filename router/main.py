@@ -20,6 +20,7 @@ from router.grpc_backend import GrpcBackend
 from router.grpc_server import add_router_servicer
 from router.http_app import create_app
 from router.images import BlobStore, MemoryBlobStore
+from router.routing_watch import routing_watch
 from router.service import RouterService
 from router.simulated import SimulatedBackend
 
@@ -150,7 +151,8 @@ async def serve(
     _tune_gc()
     if ready is not None:
         ready.set()
-    await serve_until_stopped(server, http, stop)
+    async with routing_watch(service, config.controller):
+        await serve_until_stopped(server, http, stop)
     if grpc_server is not None:
         await grpc_server.stop(grace=30)
     await http

@@ -40,3 +40,17 @@ IDEMPOTENT_REPLAYS = Counter(
     "fleetvl_router_idempotent_replays_total",
     "Generate calls answered from the idempotency record (a spool replay already answered)",
 )
+ROUTING_VERSION = Gauge(
+    "fleetvl_router_routing_version", "Policy version of the controller's routing state applied"
+)
+ROUTING_UPDATES = Counter(
+    "fleetvl_router_routing_updates_total",
+    "Routing states from the controller, by result (applied | invalid)",
+    ["result"],
+)
+CONTROLLER_CONNECTED = Gauge(
+    "fleetvl_router_controller_connected", "1 while the routing watch is open, else 0"
+)
+CONTROLLER_ERRORS = Counter(
+    "fleetvl_router_controller_errors_total", "Routing watches that failed, by gRPC code", ["code"]
+)

@@ -90,6 +90,8 @@ class RouterService:
     ) -> None:
         self.config = config
         self.clock = clock
+        # Replaced whole by the controller's routing state when the router watches it.
+        self.policies = config.policies
         self.backends = {b.name: b for b in backends}
         specs = {c.name: c for c in config.backends}
         self.scheduler = Scheduler(
@@ -121,6 +123,11 @@ class RouterService:
         for b in self.backends.values():
             await b.close()
 
+    def add_backend(self, backend: Backend) -> None:
+        """A backend that appears at run time (a site's agent the controller added)."""
+        self.scheduler.add_backend(BackendSpec(name=backend.name, slots=backend.slots))
+        self.backends[backend.name] = backend
+
     def models(self) -> list[str]:
         return sorted({m for b in self.backends.values() for m in b.models})
 
@@ -138,7 +145,7 @@ class RouterService:
 
     def resolve(self, req: ChatRequest) -> ResolvedPolicy:
         """Policy for ``req``; raises PolicyError (HTTP 422) if it loosens residency."""
-        p = self.config.policies
+        p = self.policies
         return resolve_policy(
             p.global_,
             tenant=p.tenants.get(req.tenant),

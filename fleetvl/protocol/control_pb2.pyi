@@ -6,6 +6,30 @@ from typing import ClassVar as _ClassVar, Optional as _Optional, Union as _Union
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
+class RoutingWatch(_message.Message):
+    __slots__ = ("router_id",)
+    ROUTER_ID_FIELD_NUMBER: _ClassVar[int]
+    router_id: str
+    def __init__(self, router_id: _Optional[str] = ...) -> None: ...
+
+class SiteRoute(_message.Message):
+    __slots__ = ("site", "tenant")
+    SITE_FIELD_NUMBER: _ClassVar[int]
+    TENANT_FIELD_NUMBER: _ClassVar[int]
+    site: str
+    tenant: str
+    def __init__(self, site: _Optional[str] = ..., tenant: _Optional[str] = ...) -> None: ...
+
+class RoutingState(_message.Message):
+    __slots__ = ("version", "policies_json", "sites")
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    POLICIES_JSON_FIELD_NUMBER: _ClassVar[int]
+    SITES_FIELD_NUMBER: _ClassVar[int]
+    version: int
+    policies_json: str
+    sites: _containers.RepeatedCompositeFieldContainer[SiteRoute]
+    def __init__(self, version: _Optional[int] = ..., policies_json: _Optional[str] = ..., sites: _Optional[_Iterable[_Union[SiteRoute, _Mapping]]] = ...) -> None: ...
+
 class Hardware(_message.Message):
     __slots__ = ("cpu", "cores", "memory_bytes", "accelerator")
     CPU_FIELD_NUMBER: _ClassVar[int]

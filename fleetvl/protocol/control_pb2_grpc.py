@@ -39,6 +39,11 @@ class ControlStub:
                 request_serializer=fleetvl_dot_protocol_dot_control__pb2.AgentMessage.SerializeToString,
                 response_deserializer=fleetvl_dot_protocol_dot_control__pb2.ControllerMessage.FromString,
                 _registered_method=True)
+        self.WatchRouting = channel.unary_stream(
+                '/fleetvl.control.v1.Control/WatchRouting',
+                request_serializer=fleetvl_dot_protocol_dot_control__pb2.RoutingWatch.SerializeToString,
+                response_deserializer=fleetvl_dot_protocol_dot_control__pb2.RoutingState.FromString,
+                _registered_method=True)
 
 
 class ControlServicer:
@@ -52,6 +57,14 @@ class ControlServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def WatchRouting(self, request, context):
+        """One stream per router: the full routing state now, then again after every change.
+        Routers present `authorization: Bearer <router token>`.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_ControlServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -59,6 +72,11 @@ def add_ControlServicer_to_server(servicer, server):
                     servicer.Connect,
                     request_deserializer=fleetvl_dot_protocol_dot_control__pb2.AgentMessage.FromString,
                     response_serializer=fleetvl_dot_protocol_dot_control__pb2.ControllerMessage.SerializeToString,
+            ),
+            'WatchRouting': grpc.unary_stream_rpc_method_handler(
+                    servicer.WatchRouting,
+                    request_deserializer=fleetvl_dot_protocol_dot_control__pb2.RoutingWatch.FromString,
+                    response_serializer=fleetvl_dot_protocol_dot_control__pb2.RoutingState.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -88,6 +106,33 @@ class Control:
             '/fleetvl.control.v1.Control/Connect',
             fleetvl_dot_protocol_dot_control__pb2.AgentMessage.SerializeToString,
             fleetvl_dot_protocol_dot_control__pb2.ControllerMessage.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def WatchRouting(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/fleetvl.control.v1.Control/WatchRouting',
+            fleetvl_dot_protocol_dot_control__pb2.RoutingWatch.SerializeToString,
+            fleetvl_dot_protocol_dot_control__pb2.RoutingState.FromString,
             options,
             channel_credentials,
             insecure,

@@ -111,6 +111,14 @@ class Scheduler:
         self._expired: list[WorkItem] = []  # dropped by next_for, not yet reported
         self._seq = itertools.count()
 
+    def add_backend(self, spec: BackendSpec) -> None:
+        """A backend that appeared at run time (a site the controller added)."""
+        if spec.name in self._backends:
+            raise ValueError(f"backend {spec.name!r} already exists")
+        self._backends[spec.name] = BackendState(
+            spec.name, spec.slots, LatencyPredictor(spec.predictor)
+        )
+
     # -- admission ------------------------------------------------------------------------
 
     def admit(self, item: WorkItem) -> AdmissionDecision:

@@ -135,9 +135,11 @@ def plan_fleet(cfg: UpConfig, redis_url: str, hf_dir: Path, bundle_dir: Path, di
         "backends": [
             {"name": "ray-cloud", "type": "grpc", "target": f"127.0.0.1:{p('serve_grpc')}",
              "models": [MODEL], "slots": cfg.cloud.max_slots},
-            *({"name": f"agent-{s['id']}", "type": "agent", "site": s["id"], "models": [MODEL]}
-              for s in spec["sites"]),
         ],
+        # The controller owns policy and the sites (one agent backend each); the policies
+        # above are what the router starts with until its first routing state.
+        "controller": {"target": f"127.0.0.1:{p('controller_grpc')}", "token": cfg.admin_token,
+                       "agent_models": [MODEL], "retry_s": 0.2},
     }  # fmt: skip
     controller: dict[str, object] = {
         "http_host": "127.0.0.1", "http_port": p("controller_http"),

@@ -59,7 +59,8 @@ def _ask(backend: EngineBackend) -> Final:
     events = asyncio.run(run())
     final = events[-1]
     assert isinstance(final, Final)
-    assert [e.text for e in events[:-1] if isinstance(e, Delta)] and final.completion_tokens == 6
+    assert [e.text for e in events[:-1] if isinstance(e, Delta)]
+    assert final.completion_tokens == 6
     return final
 
 
@@ -80,7 +81,9 @@ def test_every_registered_engine_serves_behind_the_one_backend(
         finally:
             if isinstance(engine, CloudEngine):
                 engine.close()
-    assert final.finish_reason == "length" and final.prompt_tokens > 4 and final.ttft_s > 0
+    assert final.finish_reason == "length"
+    assert final.prompt_tokens > 4
+    assert final.ttft_s > 0
 
 
 def test_the_cached_engine_answers_a_repeat_from_the_shared_cache(

@@ -495,7 +495,12 @@ def test_configs_load_in_the_services(
     assert str(Path(ctl.spec_file or "").parent) in mounts
     assert ctl.bundle_dir in mounts
 
-    # Router and controller enforce the same policies, and every site has an agent backend.
+    # The router takes policies and sites from the controller's gRPC Service (the one owner);
+    # the policies rendered from the spec are what it starts with.
+    assert router.controller is not None
+    assert router.controller.target == f"{ctl_svc}:{ctl.grpc_port}"
+    assert (router.controller.tls_ca_file is not None) == (router.tls is not None)
+    assert not [b for b in router.backends if b.type == "agent"]
     spec = VALUE_SETS[name].get("fleet", {}).get("spec")
     if spec:
         assert fleet.model_dump(exclude_unset=True) == FleetSpec.model_validate(spec).model_dump(
@@ -504,9 +509,6 @@ def test_configs_load_in_the_services(
         sites_with_policy = {s["id"] for s in spec["sites"] if s.get("policy")}
         assert set(router.policies.sites) == sites_with_policy
         assert router.policies.sites["sub-leeds-01"].residency == "edge_only"
-        assert {b.site for b in router.backends if b.type == "agent"} == {
-            s["id"] for s in spec["sites"]
-        }
 
 
 # --- the cloud worker's RayService --------------------------------------------------------

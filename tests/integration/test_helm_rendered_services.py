@@ -88,6 +88,8 @@ class Pod:
         # Mount paths move under the temporary root; servers bind loopback only here.
         for prefix in ("/etc/fleetvl", "/var/lib/fleetvl"):
             text = text.replace(prefix, str(self._path(prefix)))
+        # No cluster DNS here: the controller's Service is this machine.
+        text = text.replace("fleet-fleetvl-controller:", "127.0.0.1:")
         return text.replace("0.0.0.0", "127.0.0.1")
 
     def env(self) -> dict[str, str]:
@@ -191,6 +193,12 @@ def test_rendered_router_and_controller_start_and_serve(tmp_path: Path, namespac
             status = client.get(status_url, headers={"Authorization": f"Bearer {ADMIN}"})
             assert status.status_code == 200, status.text
             assert {s["id"] for s in FLEET["sites"]} <= set(_site_ids(status.json()))
+            # The router watches the controller over its mTLS port (the chart's certificate
+            # as client certificate, the admin token from the Secret): policy has one owner.
+            metrics = router.probe_url("readinessProbe").replace("/readyz", "/metrics")
+            watching = "fleetvl_router_controller_connected 1.0"
+            with httpx.Client(verify=ca, timeout=5) as tls_client:
+                wait_for(lambda: watching in tls_client.get(metrics).text, what="router watch")
     finally:
         router_log, controller_log = router.stop(), controller.stop()
     assert f"HTTP listening on 127.0.0.1:{values['router']['httpPort']}" in router_log
