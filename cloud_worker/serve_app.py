@@ -84,10 +84,11 @@ class VLMWorker:
             self.scope_key = file_sha256(Path(model_dir) / SCOPE_FILE)
         self.blobs = None
         self.responses = None
-        if redis_url:
-            from fleetvl.cache import CacheConfig, FleetCache, KVShape
+        from fleetvl.cache import CacheConfig, FleetCache, KVShape
 
-            cache = FleetCache(CacheConfig(url=redis_url))
+        cache_config = CacheConfig.for_service(redis_url)
+        if cache_config is not None:
+            cache = FleetCache(cache_config)
             self.blobs = cache.images()
             lm = self.engine.lm
             self.responses = cache.for_model(

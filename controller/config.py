@@ -1,19 +1,18 @@
-"""Controller configuration: YAML file, with secrets and the Redis URL from the environment.
-
-``FLEETVL_REDIS_URL`` and ``FLEETVL_CONTROLLER_ADMIN_TOKEN`` override the file (so the Helm
-chart can keep the token in a Secret). The admin token is required: none is ever generated.
+"""Controller configuration: a YAML file read by the one settings convention
+(:mod:`fleetvl.settings`), so ``FLEETVL_CONTROLLER_ADMIN_TOKEN`` (kept in a Secret by the Helm
+chart) and ``FLEETVL_REDIS_URL`` override it. The admin token is required: none is ever
+generated.
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Mapping
 from pathlib import Path
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
 from controller.spec import FleetSpec, load_spec
+from fleetvl.settings import load_settings
 
 __all__ = ["AlertsConfig", "ControllerConfig", "KubeConfig", "TlsConfig"]
 
@@ -113,16 +112,13 @@ class ControllerConfig(_Strict):
 
     @classmethod
     def load(cls, path: str | Path, env: Mapping[str, str] | None = None) -> ControllerConfig:
-        env = os.environ if env is None else env
-        data: dict[str, object] = yaml.safe_load(Path(path).read_text()) or {}
-        if v := env.get("FLEETVL_REDIS_URL"):
-            data["redis_url"] = v
-        if v := env.get("FLEETVL_CONTROLLER_ADMIN_TOKEN"):
-            data["admin_token"] = v
-        spec_file = data.get("spec_file")
-        if isinstance(spec_file, str) and not Path(spec_file).is_absolute():
-            data["spec_file"] = str(Path(path).parent / spec_file)
-        return cls.model_validate(data)
+        """The YAML file by the one settings convention (:mod:`fleetvl.settings`): ``${VAR}``
+        expanded, ``FLEETVL_CONTROLLER_*`` on top (``FLEETVL_CONTROLLER_ADMIN_TOKEN``),
+        ``FLEETVL_REDIS_URL`` as ``redis_url``; a relative ``spec_file`` is relative to it."""
+        cfg = load_settings(cls, "controller", path, environ=env)
+        if cfg.spec_file and not Path(cfg.spec_file).is_absolute():
+            cfg.spec_file = str(Path(path).parent / cfg.spec_file)
+        return cfg
 
     def fleet_spec(self) -> FleetSpec:
         if self.spec is not None:

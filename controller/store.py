@@ -14,6 +14,8 @@ from typing import TypedDict, cast
 
 import redis.asyncio as aioredis
 
+from fleetvl import redis_keys
+
 __all__ = ["BundleInfo", "ControllerStore", "JsonObject"]
 
 # A JSON object as stored (policy overrides, site specs, rollout states, audit entries): read
@@ -39,7 +41,7 @@ class ControllerStore:
         self.redis = aioredis.from_url(
             url, decode_responses=True, socket_timeout=5.0, socket_connect_timeout=2.0
         )
-        self.prefix = f"fleetvl:ctl:{namespace}:"
+        self.prefix = redis_keys.controller(namespace)
 
     def _k(self, name: str) -> str:
         return self.prefix + name

@@ -2,17 +2,18 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, SecretStr, model_validator
 
-from fleetvl.config_files import expand_env
 from fleetvl.engines import engine_names
 from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.protocol.request import RequestLimits
 from fleetvl.scheduling import PredictorConfig, SchedulerConfig
+from fleetvl.settings import load_settings
 
 __all__ = ["BackendConfig", "ControllerLink", "PolicyConfig", "RouterConfig", "TlsConfig"]
 
@@ -125,7 +126,7 @@ class RouterConfig(_Strict):
         return keys
 
     @classmethod
-    def load(cls, path: str | Path) -> RouterConfig:
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        raw = expand_env(raw)
-        return cls.model_validate(raw)
+    def load(cls, path: str | Path, environ: Mapping[str, str] | None = None) -> RouterConfig:
+        """The YAML file by the one settings convention (:mod:`fleetvl.settings`): ``${VAR}``
+        expanded, ``FLEETVL_ROUTER_*`` on top, ``FLEETVL_REDIS_URL`` as ``redis_url``."""
+        return load_settings(cls, "router", path, environ=environ)

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from typing import Protocol
 
 from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.redis_keys import IDEMPOTENCY
 
 __all__ = ["FinalStore", "IdempotencyRecord", "RedisFinals", "Slot"]
 
@@ -54,7 +55,7 @@ class RedisFinals:
     @staticmethod
     def _key(tenant: str, key: str) -> str:
         t = hashlib.sha256(tenant.encode()).hexdigest()[:16]
-        return f"fleetvl:idem:v1:{t}:{hashlib.sha256(key.encode()).hexdigest()}"
+        return f"{IDEMPOTENCY}:{t}:{hashlib.sha256(key.encode()).hexdigest()}"
 
     async def get(self, tenant: str, key: str) -> pb.Final | None:
         try:

@@ -53,11 +53,10 @@ def build_backends(config: RouterConfig) -> list[Backend]:
 
 
 def blob_store(config: RouterConfig) -> BlobStore:
-    if config.redis_url:
-        from fleetvl.cache import CacheConfig, FleetCache
+    from fleetvl.cache import CacheConfig, FleetCache
 
-        return FleetCache(CacheConfig(url=config.redis_url)).images()
-    return MemoryBlobStore()
+    cache = CacheConfig.for_service(config.redis_url)
+    return FleetCache(cache).images() if cache is not None else MemoryBlobStore()
 
 
 def _tune_gc() -> None:

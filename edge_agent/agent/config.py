@@ -7,16 +7,15 @@ router key come from there or from a mounted file, never from a default. See
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-from fleetvl.config_files import expand_env
 from fleetvl.policy import PolicyOverride, SlaPolicy
 from fleetvl.protocol.request import RequestLimits
+from fleetvl.settings import load_settings
 from fleetvl.vlm.gate import SIGNALS
 
 __all__ = [
@@ -140,24 +139,9 @@ class AgentConfig(_Strict):
     controller: ControllerSection | None = Field(None, description="Control-plane client.")
 
     @classmethod
-    def load(cls, path: str | Path, environ: dict[str, str] | None = None) -> AgentConfig:
-        """The YAML file, ``${VAR}`` references expanded, then ``FLEETVL_EDGE_*`` variables
-        applied on top (``FLEETVL_EDGE_HTTP_PORT=9000``; nested keys joined by ``__``:
+    def load(cls, path: str | Path, environ: Mapping[str, str] | None = None) -> AgentConfig:
+        """The YAML file read by the one settings convention (:mod:`fleetvl.settings`):
+        ``${VAR}`` references expanded, then ``FLEETVL_EDGE_*`` variables on top
+        (``FLEETVL_EDGE_HTTP_PORT=9000``; nested keys joined by ``__``:
         ``FLEETVL_EDGE_ROUTER__API_KEY``)."""
-        raw = yaml.safe_load(Path(path).read_text()) or {}
-        raw = expand_env(raw)
-        for key, value in (os.environ if environ is None else environ).items():
-            if not key.startswith(ENV_PREFIX):
-                continue
-            *parents, leaf = key.removeprefix(ENV_PREFIX).lower().split("__")
-            node = raw
-            if not isinstance(node, dict):
-                raise TypeError(f"{path}: the config must be a mapping")
-            for p in parents:
-                child = node.setdefault(p, {}) if isinstance(node.get(p, {}), dict) else {}
-                node = child if isinstance(child, dict) else {}
-            node[leaf] = value
-        return cls.model_validate(raw)
-
-
-ENV_PREFIX = "FLEETVL_EDGE_"
+        return load_settings(cls, "edge", path, environ=environ)

@@ -1,16 +1,18 @@
-"""Cache settings, from code or the environment (``FLEETVL_REDIS_URL`` and friends)."""
+"""Cache settings, from code or the environment (``FLEETVL_REDIS_URL``, ``FLEETVL_CACHE_*``)."""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass, field, replace
-from typing import cast
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
 
 from fleetvl.cache.kv_quant import KV_FORMATS, KVFormat
+from fleetvl.settings import REDIS_URL, SERVICE_PREFIXES
 
 __all__ = ["CacheConfig"]
 
 MiB = 1 << 20
+PREFIX = SERVICE_PREFIXES["cache"]
 
 
 @dataclass(frozen=True)
@@ -67,11 +69,39 @@ class CacheConfig:
             raise ValueError("cache timeouts must be positive")
 
     @classmethod
-    def from_env(cls, **overrides: object) -> CacheConfig:
-        env = os.environ
-        cfg = cls(url=env.get("FLEETVL_REDIS_URL", cls.url))
-        if v := env.get("FLEETVL_CACHE_KV_FORMAT"):
-            cfg = replace(cfg, kv_format=cast(KVFormat, v))  # checked by __post_init__
-        if v := env.get("FLEETVL_CACHE_TIMEOUT_S"):
-            cfg = replace(cfg, op_timeout_s=float(v))
-        return replace(cfg, **overrides)  # type: ignore[arg-type]
+    def for_service(
+        cls, redis_url: str | None, environ: Mapping[str, str] | None = None
+    ) -> CacheConfig | None:
+        """A service's cache: ``FLEETVL_REDIS_URL`` over its config's ``redis_url``, the
+        ``FLEETVL_CACHE_*`` fields on top; None when neither names a Redis (no cache)."""
+        env = os.environ if environ is None else environ
+        if not (env.get(REDIS_URL) or redis_url):
+            return None
+        return cls.from_env(env, **({} if env.get(REDIS_URL) else {"url": redis_url}))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None, **overrides: object) -> CacheConfig:
+        """The one settings convention (:mod:`fleetvl.settings`): ``FLEETVL_REDIS_URL`` as
+        ``url``, ``FLEETVL_CACHE_<FIELD>`` for any other field (``FLEETVL_CACHE_KV_FORMAT``);
+        ``overrides`` last.
+
+        Raises:
+            ValueError: a ``FLEETVL_CACHE_*`` variable names no field, or its value does not
+                parse as the field's type.
+        """
+        env = os.environ if environ is None else environ
+        types = {f.name: f.type for f in fields(cls) if f.name != "extra"}
+        values: dict[str, object] = {}
+        if url := env.get(REDIS_URL):
+            values["url"] = url
+        for key in sorted(k for k in env if k.startswith(PREFIX)):
+            name = key.removeprefix(PREFIX).lower()
+            if name not in types:
+                raise ValueError(f"{key}: CacheConfig has no field {name!r}")
+            kind = str(types[name])
+            raw = env[key]
+            try:
+                values[name] = float(raw) if kind == "float" else int(raw) if kind == "int" else raw
+            except ValueError:
+                raise ValueError(f"{key}={raw!r} is not a {kind}") from None
+        return replace(cls(), **values, **overrides)  # type: ignore[arg-type]

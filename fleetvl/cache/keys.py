@@ -1,9 +1,11 @@
 """Content-addressed cache keys, namespaced by model bundle digest (and tenant if isolated).
 
-    fvl:1:<model>[:t=<tenant>]:kv:<fmt>:b<block>:<chain hash>:<layers>   prefix KV, one layer range
-    fvl:1:<model>[:t=<tenant>]:vis:<fmt>:<image digest>:<part>            vision encoder output
-    fvl:1:<model>[:t=<tenant>]:resp:<request digest>                      final answer
-    fvl:1:img[:t=<tenant>]:<sha256 of the bytes>:<part>                   image blob (all models)
+    fleetvl:cache:1:<model>[:t=<tenant>]:kv:<fmt>:b<block>:<chain hash>:<layers>   prefix KV
+    fleetvl:cache:1:<model>[:t=<tenant>]:vis:<fmt>:<image digest>:<part>    vision encoder output
+    fleetvl:cache:1:<model>[:t=<tenant>]:resp:<request digest>              final answer
+    fleetvl:cache:1:img[:t=<tenant>]:<sha256 of the bytes>:<part>           image blob (all models)
+
+(the root is fleetvl.redis_keys.CACHE: every FleetVL key starts with ``fleetvl:``).
 
 Prefix blocks are chained as in vLLM: a block's hash covers its parent's hash, its token ids
 and the digests of the images whose placeholder tokens fall inside it, so equal hashes mean an
@@ -20,6 +22,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from fleetvl.redis_keys import CACHE
+
 __all__ = [
     "ImageSpan",
     "Namespace",
@@ -28,7 +32,7 @@ __all__ = [
     "request_digest",
 ]
 
-ROOT = "fvl:1"
+ROOT = CACHE
 _DIGEST = re.compile(r"^[0-9a-f]{16,128}$")
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
-from fleetvl.config_files import JsonObject
+from fleetvl.settings import JsonObject
 from fleetvl_tools.launch.artifacts import DemoArtifacts, prepare_for
 from fleetvl_tools.launch.config import UpConfig
 from fleetvl_tools.launch.configs import MODEL, FleetPlan, plan_fleet

@@ -273,7 +273,7 @@ def test_image_blobs_by_digest(fp16_cache: FleetCache, tenant: str) -> None:
     # Bytes stored under another digest are refused: a blob is checked against its key.
     other = blob_digest(b"other")
     r = redis.Redis.from_url(LOCAL)
-    key = f"fvl:1:img:{blobs_prefix(blobs)}:{blob_digest(small)}:0"
+    key = f"fleetvl:cache:1:img:{blobs_prefix(blobs)}:{blob_digest(small)}:0"
     r.copy(key, key.replace(blob_digest(small), other))
     assert blobs.get(other) is None
 

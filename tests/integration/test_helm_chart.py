@@ -460,7 +460,7 @@ def test_references_resolve(name: str, rendered: dict[str, list[dict[str, Any]]]
 
 @pytest.mark.parametrize("name", list(VALUE_SETS))
 def test_configs_load_in_the_services(
-    name: str, rendered: dict[str, list[dict[str, Any]]], monkeypatch: pytest.MonkeyPatch
+    name: str, rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
 ) -> None:
     """router.yaml, controller.yaml and fleet.yaml are accepted by the services' own models."""
     from controller.config import ControllerConfig
@@ -469,14 +469,12 @@ def test_configs_load_in_the_services(
 
     objs = rendered[name]
     router_yaml = _one(objs, "ConfigMap", "-router")["data"]["router.yaml"]
-    monkeypatch.setenv("FLEETVL_REDIS_URL", "redis://127.0.0.1:6379/0")
-    raw = yaml.safe_load(router_yaml)
-    router = RouterConfig.model_validate(
-        {
-            k: (v.replace("${FLEETVL_REDIS_URL}", "redis://r:6379/0") if isinstance(v, str) else v)
-            for k, v in raw.items()
-        }  # fmt: skip
-    )
+    # Loaded as the pod loads it: the file, then the environment the Deployment sets.
+    (tmp_path / "router.yaml").write_text(router_yaml)
+    pod = _one(objs, "Deployment", "-router")["spec"]["template"]["spec"]["containers"][0]
+    env = {e["name"]: "redis://r:6379/0" if e["name"] == "FLEETVL_REDIS_URL" else "tok"
+           for e in pod["env"]}  # fmt: skip
+    router = RouterConfig.load(tmp_path / "router.yaml", environ=env)
     assert router.redis_url == "redis://r:6379/0"
     assert (router.tls is not None) == VALUE_SETS[name].get("tls", {}).get("enabled", True)
 
@@ -499,6 +497,7 @@ def test_configs_load_in_the_services(
     # the policies rendered from the spec are what it starts with.
     assert router.controller is not None
     assert router.controller.target == f"{ctl_svc}:{ctl.grpc_port}"
+    assert router.controller.token.get_secret_value() == "tok"
     assert (router.controller.tls_ca_file is not None) == (router.tls is not None)
     assert not [b for b in router.backends if b.type == "agent"]
     spec = VALUE_SETS[name].get("fleet", {}).get("spec")

@@ -19,7 +19,7 @@ from fleetvl.cache.config import CacheConfig
 from fleetvl.cache.keys import ImageSpan, Namespace, block_hashes, request_digest
 from fleetvl.cache.kv_quant import bytes_per_token, dequantize, quantize
 
-KEY = "fvl:1:abc:kv:fp16:b64:00:0-4"
+KEY = "fleetvl:cache:1:abc:kv:fp16:b64:00:0-4"
 
 
 def _value() -> Value:

@@ -33,15 +33,18 @@ def plan(tmp_path: Path):  # noqa: ANN201
 def test_every_generated_config_loads_in_its_tier(plan, tmp_path: Path) -> None:  # noqa: ANN001
     cfg, p = plan
     files = p.write(tmp_path)
-    router = RouterConfig.load(files["router"])
+    router = RouterConfig.load(files["router"], environ={})
     controller = ControllerConfig.load(files["controller"], {})
     spec = controller.fleet_spec()
     agents = [AgentConfig.load(files[f"site:{s.id}"], environ={}) for s in p.sites]
     declared = yaml.safe_load((ROOT / "examples" / "fleet.yaml").read_text())
     assert [a.site for a in agents] == [s["id"] for s in declared["sites"]]
-    # One agent backend per site, one cloud backend (the Serve app), nothing else.
-    kinds = sorted((b.type, b.site) for b in router.backends)
-    assert kinds == sorted([("grpc", None)] + [("agent", a.site) for a in agents])
+    # One cloud backend (the Serve app); the sites' agent backends come from the controller,
+    # which the router watches on the controller's gRPC port with the run's admin token.
+    assert [(b.type, b.site) for b in router.backends] == [("grpc", None)]
+    assert router.controller is not None
+    assert router.controller.target == f"127.0.0.1:{controller.grpc_port}"
+    assert router.controller.token.get_secret_value() == cfg.admin_token
     # Every bundle of the run's spec is the demo bundle: no agent is asked to download one.
     assert {b.digest for b in spec.bundles.values()} == {DIGEST}
     assert spec.rollouts == []
