@@ -20,10 +20,10 @@ import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TypeAlias, TypeVar
+from typing import TYPE_CHECKING, TypeAlias, TypeVar
 
-import yaml
-from pydantic import BaseModel
+if TYPE_CHECKING:  # the cloud engine reads the cache settings on a box without pydantic
+    from pydantic import BaseModel
 
 __all__ = [
     "ENVIRONMENT",
@@ -44,7 +44,7 @@ JsonValue: TypeAlias = (
 #: A JSON object.
 JsonObject: TypeAlias = dict[str, JsonValue]
 
-M = TypeVar("M", bound=BaseModel)
+M = TypeVar("M", bound="BaseModel")
 
 REDIS_URL = "FLEETVL_REDIS_URL"
 SERVICE_PREFIXES = {
@@ -104,6 +104,7 @@ def expand_env(value: JsonValue, environ: Mapping[str, str] | None = None) -> Js
 
 def _known(model: type[BaseModel], path: list[str]) -> bool:
     """Whether ``path`` (lower-case field names) starts at a field of ``model``."""
+    from pydantic import BaseModel
     fields = model.model_fields
     names = dict(fields) | {f.alias: f for f in fields.values() if f.alias}
     field = names.get(path[0])
@@ -153,6 +154,8 @@ def load_settings(
         ValueError: the file is not a mapping, a variable names no field, or validation fails
             (pydantic's ``ValidationError`` is a ``ValueError``; it names the field).
     """
+    import yaml
+
     env = os.environ if environ is None else environ
     if raw is None:
         loaded = yaml.safe_load(Path(path).read_text()) if path is not None else {}
