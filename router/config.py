@@ -24,20 +24,35 @@ class _Strict(BaseModel):
 
 
 class BackendConfig(_Strict):
-    name: str = Field(min_length=1, pattern=r"^[\w.-]+$")
-    type: Literal["engine", "grpc", "agent", "simulated"]
-    kind: Literal["cloud", "edge"] = "cloud"
-    site: str | None = None  # required for kind=edge: the site whose agent it is
-    slots: int = Field(1, ge=1, le=1024)
-    models: list[str] = Field(default_factory=list)
-    bundle: str | None = None  # type=engine: a model directory for the engine
-    # type=engine: a registered engine (``fleetvl.engines`` entry points: edge, edge-cached,
-    # cloud, or one a plugin package adds) built on ``bundle``.
-    engine: str = Field("edge", pattern=r"^[\w.-]+$")
-    target: str | None = None  # type=grpc: host:port
-    tls_ca_file: str | None = None  # type=grpc: verify the backend's certificate
-    simulated: dict[str, Any] = Field(default_factory=dict)  # type=simulated: latency profile
-    predictor: PredictorConfig = Field(default_factory=PredictorConfig)
+    name: str = Field(min_length=1, pattern=r"^[\w.-]+$", description="Unique backend name.")
+    type: Literal["engine", "grpc", "agent", "simulated"] = Field(
+        description="engine: a model in this process; grpc: a fleetvl.v1 server (the cloud "
+        "worker); agent: a site's agent over its outbound connection; simulated: a test model."
+    )
+    kind: Literal["cloud", "edge"] = Field(
+        "cloud", description="What residency checks: edge backends belong to one site."
+    )
+    site: str | None = Field(None, description="kind=edge: the site whose agent it is.")
+    slots: int = Field(1, ge=1, le=1024, description="Requests it serves at once.")
+    models: list[str] = Field(
+        default_factory=list, description="Model names it answers for; empty: any."
+    )
+    bundle: str | None = Field(None, description="type=engine: the model directory.")
+    engine: str = Field(
+        "edge", pattern=r"^[\w.-]+$",
+        description="type=engine: a registered engine (fleetvl.engines entry points: edge, "
+        "edge-cached, cloud, or one a plugin package adds) built on `bundle`.",
+    )  # fmt: skip
+    target: str | None = Field(None, description="type=grpc: host:port.")
+    tls_ca_file: str | None = Field(
+        None, description="type=grpc: verify the backend's certificate with this CA (PEM)."
+    )
+    simulated: dict[str, Any] = Field(
+        default_factory=dict, description="type=simulated: its latency profile."
+    )
+    predictor: PredictorConfig = Field(
+        default_factory=PredictorConfig, description="Latency predictor seed (learned online)."
+    )
 
     @model_validator(mode="after")
     def _consistent(self) -> BackendConfig:
@@ -55,9 +70,11 @@ class BackendConfig(_Strict):
 
 
 class TlsConfig(_Strict):
-    cert_file: str
-    key_file: str
-    client_ca_file: str | None = None  # set: clients must present a certificate (mTLS)
+    cert_file: str = Field(description="Server certificate (PEM), HTTP and gRPC.")
+    key_file: str = Field(description="Its private key (PEM).")
+    client_ca_file: str | None = Field(
+        None, description="Set: clients must present a certificate signed by this CA (mTLS)."
+    )
 
 
 class ControllerLink(_Strict):
@@ -81,33 +98,59 @@ class ControllerLink(_Strict):
 
 
 class PolicyConfig(_Strict):
-    global_: SlaPolicy = Field(default_factory=SlaPolicy, alias="global")
-    tenants: dict[str, PolicyOverride] = Field(default_factory=dict)
-    sites: dict[str, PolicyOverride] = Field(default_factory=dict)
+    global_: SlaPolicy = Field(
+        default_factory=SlaPolicy, alias="global", description="The fleet-wide policy."
+    )
+    tenants: dict[str, PolicyOverride] = Field(
+        default_factory=dict, description="Tenant -> its override (tightens residency only)."
+    )
+    sites: dict[str, PolicyOverride] = Field(
+        default_factory=dict, description="Site -> its override (tightens residency only)."
+    )
 
     model_config = ConfigDict(extra="forbid", populate_by_name=True)
 
 
 class RouterConfig(_Strict):
-    http_host: str = "127.0.0.1"
-    http_port: int = Field(8080, ge=0, le=65535)
-    grpc_host: str = "127.0.0.1"
-    grpc_port: int | None = Field(50051, ge=0, le=65535)  # None: no gRPC listener
-    # API key -> tenant. Empty: no authentication (tenant from the x-fleetvl-tenant header).
-    # Keys come from config or a secret file, never generated.
-    api_keys: dict[str, str] = Field(default_factory=dict)
-    api_keys_file: str | None = None  # YAML mapping key -> tenant (a mounted Secret)
-    default_tenant: str = "default"
-    limits: RequestLimits = Field(default_factory=RequestLimits)
-    tls: TlsConfig | None = None
-    # With `controller`, the controller's policies and sites replace `policies` (kept until
-    # the first state arrives, and used alone by a router run without a controller).
-    policies: PolicyConfig = Field(default_factory=PolicyConfig)
-    controller: ControllerLink | None = None
-    scheduler: SchedulerConfig = Field(default_factory=SchedulerConfig)
-    backends: list[BackendConfig] = Field(min_length=1)
-    redis_url: str | None = None  # shared cache (image blobs); None: in-memory image store
-    expiry_interval_s: float = Field(0.05, gt=0)
+    http_host: str = Field("127.0.0.1", description="OpenAI-compatible HTTP listen address.")
+    http_port: int = Field(8080, ge=0, le=65535, description="HTTP port (/v1, /metrics).")
+    grpc_host: str = Field("127.0.0.1", description="fleetvl.v1 gRPC listen address.")
+    grpc_port: int | None = Field(
+        50051, ge=0, le=65535, description="gRPC port (escalations, agents); None: none."
+    )
+    api_keys: dict[str, str] = Field(
+        default_factory=dict,
+        description="API key -> tenant. Empty: no authentication (tenant from the "
+        "x-fleetvl-tenant header). Keys come from config or a secret file, never generated.",
+    )
+    api_keys_file: str | None = Field(
+        None, description="YAML mapping API key -> tenant (a mounted Secret)."
+    )
+    default_tenant: str = Field("default", description="Tenant when no key maps one.")
+    limits: RequestLimits = Field(
+        default_factory=RequestLimits, description="What one request may ask for."
+    )
+    tls: TlsConfig | None = Field(None, description="TLS (and mTLS) on both listeners.")
+    policies: PolicyConfig = Field(
+        default_factory=PolicyConfig,
+        description="SLA layers. With `controller`, the controller's replace them (these "
+        "hold until its first state, and alone for a router run without a controller).",
+    )
+    controller: ControllerLink | None = Field(
+        None, description="Take policies and sites from the fleet controller."
+    )
+    scheduler: SchedulerConfig = Field(
+        default_factory=SchedulerConfig, description="The deadline-aware scheduler."
+    )
+    backends: list[BackendConfig] = Field(min_length=1, description="Where requests go.")
+    redis_url: str | None = Field(
+        None,
+        description="The shared Redis (answer cache, image store, idempotency records); "
+        "None: in-memory images, no shared answers. FLEETVL_REDIS_URL overrides it.",
+    )
+    expiry_interval_s: float = Field(
+        0.05, gt=0, description="How often queued requests past their deadline are dropped."
+    )
 
     @model_validator(mode="after")
     def _unique(self) -> RouterConfig:

@@ -63,3 +63,26 @@ def test_a_misspelt_variable_is_an_error_that_names_it(load, var: str, tmp_path:
 def test_the_configuration_doc_lists_every_variable() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
     assert environment_doc() in doc, "regenerate the table: python -m fleetvl.settings"
+
+
+@pytest.mark.parametrize("model", [RouterConfig, ControllerConfig, AgentConfig])
+def test_every_config_field_is_described(model: type) -> None:
+    """An operator reads what a field does in the model (and the JSON schema) itself."""
+    from pydantic import BaseModel
+
+    seen: set[type] = set()
+    missing: list[str] = []
+
+    def walk(m: type[BaseModel], where: str) -> None:
+        if m in seen or not m.__module__.startswith(("router", "controller", "edge_agent")):
+            return
+        seen.add(m)
+        for name, f in m.model_fields.items():
+            if not f.description:
+                missing.append(f"{where}.{name}")
+            for sub in getattr(f.annotation, "__args__", (f.annotation,)):
+                if isinstance(sub, type) and issubclass(sub, BaseModel):
+                    walk(sub, f"{where}.{name}")
+
+    walk(model, model.__name__)
+    assert not missing, missing
