@@ -32,10 +32,12 @@ from ray import serve
 from ray.serve.metrics import Counter
 
 from cloud_worker.engine import CloudEngine, CloudResult, EngineConfig, TokenEvent
+from fleetvl.cache.responses import StoredAnswer
+from fleetvl.policy import CacheMode
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol.convert import logprob_message, scope_message
 from fleetvl.protocol.request import ChatRequest, RequestLimits
-from fleetvl.sampling import CancelToken, SamplingParams
+from fleetvl.sampling import CancelToken
 from fleetvl.threaded_stream import stream_in_thread
 from fleetvl.vlm.scope import ScopeScore
 
@@ -43,6 +45,7 @@ __all__ = ["VLMWorker", "build_app"]
 
 log = logging.getLogger("fleetvl.cloud")
 _RANK = {"critical": 0, "standard": 1, "batch": 2}
+PUBLISH_EVERY_S = 10.0
 
 
 @serve.deployment(
@@ -63,9 +66,15 @@ class VLMWorker:
         redis_url: str | None = None,
         model_name: str = "fleet-cloud",
     ) -> None:
+        from fleetvl.cache import CacheConfig, FleetCache
+        from fleetvl.cache.answers import AnswerCache
+
+        # FLEETVL_REDIS_URL over the argument (the one settings convention); None: no cache.
+        cache_config = CacheConfig.for_service(redis_url)
         self.engine = CloudEngine(
-            model_dir, EngineConfig(max_slots=max_slots, max_context=max_context)
-        )
+            model_dir, EngineConfig(max_slots=max_slots, max_context=max_context),
+            cache=FleetCache(cache_config) if cache_config is not None else None,
+        )  # fmt: skip
         self.model_name = model_name
         self.limits = RequestLimits(max_prompt_tokens=max_context)
         # Created in the replica, so Serve tags them with the deployment and replica.
@@ -75,27 +84,18 @@ class VLMWorker:
             "unanswerable), by the part of the score that said so",
             tag_keys=("part",),
         )
-        # Answers stored under one scope model are not answers under another.
-        self.scope_key = ""
+        # Answers stored under one model (and its out-of-scope score) are not answers under
+        # another: the epoch the router and agents look answers up under says which.
+        scope_key = ""
         if self.engine.scope is not None:
             from cloud_worker.engine.scope import SCOPE_FILE
             from fleetvl.vlm.bundle_manifest import file_sha256
 
-            self.scope_key = file_sha256(Path(model_dir) / SCOPE_FILE)
-        self.blobs = None
-        self.responses = None
-        from fleetvl.cache import CacheConfig, FleetCache, KVShape
-
-        cache_config = CacheConfig.for_service(redis_url)
-        if cache_config is not None:
-            cache = FleetCache(cache_config)
-            self.blobs = cache.images()
-            lm = self.engine.lm
-            self.responses = cache.for_model(
-                self.engine.digest,
-                KVShape(lm.num_layers, lm.kv_heads, lm.head_dim),
-                lm.hidden_size,
-            ).responses
+            scope_key = file_sha256(Path(model_dir) / SCOPE_FILE)
+        self.epoch = hashlib.sha256(f"{self.engine.digest}:{scope_key}".encode()).hexdigest()
+        self.answers = AnswerCache(cache_config) if cache_config is not None else None
+        self.blobs = FleetCache(cache_config).images() if cache_config is not None else None
+        self._published = -math.inf
 
     def stats(self) -> dict[str, int]:
         return {"running": self.engine.running, "decode_steps": self.engine.decode_steps,
@@ -113,27 +113,15 @@ class VLMWorker:
             yield pb.GenerateChunk(need_images=pb.NeedImages(digests=missing))
             return
         params = req.params
-        rank = _RANK.get(request.sla.priority, 1) if request.HasField("sla") else 1
-        rdigest = self._response_key(request, params)
-        if rdigest is not None and self.responses is not None:
-            hit = await asyncio.to_thread(self.responses.get, rdigest)
-            if hit is not None:
-                # A deterministic request asked before: the stored answer, no compute (only
-                # answers are stored, never refusals).
-                yield pb.GenerateChunk(delta=pb.Delta(text=hit["text"], index=0))
-                yield pb.GenerateChunk(final=pb.Final(
-                    text=hit["text"], finish_reason=hit["finish_reason"], served_by="cache",
-                    confidence=hit.get("confidence", {}).get("mean_logprob", math.nan),
-                    confidence_signal="mean_logprob", verdict="answer",
-                    usage=pb.Usage(completion_tokens=len(hit["token_ids"])),
-                ))  # fmt: skip
-                _log_line(request, "cache", hit["finish_reason"], "answer", None,
-                          len(hit["token_ids"]), 0.0)  # fmt: skip
-                return
+        pol = request.sla if request.HasField("sla") else None
+        rank = _RANK.get(pol.priority, 1) if pol is not None else 1
+        mode = CacheMode(pol.cache) if pol is not None and pol.cache else CacheMode.READ_WRITE
+        deadline = req.arrival + req.deadline_s if req.deadline_s else None
         images = [i.data for i in req.images]
         prompt = await asyncio.to_thread(self.engine.encode, req.messages, images)
         cancel = CancelToken()
-        events = self.engine.submit(prompt, params, rank=rank, cancel=cancel)
+        events = self.engine.submit(prompt, params, rank=rank, deadline=deadline, cancel=cancel,
+                                    tenant=req.tenant, cache=mode.value)  # fmt: skip
         t0 = time.monotonic()
         # Leaving early (the caller went away, the deadline passed) cancels: the slot frees.
         async with contextlib.aclosing(stream_in_thread(lambda: events, cancel)) as stream:
@@ -151,44 +139,22 @@ class VLMWorker:
                     _log_line(request, "cloud", ev.finish_reason, final.verdict, ev.scope,
                               len(ev.token_ids), total_s)  # fmt: skip
                     yield pb.GenerateChunk(final=final)
-                    # cache: read reuses stored answers and stores none.
-                    store = not request.HasField("sla") or request.sla.cache != "read"
-                    if (
-                        store
-                        and rdigest is not None
-                        and self.responses is not None
-                        and ev.finish_reason in ("stop", "length")
-                    ):
-                        self.responses.put_async(rdigest, {
-                            "text": ev.text, "token_ids": ev.token_ids,
-                            "finish_reason": ev.finish_reason,
-                            "confidence": ev.confidence.as_dict(),
-                        })  # fmt: skip
+                    if ev.finish_reason in ("stop", "length"):  # never refusals or cut answers
+                        await self._store(req, ev, mode)
                     return
 
-    def _response_key(self, request: pb.GenerateRequest, params: SamplingParams) -> str | None:
-        """Response-cache key of a deterministic request whose policy allows the cache."""
-        if (params.temperature > 0 and params.seed is None) or params.logprobs is not None:
-            return None  # not deterministic, or asks for what a stored answer lacks
-        if request.HasField("sla") and request.sla.cache == "off":
-            return None
-        from dataclasses import asdict
-
-        from fleetvl.cache import request_digest
-
-        messages = [
-            {"role": m.role, "content": [
-                {"image": p.image.digest or hashlib.sha256(p.image.data).hexdigest()}
-                if p.WhichOneof("part") == "image" else {"text": p.text}
-                for p in m.content
-            ]}
-            for m in request.messages
-        ]  # fmt: skip
-        d = asdict(params)
-        d["stop"] = list(params.stop)
-        if self.scope_key:
-            d["scope"] = self.scope_key
-        return request_digest(self.engine.digest, messages, d)
+    async def _store(self, req: ChatRequest, r: CloudResult, mode: CacheMode) -> None:
+        """Write the answer where the router and the sites' agents look first."""
+        if self.answers is None:
+            return
+        answer: StoredAnswer = {"text": r.text, "token_ids": r.token_ids,
+                                "finish_reason": r.finish_reason,
+                                "confidence": r.confidence.as_dict()}  # fmt: skip
+        if await self.answers.put(req, self.epoch, answer, mode):
+            now = time.monotonic()
+            if now - self._published > PUBLISH_EVERY_S:  # an evicted epoch comes back soon
+                self._published = now
+                await self.answers.publish(self.model_name, self.epoch)
 
     def _stored(self, digest: str) -> bytes | None:
         """The shared image store's copy of an image sent by digest alone."""

@@ -21,6 +21,7 @@ __all__ = [
     "InputError",
     "InvalidFields",
     "ModelNotFound",
+    "NotCached",
     "PromptError",
     "ServiceError",
     "StorageFull",
@@ -137,6 +138,14 @@ class DeadlineExceeded(ServiceError):
 
 class UpstreamError(ServiceError):
     """The next hop (a backend, the router behind an agent) failed or refused the request."""
+
+
+class NotCached(ServiceError):
+    """A ``cache_only`` request (answer from the cache or not at all) whose answer is not
+    stored: the caller runs it another way."""
+
+    def __init__(self) -> None:
+        super().__init__("answer_not_cached", "no cached answer for this request")
 
 
 class StorageFull(ServiceError):

@@ -132,7 +132,7 @@ class RouterServicer(pb_grpc.RouterServicer):
         try:
             req, missing = ChatRequest.from_pb(
                 request, self.service.config.limits, id=rid, tenant=tenant,
-                stored=self._stored, keep=self.blobs.put, deadline_s=context.time_remaining(),
+                stored=self._stored, keep=self._keep, deadline_s=context.time_remaining(),
             )  # fmt: skip
         except InputError as exc:
             code = grpc_status(exc) or grpc.StatusCode.INVALID_ARGUMENT
@@ -144,7 +144,7 @@ class RouterServicer(pb_grpc.RouterServicer):
             return
         code, message, outcome, final = grpc.StatusCode.OK, "", "ok", None
         try:
-            ticket = self.service.submit(req)
+            ticket = await self.service.admit(req)
             async with contextlib.aclosing(self.service.run(ticket)) as events:
                 async for ev in events:
                     if isinstance(ev, Delta):
@@ -174,6 +174,12 @@ class RouterServicer(pb_grpc.RouterServicer):
 
     def _stored(self, digest: str) -> bytes | None:
         return self.blobs.get(digest)
+
+    def _keep(self, data: bytes) -> None:
+        """An image that came up inline: counted (an image already stored costs none) and
+        stored for every later request and site."""
+        metrics.IMAGE_BYTES_IN.labels("grpc").inc(len(data))
+        self.blobs.put(data)
 
 
 class _Abort(Exception):  # noqa: N818 - a control-flow signal, not an error type

@@ -132,7 +132,8 @@ def create_app(service: RouterService) -> FastAPI:
                 site=body.site or request.headers.get("x-fleetvl-site"),
             )  # fmt: skip
             fields["site"] = req.site
-            ticket = service.submit(req)
+            metrics.IMAGE_BYTES_IN.labels("http").inc(sum(len(i.data) for i in req.images))
+            ticket = await service.admit(req)
         except Exception as exc:
             resp = _map_error(exc)
             _finish_log(fields, t0, resp.status_code, _outcome_of(exc), exc)

@@ -11,6 +11,7 @@ from pathlib import Path
 import grpc
 import uvicorn
 
+from fleetvl.cache.answers import AnswerCache
 from fleetvl.engines import engine_factory
 from fleetvl.serving import listen, serve_until_stopped, stop_on_signals
 from router.agents import AgentBackend
@@ -24,7 +25,7 @@ from router.routing_watch import routing_watch
 from router.service import RouterService
 from router.simulated import SimulatedBackend
 
-__all__ = ["blob_store", "build_backends", "check_ports", "serve"]
+__all__ = ["answer_cache", "blob_store", "build_backends", "check_ports", "serve"]
 
 log = logging.getLogger("fleetvl.router")
 
@@ -57,6 +58,14 @@ def blob_store(config: RouterConfig) -> BlobStore:
 
     cache = CacheConfig.for_service(config.redis_url)
     return FleetCache(cache).images() if cache is not None else MemoryBlobStore()
+
+
+def answer_cache(config: RouterConfig) -> AnswerCache | None:
+    """The shared answer cache, looked up before admission; None without a Redis."""
+    from fleetvl.cache import CacheConfig
+
+    cache = CacheConfig.for_service(config.redis_url)
+    return AnswerCache(cache) if cache is not None else None
 
 
 def _tune_gc() -> None:
@@ -101,7 +110,8 @@ async def serve(
 ) -> None:
     """Serve until SIGINT/SIGTERM (or ``stop``); in-flight requests finish first (drain)."""
     check_ports(config)
-    service = RouterService(config, backends if backends is not None else build_backends(config))
+    service = RouterService(config, backends if backends is not None else build_backends(config),
+                            answers=answer_cache(config))  # fmt: skip
     app = create_app(service)
     import ssl as _ssl
 
@@ -155,3 +165,5 @@ async def serve(
     if grpc_server is not None:
         await grpc_server.stop(grace=30)
     await http
+    if service.answers is not None:
+        await service.answers.close()

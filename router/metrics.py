@@ -54,3 +54,13 @@ CONTROLLER_CONNECTED = Gauge(
 CONTROLLER_ERRORS = Counter(
     "fleetvl_router_controller_errors_total", "Routing watches that failed, by gRPC code", ["code"]
 )
+ANSWER_CACHE = Counter(
+    "fleetvl_router_answer_cache_total",
+    "Answer-cache lookups before admission, by result (hit | miss)",
+    ["result"],
+)
+IMAGE_BYTES_IN = Counter(
+    "fleetvl_router_image_bytes_received_total",
+    "Image bytes received inline (an image the shared store already held costs none)",
+    ["api"],
+)

@@ -19,7 +19,14 @@ import time
 from collections.abc import AsyncGenerator, Callable, Sequence
 from dataclasses import dataclass, field
 
-from fleetvl.errors import DeadlineExceeded, FleetVLError, ModelNotFound, Unavailable
+from fleetvl.cache.answers import AnswerCache
+from fleetvl.errors import (
+    DeadlineExceeded,
+    FleetVLError,
+    ModelNotFound,
+    NotCached,
+    Unavailable,
+)
 from fleetvl.policy import Residency, ResolvedPolicy, resolve_policy
 from fleetvl.protocol.request import ChatRequest
 from fleetvl.scheduling import (
@@ -74,11 +81,12 @@ class Outcome:
 class Ticket:
     req: ChatRequest
     policy: ResolvedPolicy
-    item: WorkItem
-    decision: AdmissionDecision
+    item: WorkItem | None  # None: answered from the answer cache, never admitted
+    decision: AdmissionDecision | None
     started: float
-    slot: asyncio.Future[str]
+    slot: asyncio.Future[str] | None
     outcome: Outcome = field(default_factory=Outcome)
+    cached: Final | None = None
 
 
 class RouterService:
@@ -87,8 +95,10 @@ class RouterService:
         config: RouterConfig,
         backends: Sequence[Backend],
         clock: Callable[[], float] = time.monotonic,
+        answers: AnswerCache | None = None,
     ) -> None:
         self.config = config
+        self.answers = answers
         self.clock = clock
         # Replaced whole by the controller's routing state when the router watches it.
         self.policies = config.policies
@@ -168,6 +178,43 @@ class RouterService:
                 cloud.add(b.name)
         return edge, cloud
 
+    async def admit(self, req: ChatRequest) -> Ticket:
+        """:meth:`submit`, after the answer cache: a deterministic request answered before is
+        answered from it at once (no slot taken, nothing taught to the predictor). A
+        ``cache_only`` request (a site agent asking before it runs its own model) that misses
+        raises :class:`NotCached` (gRPC NOT_FOUND). Residency decides first: an
+        ``edge_only`` request never reads an answer the cloud wrote."""
+        hit = await self._cached(req)
+        if hit is not None:
+            now = self.clock()
+            t = Ticket(req, self.resolve(req), None, None, now, None, cached=hit)
+            t.outcome.kind = t.outcome.backend = "cache"
+            return t
+        if req.cache_only:
+            raise NotCached()
+        return self.submit(req)
+
+    async def _cached(self, req: ChatRequest) -> Final | None:
+        if self.answers is None:
+            return None
+        resolved = self.resolve(req)
+        pol = resolved.policy
+        if not pol.residency.allows_cloud:
+            return None
+        if not any(req.model in b.models or not b.models for b in self.backends.values()):
+            raise ModelNotFound(req.model, self.models())
+        req.capped(pol.max_output_tokens)  # the cloud worker saw the capped request
+        stored = await self.answers.get(req, pol.cache)
+        metrics.ANSWER_CACHE.labels("hit" if stored else "miss").inc()
+        if stored is None:
+            return None
+        conf = stored.get("confidence", {}).get("mean_logprob")
+        return Final(
+            text=stored["text"], finish_reason=stored["finish_reason"], confidence=conf,
+            confidence_signal="mean_logprob", prompt_tokens=0,
+            completion_tokens=len(stored["token_ids"]), served_by="cache",
+        )  # fmt: skip
+
     def submit(self, req: ChatRequest) -> Ticket:
         """Resolve, pick backends and admit; raises Rejected/PolicyError/InputError at once."""
         now = self.clock()
@@ -236,7 +283,14 @@ class RouterService:
 
     async def run(self, t: Ticket) -> AsyncGenerator[Delta | Final, None]:
         """Events of an admitted request. Raises Expired when its deadline passes."""
+        if t.cached is not None:
+            t.outcome.ttft_s = t.outcome.total_s = self.clock() - t.started
+            yield Delta(t.cached.text, 0)
+            yield t.cached
+            return
         item = t.item
+        assert item is not None  # admitted: not a cache answer
+        assert t.slot is not None
         try:
             try:
                 name = await t.slot
@@ -254,7 +308,7 @@ class RouterService:
             t.outcome.backend, t.outcome.kind = name, backend.kind
             t.outcome.queue_s = start - t.started
             metrics.QUEUE.observe(t.outcome.queue_s)
-            async for ev in self._stream(t, backend, start):
+            async for ev in self._stream(t, item, backend, start):
                 yield ev
         finally:
             t.outcome.total_s = self.clock() - t.started
@@ -262,17 +316,17 @@ class RouterService:
             metrics.INFLIGHT.dec()
 
     async def _stream(
-        self, t: Ticket, backend: Backend, start: float
+        self, t: Ticket, item: WorkItem, backend: Backend, start: float
     ) -> AsyncGenerator[Delta | Final, None]:
         r = t.req
-        breq = BackendRequest(t.item.id, r, t.policy.policy, t.item.deadline)
+        breq = BackendRequest(item.id, r, t.policy.policy, item.deadline)
         gen = backend.generate(breq)
         final: Final | None = None
         first: float | None = None
         sent, index = "", 0
         try:
             while True:
-                left = t.item.deadline - self.clock()
+                left = item.deadline - self.clock()
                 if left <= 0:
                     raise TimeoutError
                 try:
@@ -298,12 +352,12 @@ class RouterService:
             breq.cancel.set()
             raise Expired(
                 "deadline_exceeded",
-                f"deadline of {(t.item.deadline - t.started) * 1000:.0f} ms passed while "
+                f"deadline of {(item.deadline - t.started) * 1000:.0f} ms passed while "
                 f"{backend.name} was generating",
             ) from None
         except asyncio.CancelledError:
             breq.cancel.set()  # client disconnected mid-stream
-            self.scheduler.cancel(t.item.id)
+            self.scheduler.cancel(item.id)
             raise
         except (FleetVLError, BackendError):
             raise
@@ -321,7 +375,7 @@ class RouterService:
                 total = max(self.clock() - start, ttft)
                 observed = ObservedTimings(ttft, total, final.completion_tokens)
             with contextlib.suppress(KeyError):
-                self.scheduler.complete(t.item, observed)
+                self.scheduler.complete(item, observed)
             self._pump()
 
     # -- scheduler plumbing -----------------------------------------------------------------

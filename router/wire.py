@@ -4,6 +4,7 @@ backends (a gRPC server, a site agent's connection)."""
 from __future__ import annotations
 
 import math
+import time
 
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol.convert import delta_logprob, scope_message
@@ -18,8 +19,9 @@ def to_generate_request(
 ) -> pb.GenerateRequest:
     """``req`` as a ``GenerateRequest`` under its resolved policy (the remote end must not
     loosen it); images carry their bytes when their digest is in ``with_bytes`` (``None``:
-    all of them), else the digest alone."""
-    return req.chat.to_pb(req.policy, with_bytes=with_bytes)
+    all of them), else the digest alone. The time left to its deadline travels as its budget."""
+    budget = req.deadline - time.monotonic() if req.deadline else None
+    return req.chat.to_pb(req.policy, with_bytes=with_bytes, budget_s=budget)
 
 
 def event_from_chunk(chunk: pb.GenerateChunk) -> Event | None:

@@ -52,6 +52,7 @@ from fleetvl.vlm.processor import Prompt, QwenVLProcessor
 
 if TYPE_CHECKING:
     from fleetvl.cache import FleetCache
+    from fleetvl.cache.vision import VisionCache
 
 __all__ = [
     "CloudEngine",
@@ -71,6 +72,8 @@ class SubmitOptions(TypedDict, total=False):
     rank: int
     deadline: float | None
     cancel: CancelToken | None
+    tenant: str | None
+    cache: str
 
 
 class CloudStream:
@@ -129,13 +132,9 @@ class CloudEngine:
         )
         self.eos = set(self.processor.eos_token_ids)
         self.digest = model_digest(model_dir)
-        self.vision_cache = None
-        if cache is not None:
-            from fleetvl.cache import KVShape
-
-            self.vision_cache = cache.for_model(
-                self.digest, KVShape(lm.num_layers, lm.kv_heads, lm.head_dim), lm.hidden_size
-            ).vision
+        self._fleet_cache = cache
+        # One vision-embedding namespace per tenant: tenants share no cache entry.
+        self._vision: dict[str | None, VisionCache] = {}
         self._waiting: list[tuple[int, float, int, EngineRequest]] = []
         self._slots: list[EngineRequest | None] = [None] * cfg.max_slots
         self._ids = itertools.count()
@@ -172,8 +171,18 @@ class CloudEngine:
         rank: int = 1,
         deadline: float | None = None,
         cancel: CancelToken | None = None,
+        tenant: str | None = None,
+        cache: str = "read_write",
     ) -> Iterator[TokenEvent | CloudResult]:
         """Queue a request; iterate for its events, the :class:`CloudResult` last.
+
+        Args:
+            rank: priority class (0 critical, 1 standard, 2 batch): slots go to the best class
+                first, then to the earliest ``deadline`` (``time.monotonic()``); a request
+                whose deadline has passed when a slot frees ends ``deadline`` unprefilled.
+            tenant: the vision-embedding cache namespace (tenants share no entry).
+            cache: the policy's cache mode: ``off`` (no cache), ``read`` (reuse, store
+                nothing), ``read_write``.
 
         Raises:
             PromptError: the prompt and ``max_tokens`` do not fit the context.
@@ -191,11 +200,26 @@ class CloudEngine:
             id=next(self._ids), prompt=prompt, params=params, rank=rank,
             deadline=deadline if deadline is not None else float("inf"),
             cancel=cancel or CancelToken(), out=queue.Queue(),
+            vision_cache=self._vision_cache(tenant) if cache != "off" else None,
+            store_vision=cache == "read_write",
         )  # fmt: skip
         with self._lock:
             heapq.heappush(self._waiting, (rank, req.deadline, req.id, req))
             self._lock.notify()
         return self._events(req)
+
+    def _vision_cache(self, tenant: str | None) -> VisionCache | None:
+        if self._fleet_cache is None:
+            return None
+        if tenant not in self._vision:
+            from fleetvl.cache import KVShape
+
+            lm = self.lm
+            self._vision[tenant] = self._fleet_cache.for_model(
+                self.digest, KVShape(lm.num_layers, lm.kv_heads, lm.head_dim), lm.hidden_size,
+                tenant=tenant,
+            ).vision  # fmt: skip
+        return self._vision[tenant]
 
     def stream(
         self,
@@ -283,7 +307,7 @@ class CloudEngine:
                 live.append((slot, req))
         if not live:
             return
-        given = cached_features(self.vision_cache, [req.prompt for _, req in live],
+        given = cached_features([(req.vision_cache, req.prompt) for _, req in live],
                                 self.lm.spatial_merge_size)  # fmt: skip
         try:
             results = prefill(self.lm, [req.prompt for _, req in live], given,
@@ -297,9 +321,9 @@ class CloudEngine:
         kept: list[tuple[EngineRequest, PrefillResult]] = []
         for (slot, req), pre in zip(live, results, strict=True):
             req.vision_hits = len(req.prompt.images) - len(pre.image_features)
-            if self.vision_cache is not None:
+            if req.vision_cache is not None and req.store_vision:
                 for i, f in pre.image_features.items():
-                    self.vision_cache.put_async(
+                    req.vision_cache.put_async(
                         req.prompt.images[i].digest, f.float().cpu().numpy()
                     )
             req.scope_inputs = pre.scope_inputs

@@ -56,18 +56,21 @@ class LoadedModel:
 
 
 def cached_features(
-    vision_cache: VisionCache | None, prompts: Sequence[Prompt], merge: int
+    asks: Sequence[tuple[VisionCache | None, Prompt]], merge: int
 ) -> dict[tuple[int, int], torch.Tensor]:
-    """Vision features of these prompts' images found in the shared cache (one MGET), by
-    (prompt, image) index."""
-    if vision_cache is None:
-        return {}
-    keys = [(b, i) for b, p in enumerate(prompts) for i in range(len(p.images))]
-    if not keys:
-        return {}
-    imgs = [prompts[b].images[i] for b, i in keys]
-    got = vision_cache.get_many([(img.digest, img.num_tokens(merge)) for img in imgs]) or {}
-    return {keys[j]: torch.from_numpy(f) for j, f in got.items()}
+    """Vision features of these prompts' images found in the shared cache, each prompt in its
+    own (tenant's) namespace, one MGET per namespace; by (prompt, image) index."""
+    out: dict[tuple[int, int], torch.Tensor] = {}
+    by_cache: dict[int, tuple[VisionCache, list[tuple[int, int]]]] = {}
+    for b, (cache, prompt) in enumerate(asks):
+        if cache is not None and prompt.images:
+            keys = by_cache.setdefault(id(cache), (cache, []))[1]
+            keys.extend((b, i) for i in range(len(prompt.images)))
+    for cache, keys in by_cache.values():
+        imgs = [asks[b][1].images[i] for b, i in keys]
+        got = cache.get_many([(img.digest, img.num_tokens(merge)) for img in imgs]) or {}
+        out.update({keys[j]: torch.from_numpy(f) for j, f in got.items()})
+    return out
 
 
 def load_model(

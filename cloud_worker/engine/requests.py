@@ -6,6 +6,7 @@ from __future__ import annotations
 import queue
 import time
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -20,6 +21,9 @@ from fleetvl.vlm.confidence import (
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
 from fleetvl.vlm.processor import Prompt
 from fleetvl.vlm.scope import ScopeInputs, ScopeScore
+
+if TYPE_CHECKING:
+    from fleetvl.cache.vision import VisionCache
 
 __all__ = ["CloudResult", "EngineConfig"]
 
@@ -84,6 +88,8 @@ class EngineRequest:
     steps: int = 0  # decode steps whose token this request used
     launched: int = 0  # decode steps launched for it (one more than used, at most)
     vision_hits: int = 0
+    vision_cache: VisionCache | None = None  # its tenant's, unless its policy says "off"
+    store_vision: bool = True  # False: the policy's cache mode is "read"
     scope: ScopeScore | None = None
     scope_inputs: list[ScopeInputs] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)

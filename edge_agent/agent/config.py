@@ -50,6 +50,10 @@ class RouterLink(_Strict):
         300.0, gt=0, description="Prior for an escalation's round trip until measured; the "
         "agent stops escalating when the remaining budget is below its current estimate."
     )  # fmt: skip
+    cache_probe_ms: float = Field(
+        300.0, ge=0, description="Before the local model runs, ask the router's answer cache, "
+        "waiting at most this long (digests only; never for edge_only); 0: never ask."
+    )  # fmt: skip
 
 
 class GateConfig(_Strict):
@@ -121,6 +125,11 @@ class AgentConfig(_Strict):
     engines: int = Field(1, ge=1, le=64, description="Engines = concurrent local requests.")
     intra_op_threads: int = Field(0, ge=0, description="ONNX Runtime threads per engine.")
     max_queue: int = Field(64, ge=1, description="Local requests queued beyond the engines.")
+    redis_url: str | None = Field(
+        None, description="Redis for this box's prefix-KV and vision-embedding cache (the "
+        "engines fetch or recompute by their cost model; entries per tenant). A site-local "
+        "Redis, or the shared one where the uplink allows. None: no cache.",
+    )  # fmt: skip
     http_host: str = Field("127.0.0.1", description="Local API address.")
     http_port: int = Field(8090, ge=0, le=65535, description="Local API port (0: any).")
     allow_webhooks: bool = Field(

@@ -35,7 +35,7 @@ from fleetvl.scheduling import (
 from fleetvl.vlm.calibration import Calibration, load_calibration, load_scope
 from fleetvl.vlm.scope import ScopeModel
 
-__all__ = ["EnginePool", "LocalRejected", "Lease", "LOCAL"]
+__all__ = ["LOCAL", "EnginePool", "Lease", "LocalRejected", "with_cache"]
 
 log = logging.getLogger("fleetvl.edge")
 
@@ -48,6 +48,27 @@ def default_factory(bundle: Path, threads: int) -> LocalEngine:
     from edge_agent.engine import EdgeEngine, SessionConfig
 
     return EdgeEngine(bundle, SessionConfig(intra_op_threads=threads))
+
+
+def with_cache(
+    factory: LocalEngineFactory, redis_url: str | None, tenant: str
+) -> LocalEngineFactory:
+    """``factory`` with the prefix-KV and vision cache in front of each edge engine it builds
+    (one Redis client for all of them); ``factory`` itself when no Redis is configured."""
+    from fleetvl.cache import CacheConfig, FleetCache
+
+    config = CacheConfig.for_service(redis_url)
+    if config is None:
+        return factory
+    cache = FleetCache(config)
+
+    def build(bundle: Path, threads: int) -> LocalEngine:
+        from edge_agent.engine import CachedEngine, EdgeEngine
+
+        engine = factory(bundle, threads)
+        return CachedEngine(engine, cache, tenant) if isinstance(engine, EdgeEngine) else engine
+
+    return build
 
 
 class LocalRejected(Unavailable):

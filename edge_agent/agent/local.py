@@ -20,7 +20,7 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol, Unpack
+from typing import TYPE_CHECKING, Protocol
 
 from fleetvl.engines import Engine
 from fleetvl.sampling import CancelToken, SamplingParams
@@ -29,7 +29,8 @@ from fleetvl.vlm.gate import Gate, GateVerdict
 from fleetvl.vlm.scope import ScopeModel, ScopeScore
 
 if TYPE_CHECKING:
-    from edge_agent.engine.engine import Generation, StreamOptions
+    from edge_agent.engine.engine import Generation
+    from edge_agent.engine.types import EarlyStop
     from fleetvl.vlm.image import ImageInput
     from fleetvl.vlm.processor import Prompt
 
@@ -63,11 +64,18 @@ class LocalAttempt:
 
 class LocalEngine(Engine, Protocol):
     """What the agent needs of an engine: the core :class:`Engine` whose ``stream`` also takes
-    the gate's hooks (``stop_when``, ``scope``, ...), as :class:`edge_agent.engine.EdgeEngine`
-    does."""
+    the gate's hooks, as :class:`edge_agent.engine.EdgeEngine` and, with the cache in front,
+    :class:`edge_agent.engine.CachedEngine` do."""
 
     def stream(
-        self, prompt: Prompt, params: SamplingParams | None = None, **kw: Unpack[StreamOptions]
+        self,
+        prompt: Prompt,
+        params: SamplingParams | None = None,
+        *,
+        stop_when: EarlyStop | None = None,
+        cancel: CancelToken | None = None,
+        scope: ScopeModel | None = None,
+        refuse_out_of_scope: bool = False,
     ) -> Generation: ...
 
 

@@ -12,7 +12,12 @@ import uvicorn
 from edge_agent.agent import metrics
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.control import AgentControl
-from edge_agent.agent.engines import EnginePool, LocalEngineFactory, default_factory
+from edge_agent.agent.engines import (
+    EnginePool,
+    LocalEngineFactory,
+    default_factory,
+    with_cache,
+)
 from edge_agent.agent.escalation import CloudClient
 from edge_agent.agent.forwarder import Forwarder
 from edge_agent.agent.http_app import create_app
@@ -34,6 +39,7 @@ class Agent:
 
     def __init__(self, config: AgentConfig, factory: LocalEngineFactory = default_factory) -> None:
         self.config = config
+        factory = with_cache(factory, config.redis_url, config.tenant)
         self.pool = EnginePool(config.bundle, config.engines, threads=config.intra_op_threads,
                                max_queue=config.max_queue, factory=factory)  # fmt: skip
         self.spool = Spool(config.spool.path, config.spool.max_bytes, config.spool.keep_s)

@@ -63,3 +63,8 @@ def source_label(source: str | None) -> str:
         _sources.add(name)
         return name
     return "other"
+CACHE_PROBES = Counter(
+    "fleetvl_edge_cache_probes_total",
+    "Answer-cache probes before local inference, by outcome (hit | miss | failed)",
+    ["outcome"],
+)

@@ -36,6 +36,7 @@ from collections.abc import AsyncIterator, Callable
 
 from edge_agent.agent import metrics
 from edge_agent.agent.answers import Answer, Piece, Queued, gate_dict
+from edge_agent.agent.cache_probe import probe_cache
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.engines import EnginePool, LocalRejected
 from edge_agent.agent.escalation import CloudClient, EscalationError
@@ -153,6 +154,11 @@ class AgentService:
             return
         gate = self.gate(pol.min_confidence)
         uplink_ok = self.cloud is not None and self.link_up()
+        if uplink_ok and self.cloud is not None:  # the fleet may have answered this already
+            hit = await probe_cache(self.cloud, req, pol, self.config, deadline - self.clock())
+            if hit is not None:
+                yield self._cloud_answer(req, resolved, None, "cached", hit.final, hit.took_s)
+                return
 
         def can_escalate(now: float) -> bool:
             if not res.allows_cloud or self.cloud is None:

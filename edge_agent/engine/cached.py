@@ -50,6 +50,7 @@ from fleetvl.sampling import SamplingParams
 from fleetvl.vlm.confidence import AnswerConfidence
 from fleetvl.vlm.image import ImageInput
 from fleetvl.vlm.processor import Prompt, QwenVLProcessor
+from fleetvl.vlm.scope import ScopeModel
 
 __all__ = ["CacheUse", "CachedEngine", "cached_edge_engine"]
 
@@ -57,12 +58,19 @@ __all__ = ["CacheUse", "CachedEngine", "cached_edge_engine"]
 CacheUse = Literal["off", "read", "read_write"]
 
 
-class CachedOptions(TypedDict, total=False):
-    """The keyword arguments of :meth:`CachedEngine.stream`."""
+class PassedOn(TypedDict, total=False):
+    """What :meth:`CachedEngine.stream` hands the edge engine unchanged."""
 
     stop_when: EarlyStop | None
     cancel: CancelToken | None
     confidence: bool
+    scope: ScopeModel | None
+    refuse_out_of_scope: bool
+
+
+class CachedOptions(PassedOn, total=False):
+    """The keyword arguments of :meth:`CachedEngine.stream`."""
+
     use: CacheUse
 
 
@@ -108,12 +116,16 @@ class CachedEngine:
         stop_when: EarlyStop | None = None,
         cancel: CancelToken | None = None,
         confidence: bool = True,
+        scope: ScopeModel | None = None,
+        refuse_out_of_scope: bool = False,
         use: CacheUse = "read_write",
     ) -> Generation:
+        """:meth:`EdgeEngine.stream` with the cache's prefix KV, vision features and (for a
+        caller without an early-stop predicate) whole answers; ``use`` as the policy says."""
         params = params or SamplingParams()
-        return Generation(
-            lambda gen: self._run(gen, prompt, params, stop_when, cancel, confidence, use)
-        )
+        kw: PassedOn = {"stop_when": stop_when, "cancel": cancel, "confidence": confidence,
+                        "scope": scope, "refuse_out_of_scope": refuse_out_of_scope}  # fmt: skip
+        return Generation(lambda gen: self._run(gen, prompt, params, use, kw))
 
     def request_digest(self, prompt: Prompt, params: SamplingParams) -> str | None:
         """Response-cache key, or None when the request is not deterministic."""
@@ -131,17 +143,13 @@ class CachedEngine:
         gen: Generation,
         prompt: Prompt,
         params: SamplingParams,
-        stop_when: EarlyStop | None,
-        cancel: CancelToken | None,
-        with_confidence: bool,
         use: CacheUse,
+        kw: PassedOn,
     ) -> Iterator[TokenEvent]:
         mc = self.model
         report: dict[str, object] = {"use": use}
         if use == "off":
-            inner = self.engine.stream(
-                prompt, params, stop_when=stop_when, cancel=cancel, confidence=with_confidence
-            )
+            inner = self.engine.stream(prompt, params, **kw)
             yield from inner
             assert inner.result is not None
             inner.result.extra["cache"] = report
@@ -150,7 +158,7 @@ class CachedEngine:
 
         # 1. The whole answer. Early-stopped or cancelled answers are never stored, and a
         # caller with an early-stop predicate needs the token confidences, so it skips this.
-        rdigest = self.request_digest(prompt, params) if stop_when is None else None
+        rdigest = self.request_digest(prompt, params) if kw.get("stop_when") is None else None
         if rdigest is not None:
             cached = mc.responses.get(rdigest)
             if cached is not None:
@@ -213,17 +221,16 @@ class CachedEngine:
             params,
             prefix=prefix,
             capture_prefix=capture,
-            stop_when=stop_when,
-            cancel=cancel,
-            confidence=with_confidence,
             image_features=features,
+            **kw,
         )
         yield from inner
         res = inner.result
         assert res is not None
         t = res.timings
-        mc.cost.observe_prefill(t.prompt_tokens - t.cached_tokens, t.prefill_s)
-        mc.cost.observe_vision(t.vision_tokens, t.vision_s)
+        if res.finish_reason != "out_of_scope":  # refused before prefill: nothing was timed
+            mc.cost.observe_prefill(t.prompt_tokens - t.cached_tokens, t.prefill_s)
+            mc.cost.observe_vision(t.vision_tokens, t.vision_s)
         if use == "read_write":
             known = max(hit_blocks, plan.blocks if plan else 0)
             if res.prefix is not None and full > known:

@@ -99,7 +99,7 @@ class EdgeAttempt(_message.Message):
     def __init__(self, text: _Optional[str] = ..., confidence: _Optional[float] = ..., signal: _Optional[str] = ..., reason: _Optional[str] = ..., scope: _Optional[_Union[OutOfScope, _Mapping]] = ...) -> None: ...
 
 class GenerateRequest(_message.Message):
-    __slots__ = ("request_id", "tenant", "site", "model", "messages", "sampling", "sla", "edge_attempt", "idempotency_key", "source")
+    __slots__ = ("request_id", "tenant", "site", "model", "messages", "sampling", "sla", "edge_attempt", "idempotency_key", "source", "budget_ms", "cache_only")
     REQUEST_ID_FIELD_NUMBER: _ClassVar[int]
     TENANT_FIELD_NUMBER: _ClassVar[int]
     SITE_FIELD_NUMBER: _ClassVar[int]
@@ -110,6 +110,8 @@ class GenerateRequest(_message.Message):
     EDGE_ATTEMPT_FIELD_NUMBER: _ClassVar[int]
     IDEMPOTENCY_KEY_FIELD_NUMBER: _ClassVar[int]
     SOURCE_FIELD_NUMBER: _ClassVar[int]
+    BUDGET_MS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_ONLY_FIELD_NUMBER: _ClassVar[int]
     request_id: str
     tenant: str
     site: str
@@ -120,7 +122,9 @@ class GenerateRequest(_message.Message):
     edge_attempt: EdgeAttempt
     idempotency_key: str
     source: str
-    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., site: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., sla: _Optional[_Union[Sla, _Mapping]] = ..., edge_attempt: _Optional[_Union[EdgeAttempt, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., source: _Optional[str] = ...) -> None: ...
+    budget_ms: float
+    cache_only: bool
+    def __init__(self, request_id: _Optional[str] = ..., tenant: _Optional[str] = ..., site: _Optional[str] = ..., model: _Optional[str] = ..., messages: _Optional[_Iterable[_Union[Message, _Mapping]]] = ..., sampling: _Optional[_Union[Sampling, _Mapping]] = ..., sla: _Optional[_Union[Sla, _Mapping]] = ..., edge_attempt: _Optional[_Union[EdgeAttempt, _Mapping]] = ..., idempotency_key: _Optional[str] = ..., source: _Optional[str] = ..., budget_ms: _Optional[float] = ..., cache_only: _Optional[bool] = ...) -> None: ...
 
 class Delta(_message.Message):
     __slots__ = ("text", "index", "token_prob", "logprob")

@@ -9,6 +9,7 @@ from fleetvl.errors import (
     DeadlineExceeded,
     InputError,
     ModelNotFound,
+    NotCached,
     ServiceError,
     StorageFull,
     Unavailable,
@@ -28,7 +29,7 @@ _REASONS = {
 
 def grpc_status(exc: BaseException) -> grpc.StatusCode | None:
     """The status for a typed error; None for anything else (a bug: INTERNAL, logged)."""
-    if isinstance(exc, ModelNotFound):
+    if isinstance(exc, ModelNotFound | NotCached):
         return grpc.StatusCode.NOT_FOUND
     if isinstance(exc, InputError):
         return grpc.StatusCode.INVALID_ARGUMENT

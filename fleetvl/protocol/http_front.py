@@ -31,6 +31,7 @@ from fleetvl.errors import (
     InputError,
     InvalidFields,
     ModelNotFound,
+    NotCached,
     ServiceError,
     StorageFull,
     TooManyImages,
@@ -76,6 +77,7 @@ _SERVICE: list[tuple[type[ServiceError], int]] = [
     (DeadlineExceeded, 504),
     (UpstreamError, 502),
     (StorageFull, 507),
+    (NotCached, 404),
 ]
 
 

@@ -14,6 +14,7 @@ Messages are in the chat template's shape (``{"role", "content": [{"type": "text
 
 from __future__ import annotations
 
+import re
 import time
 import uuid
 from collections.abc import Callable, Sequence
@@ -42,6 +43,7 @@ MiB = 1 << 20
 # One chat-template message: {"role": str, "content": [{"type": "text", "text": str} |
 # {"type": "image"}]}.
 Turn = dict[str, object]
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class RequestLimits(BaseModel):
@@ -98,6 +100,7 @@ class ChatRequest:
     sla: PolicyOverride | None = None
     edge_attempt: EdgeAttempt | None = None
     deadline_s: float | None = None  # a caller's own deadline (gRPC), seconds from arrival
+    cache_only: bool = False  # answer from the shared answer cache or not at all
     text_chars: int = 0
     # Where a queued answer is POSTed once it arrives (a site agent's store-and-forward).
     webhook: str | None = None
@@ -238,6 +241,11 @@ class ChatRequest:
                     parts.append({"type": "text", "text": p.text})
                     continue
                 data = p.image.data or stored(p.image.digest)
+                if not data and msg.cache_only and _SHA256.match(p.image.digest):
+                    # Only looked up, never run: the digest is all the answer key needs.
+                    images.append(ImageRef(p.image.digest, b"", 0))
+                    parts.append({"type": "image"})
+                    continue
                 if not data:
                     missing.append(p.image.digest)
                     continue
@@ -274,8 +282,9 @@ class ChatRequest:
             source=msg.source or None,
             sla=sla,
             edge_attempt=attempt,
-            deadline_s=deadline_s,
+            deadline_s=_earliest(deadline_s, msg.budget_ms / 1000 if msg.budget_ms > 0 else None),
             text_chars=chars,
+            cache_only=msg.cache_only,
         )
         return req, missing
 
@@ -290,11 +299,14 @@ class ChatRequest:
         site: str | None = None,
         edge_attempt: pb.EdgeAttempt | None = None,
         idempotency_key: str = "",
+        budget_s: float | None = None,
+        cache_only: bool = False,
     ) -> pb.GenerateRequest:
         """This request on the wire. Images carry their bytes when their digest is in
         ``with_bytes`` (None: all of them), else their digest alone. ``policy``: the resolved
         policy, which the next hop may tighten but must not loosen. ``idempotency_key``: a
-        router answers a replay of it from its record instead of running it twice."""
+        router answers a replay of it from its record instead of running it twice.
+        ``budget_s``: the time left to answer, which the next hop makes its deadline."""
         images = iter(self.images)
         messages = []
         for m in self.messages:
@@ -318,7 +330,13 @@ class ChatRequest:
             edge_attempt=edge_attempt,
             idempotency_key=idempotency_key,
             source=self.source or "",
+            budget_ms=max(budget_s, 0.001) * 1000 if budget_s is not None else 0.0,
+            cache_only=cache_only,
         )
+
+
+def _earliest(a: float | None, b: float | None) -> float | None:
+    return b if a is None else a if b is None else min(a, b)
 
 
 def _parts(m: Turn) -> list[dict[str, object]]:

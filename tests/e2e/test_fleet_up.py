@@ -251,6 +251,34 @@ def test_the_edge_only_site_sent_nothing_to_the_cloud(traffic: dict[str, Any],
     assert [x for x in lines if x.get("api") == "grpc" and x.get("site") == site["id"]] == []
 
 
+def test_a_question_answered_at_one_site_is_answered_from_the_cache_at_another(
+    fleet: Fleet, traffic: dict[str, Any]
+) -> None:
+    """Durham escalates a question; York, same tenant, asked the same about the same image,
+    gets the cloud's answer from the shared cache (its agent asks before running its model),
+    and no image byte crosses its uplink."""
+    e = fleet.endpoints
+    sites = {s["id"]: s for s in e["sites"]}
+    durham, york = sites["sub-durham-03"], sites["sub-york-02"]
+    key = e["api_keys"][durham["tenant"]]
+    q = fleet_question("substation", 3000)  # asked nowhere else in this run
+    first = _ask(durham["url"], key, q.image, q.question)
+    assert first["status"] == 200, first
+    assert first["served_by"] == "cloud", first
+
+    def uploaded() -> float:
+        return metric(e["router_http"], "fleetvl_router_image_bytes_received_total", api="grpc")
+
+    before = uploaded()
+    hits = metric(york["url"], "fleetvl_edge_cache_probes_total", outcome="hit")
+    # The cloud worker writes the answer after sending it: a moment may pass.
+    second = wait_for(lambda: (r := _ask(york["url"], key, q.image, q.question))
+                      ["served_by"] == "cache" and r, 20, "York served from the cache")  # fmt: skip
+    assert second["text"] == first["text"]
+    assert metric(york["url"], "fleetvl_edge_cache_probes_total", outcome="hit") > hits
+    assert uploaded() == before  # no image bytes crossed York's uplink
+
+
 def test_status_page_lists_every_site_healthy(fleet: Fleet, traffic: dict[str, Any]) -> None:
     e = fleet.endpoints
     st = httpx.get(e["controller_http"] + "/api/status",

@@ -187,33 +187,64 @@ def test_killed_replica_fails_the_request_clearly_and_the_app_recovers(cloud: st
         time.sleep(1)
 
 
-def test_repeated_greedy_requests_are_answered_from_the_response_cache(cloud: str) -> None:
-    req = _request(max_tokens=7)
-    req.messages[0].content[0].text += " (response cache)"
-    first = asyncio.run(_collect(cloud, req))[-1].final
-    assert first.served_by == "cloud"
-    deadline = time.monotonic() + 5
-    while True:  # the answer is written off the request's path
-        again = asyncio.run(_collect(cloud, req))[-1].final
-        if again.served_by == "cache" or time.monotonic() > deadline:
-            break
-        time.sleep(0.1)
-    assert again.served_by == "cache"
-    assert again.text == first.text
-    sampled = _request(max_tokens=5)
-    sampled.sampling.temperature = 0.8
-    served = {asyncio.run(_collect(cloud, sampled))[-1].final.served_by for _ in range(2)}
-    assert served == {"cloud"}  # fresh randomness was asked for: never replayed
-    # cache: read reuses what is stored and stores nothing.
-    private = _request(max_tokens=6)
-    private.messages[0].content[0].text += " (read only)"
-    private.sla.cache = "read"
-    served = set()
-    for _ in range(3):
-        served.add(asyncio.run(_collect(cloud, private))[-1].final.served_by)
-        time.sleep(0.3)  # time for a write, had there been one
-    assert served == {"cloud"}
-    reader = pb.GenerateRequest()
-    reader.CopyFrom(req)
-    reader.sla.cache = "read"
-    assert asyncio.run(_collect(cloud, reader))[-1].final.served_by == "cache"  # and reads
+def test_repeated_greedy_requests_are_answered_from_the_cache_before_admission(
+    cloud: str,
+) -> None:
+    """The worker writes answers; the router answers a repeat from them before admission (the
+    worker decodes nothing), per tenant, as each request's cache mode says."""
+    cfg = {"backends": [{"name": "ray-cloud", "type": "grpc", "target": cloud,
+                         "models": ["fleet-cloud"], "slots": 4}],
+           "redis_url": "redis://127.0.0.1:6379/0"}  # fmt: skip
+    with RunningRouter(cfg) as router:
+        target = router.grpc_target
+
+        async def ask(req: pb.GenerateRequest) -> pb.Final:
+            async with grpc.aio.insecure_channel(target) as ch:
+                chunks = [c async for c in pb_grpc.RouterStub(ch).Generate(req, timeout=60)]
+            return chunks[-1].final
+
+        req = _request(max_tokens=7)
+        req.tenant = "grid"
+        req.messages[0].content[0].text += " (answer cache)"
+        first = asyncio.run(ask(req))
+        assert first.served_by == "cloud"
+        deadline = time.monotonic() + 5
+        while True:  # the answer is written after it is sent
+            steps = _stats()["decode_steps"]
+            again = asyncio.run(ask(req))
+            if again.served_by == "cache" or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert again.served_by == "cache"
+        assert again.text == first.text
+        assert _stats()["decode_steps"] == steps  # the worker did not run it
+        other = pb.GenerateRequest()
+        other.CopyFrom(req)
+        other.tenant = "shop"
+        assert asyncio.run(ask(other)).served_by == "cloud"  # tenants share no answer
+        sampled = _request(max_tokens=5)
+        sampled.sampling.temperature = 0.8
+        served = {asyncio.run(ask(sampled)).served_by for _ in range(2)}
+        assert served == {"cloud"}  # fresh randomness was asked for: never replayed
+        # cache: read reuses what is stored and stores nothing.
+        private = _request(max_tokens=6)
+        private.messages[0].content[0].text += " (read only)"
+        private.sla.cache = "read"
+        served = set()
+        for _ in range(3):
+            served.add(asyncio.run(ask(private)).served_by)
+            time.sleep(0.3)  # time for a write, had there been one
+        assert served == {"cloud"}
+        reader = pb.GenerateRequest()
+        reader.CopyFrom(req)
+        reader.sla.cache = "read"
+        assert asyncio.run(ask(reader)).served_by == "cache"  # and reads
+        # A site agent's probe: the cached answer, or NOT_FOUND at once.
+        probe = pb.GenerateRequest()
+        probe.CopyFrom(req)
+        probe.cache_only = True
+        assert asyncio.run(ask(probe)).served_by == "cache"
+        probe.messages[0].content[0].text += " never asked"
+        with pytest.raises(grpc.aio.AioRpcError) as err:
+            asyncio.run(ask(probe))
+        assert err.value.code() == grpc.StatusCode.NOT_FOUND

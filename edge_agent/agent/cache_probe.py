@@ -1,0 +1,68 @@
+"""Ask the fleet's answer cache before the local model runs.
+
+A question the cloud answered before (another site asked it about the same image, or this
+one did a minute ago) is answered from the shared cache in one uplink round trip instead of
+seconds of local inference followed, often, by an escalation anyway. The agent holds no
+credential for the shared Redis: it asks the router with ``cache_only`` set, sending image
+digests only, and the router answers from the cache or NOT_FOUND at once (tenant isolation and
+residency are the router's, as for any escalation). Never for ``edge_only`` requests (their
+text must not leave the site) or a policy whose cache mode is ``off``; a probe that fails or
+takes longer than ``router.cache_probe_ms`` costs that much and nothing else.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass
+
+from edge_agent.agent import metrics
+from edge_agent.agent.config import AgentConfig
+from edge_agent.agent.escalation import CloudClient, EscalationError
+from edge_agent.agent.requests import to_generate_request
+from fleetvl.policy import CacheMode, SlaPolicy
+from fleetvl.protocol import fleetvl_pb2 as pb
+from fleetvl.protocol.request import ChatRequest
+
+__all__ = ["CacheHit", "probe_cache"]
+
+log = logging.getLogger("fleetvl.edge")
+
+
+@dataclass(frozen=True)
+class CacheHit:
+    final: pb.Final
+    took_s: float
+
+
+async def probe_cache(
+    cloud: CloudClient, req: ChatRequest, pol: SlaPolicy, config: AgentConfig, budget_s: float
+) -> CacheHit | None:
+    """The cached answer to ``req``, or None (not cached, not allowed, or no answer in time)."""
+    link = config.router
+    if link is None or link.cache_probe_ms <= 0 or pol.cache is CacheMode.OFF:
+        return None
+    if not pol.residency.allows_cloud:
+        return None
+    wire = to_generate_request(req, pol, None, "cache_probe", config)
+    wire.ClearField("idempotency_key")  # a probe is not the request: nothing to record
+    wire.cache_only = True
+    for m in wire.messages:  # digests only: a probe never uploads an image
+        for p in m.content:
+            if p.WhichOneof("part") == "image":
+                p.image.data = b""
+    t0 = time.monotonic()
+    timeout = min(link.cache_probe_ms / 1000, budget_s)
+    try:
+        async for chunk in cloud.generate(wire, timeout):
+            if chunk.WhichOneof("kind") == "final":
+                metrics.CACHE_PROBES.labels("hit").inc()
+                return CacheHit(chunk.final, time.monotonic() - t0)
+    except EscalationError as exc:
+        outcome = "miss" if exc.code == "NOT_FOUND" else "failed"
+        metrics.CACHE_PROBES.labels(outcome).inc()
+        if outcome == "failed":
+            log.info("cache probe failed: %s", exc)
+        return None
+    metrics.CACHE_PROBES.labels("failed").inc()
+    return None

@@ -1,0 +1,164 @@
+"""Final answers shared by every tier, asked for at the first place that can answer.
+
+A deterministic request (greedy, or sampled with a seed; no log-probabilities asked) that was
+answered before is answered again from Redis: by the router before admission (a hit takes no
+slot and teaches the latency predictor nothing), and by a site's agent before its local model
+runs (through the router: sites hold no credential for the shared Redis). The cloud worker
+writes what it answers.
+
+Keys: ``Namespace(epoch, tenant).response(digest)`` — per tenant always (a hit's timing must
+not tell one tenant what another asked), and per *epoch*: the digest of the model a name is
+served by now (and its out-of-scope score), which each cloud worker publishes at
+``fleetvl:cache:1:served:<model>``. A new model version is a new epoch, so no answer of the
+old one is served for it. ``digest`` covers the messages (images by their sha256) and the
+sampling parameters as the cloud worker runs them (after every tier's policy cap).
+
+Every call is async (``redis.asyncio``), bounded by the cache's timeout, and backs off after a
+failure like :class:`fleetvl.cache.store.RedisStore`: a dead Redis costs at most one timeout,
+then nothing, and never fails a request.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import asdict
+from typing import TYPE_CHECKING, cast
+
+import numpy as np
+import redis
+import redis.asyncio as aioredis
+
+from fleetvl.cache import metrics
+from fleetvl.cache.codec import CacheEntryError, EntryKind, Value, decode_value, encode_value
+from fleetvl.cache.config import CacheConfig
+from fleetvl.cache.keys import Namespace, request_digest
+from fleetvl.cache.responses import StoredAnswer
+from fleetvl.redis_keys import CACHE
+
+if TYPE_CHECKING:
+    from fleetvl.policy import CacheMode
+    from fleetvl.protocol.request import ChatRequest
+
+__all__ = ["AnswerCache", "answer_digest"]
+
+log = logging.getLogger("fleetvl.cache")
+KIND = "answer"
+EPOCH_TTL_S = 2.0  # how long a tier trusts the epoch it read (a rollout flips it)
+_FAILURES = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+def answer_digest(chat: ChatRequest) -> str | None:
+    """The request's answer key, or None when a stored answer would be wrong for it."""
+    p = chat.params
+    if (p.temperature > 0 and p.seed is None) or p.logprobs is not None:
+        return None
+    params = asdict(p)
+    params["stop"] = list(p.stop)
+    return request_digest("", {"messages": chat.messages, "images": chat.digests}, params)
+
+
+class AnswerCache:
+    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self._redis = aioredis.Redis.from_url(
+            config.url,
+            socket_timeout=config.op_timeout_s,
+            socket_connect_timeout=config.connect_timeout_s,
+        )
+        self._epochs: dict[str, tuple[float, str | None]] = {}
+        self._open_until = 0.0
+        self._backoff = config.backoff_s
+
+    # -- the served model's epoch -----------------------------------------------------------
+
+    @staticmethod
+    def epoch_key(model: str) -> str:
+        return f"{CACHE}:served:{model}"
+
+    async def publish(self, model: str, epoch: str) -> None:
+        """Say that ``model`` is served by ``epoch`` now (a cloud worker, at start)."""
+        await self._call("publish", lambda r: r.set(self.epoch_key(model), epoch))
+        self._epochs[model] = (self._clock(), epoch)
+
+    async def epoch(self, model: str) -> str | None:
+        now = self._clock()
+        seen = self._epochs.get(model)
+        if seen is not None and now - seen[0] < EPOCH_TTL_S:
+            return seen[1]
+        raw = await self._call("epoch", lambda r: r.get(self.epoch_key(model)))
+        epoch = raw.decode() if isinstance(raw, bytes) else None
+        self._epochs[model] = (now, epoch)
+        return epoch
+
+    # -- answers ----------------------------------------------------------------------------
+
+    async def get(self, chat: ChatRequest, mode: CacheMode) -> StoredAnswer | None:
+        """The stored answer to ``chat``, when its policy reads the cache and there is one."""
+        digest = answer_digest(chat) if mode != "off" else None
+        epoch = await self.epoch(chat.model) if digest else None
+        if digest is None or epoch is None:
+            return None
+        key = Namespace(epoch, chat.tenant).response(digest)
+        raw = await self._call("get", lambda r: r.get(key))
+        if not isinstance(raw, bytes):
+            metrics.MISSES.labels(KIND).inc()
+            return None
+        try:
+            obj = json.loads(decode_value(key, raw, EntryKind.RESPONSE).arrays[0].tobytes())
+            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
+                raise CacheEntryError("bad_json", "answer lacks its text")
+        except (CacheEntryError, ValueError) as exc:
+            reason = exc.reason if isinstance(exc, CacheEntryError) else "bad_json"
+            metrics.REJECTED.labels(KIND, reason).inc()
+            await self._call("delete", lambda r: r.delete(key))
+            return None
+        metrics.HITS.labels(KIND).inc()
+        metrics.BYTES_READ.labels(KIND).inc(len(raw))
+        return cast(StoredAnswer, obj)
+
+    async def put(
+        self, chat: ChatRequest, epoch: str, answer: StoredAnswer, mode: CacheMode
+    ) -> bool:
+        """Store ``answer`` (``read`` and ``off`` store nothing)."""
+        digest = answer_digest(chat) if mode == "read_write" else None
+        if digest is None:
+            return False
+        key = Namespace(epoch, chat.tenant).response(digest)
+        body = np.frombuffer(json.dumps(answer, separators=(",", ":")).encode(), np.uint8)
+        if body.nbytes > self.config.max_value_bytes - 512:
+            return False
+        data = encode_value(key, Value(EntryKind.RESPONSE, [body]))
+        ttl = self.config.ttl_response_s
+        if await self._call("set", lambda r: r.set(key, data, ex=ttl)) is None:
+            return False
+        metrics.BYTES_WRITTEN.labels(KIND).inc(len(data))
+        return True
+
+    async def close(self) -> None:
+        await self._redis.aclose()
+
+    # -- the breaker ------------------------------------------------------------------------
+
+    async def _call(self, op: str, fn: Callable[[aioredis.Redis], object]) -> object | None:
+        if self._clock() < self._open_until:
+            metrics.BYPASSED.labels(op).inc()
+            return None
+        try:
+            out: object = await fn(self._redis)  # type: ignore[misc]  # redis-py's awaitables
+        except _FAILURES as exc:
+            metrics.ERRORS.labels(op).inc()
+            metrics.AVAILABLE.set(0)
+            wait, self._backoff = self._backoff, min(self._backoff * 2, self.config.max_backoff_s)
+            self._open_until = self._clock() + wait
+            log.warning("answer cache unavailable (%s: %s); bypassing it for %.1fs", op, exc, wait)
+            return None
+        except redis.ResponseError as exc:
+            metrics.ERRORS.labels(op).inc()
+            log.warning("answer cache %s refused by Redis: %s", op, exc)
+            return None
+        self._backoff = self.config.backoff_s
+        return out
