@@ -177,7 +177,8 @@ def _final(r: CloudResult, total_s: float) -> pb.Final:
         confidence=conf,
         confidence_signal="mean_logprob",
         verdict="unanswerable" if r.finish_reason == "out_of_scope" else "answer",
-        usage=pb.Usage(prompt_tokens=r.prompt_tokens, completion_tokens=len(r.token_ids)),
+        usage=pb.Usage(prompt_tokens=r.prompt_tokens, completion_tokens=len(r.token_ids),
+                       cached_images=r.vision_cache_hits),  # fmt: skip
         timings=pb.Timings(
             queue_ms=r.queue_s * 1000, ttft_ms=r.ttft_s * 1000, total_ms=total_s * 1000
         ),

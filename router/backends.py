@@ -75,6 +75,7 @@ class Final:
     # text; ``scope`` says why). An answer, not an error: the backend did its job.
     verdict: str = "answer"
     scope: ScopeScore | None = None  # the serving model's out-of-scope score, when it has one
+    cached_images: int = 0  # images whose vision-encoder output came from the shared cache
 
 
 Event = Delta | Final

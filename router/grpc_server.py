@@ -202,7 +202,8 @@ def _final(t: Ticket, f: Final) -> pb.Final:
         confidence=f.confidence if f.confidence is not None else float("nan"),
         confidence_signal=f.confidence_signal,
         escalation_reason=t.req.edge_attempt.reason if t.req.edge_attempt else "",
-        usage=pb.Usage(prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens),
+        usage=pb.Usage(prompt_tokens=f.prompt_tokens, completion_tokens=f.completion_tokens,
+                       cached_images=f.cached_images),  # fmt: skip
         timings=pb.Timings(
             queue_ms=o.queue_s * 1000,
             ttft_ms=(o.ttft_s or 0) * 1000,

@@ -40,6 +40,7 @@ def event_from_chunk(chunk: pb.GenerateChunk) -> Event | None:
             confidence_signal=f.confidence_signal,
             prompt_tokens=f.usage.prompt_tokens,
             completion_tokens=f.usage.completion_tokens,
+            cached_images=f.usage.cached_images,
             ttft_s=f.timings.ttft_ms / 1000,
             # Empty: the router fills in the backend's kind (edge or cloud).
             served_by=f.served_by,

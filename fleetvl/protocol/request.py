@@ -240,12 +240,13 @@ class ChatRequest:
                     chars += len(p.text)
                     parts.append({"type": "text", "text": p.text})
                     continue
-                data = p.image.data or stored(p.image.digest)
-                if not data and msg.cache_only and _SHA256.match(p.image.digest):
-                    # Only looked up, never run: the digest is all the answer key needs.
+                if not p.image.data and msg.cache_only and _SHA256.match(p.image.digest):
+                    # Only looked up, never run: the digest is all the answer key needs (the
+                    # stored bytes are neither fetched nor decoded).
                     images.append(ImageRef(p.image.digest, b"", 0))
                     parts.append({"type": "image"})
                     continue
+                data = p.image.data or stored(p.image.digest)
                 if not data:
                     missing.append(p.image.digest)
                     continue
