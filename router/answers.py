@@ -17,7 +17,7 @@ from fleetvl.protocol.answer_section import FleetvlSection
 from fleetvl.protocol.convert import scope_dict
 from fleetvl.protocol.openai_api import answer_message
 from router.backends import Final
-from router.service import Ticket
+from router.tickets import Ticket
 from router.wire import wire_scope
 
 __all__ = [

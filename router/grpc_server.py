@@ -28,7 +28,8 @@ from router.agents import agent_backends, serve_agent_stream
 from router.backends import Delta, Final
 from router.idempotency import IdempotencyRecord, RedisFinals
 from router.images import BlobStore
-from router.service import Expired, Rejected, RouterService, Ticket, log_line
+from router.service import RouterService
+from router.tickets import Expired, Rejected, Ticket, log_line
 from router.wire import wire_scope
 
 __all__ = ["RouterServicer", "add_router_servicer"]

@@ -48,7 +48,8 @@ from router.answers import (
     usage,
 )
 from router.backends import BackendError, Delta, Final
-from router.service import Expired, Rejected, RouterService, Ticket, log_line
+from router.service import RouterService
+from router.tickets import Expired, Rejected, Ticket, log_line
 
 __all__ = ["create_app"]
 

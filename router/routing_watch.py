@@ -28,7 +28,8 @@ from fleetvl.protocol import control_pb2_grpc as cpb_grpc
 from router import metrics
 from router.agents import AgentBackend
 from router.config import ControllerLink, PolicyConfig
-from router.service import RouterService, log_line
+from router.service import RouterService
+from router.tickets import log_line
 
 __all__ = ["apply_routing", "routing_watch", "watch_routing"]
 

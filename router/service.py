@@ -13,19 +13,15 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import itertools
-import json
 import logging
 import time
 from collections.abc import AsyncGenerator, Callable, Sequence
-from dataclasses import dataclass, field
 
 from fleetvl.cache.answers import AnswerCache
 from fleetvl.errors import (
-    DeadlineExceeded,
     FleetVLError,
     ModelNotFound,
     NotCached,
-    Unavailable,
 )
 from fleetvl.policy import Residency, ResolvedPolicy, resolve_policy
 from fleetvl.protocol.request import ChatRequest
@@ -39,54 +35,11 @@ from fleetvl.scheduling import (
 from router import metrics
 from router.backends import Backend, BackendError, BackendRequest, Delta, Final
 from router.config import RouterConfig
+from router.tickets import Expired, Rejected, Ticket
 
-__all__ = ["Expired", "Outcome", "Rejected", "RouterService", "Ticket"]
+__all__ = ["RouterService"]
 
 log = logging.getLogger("fleetvl.router")
-
-
-class Rejected(Unavailable):
-    """Refused at admission: no eligible backend can meet the deadline (HTTP 503)."""
-
-    def __init__(self, decision: AdmissionDecision | None, reason: str, message: str) -> None:
-        extra: dict[str, object] = {}
-        if decision is not None:
-            extra["allowed_ms"] = round(decision.allowed_s * 1000, 1)
-            if decision.predicted_s is not None:
-                extra["predicted_ms"] = round(decision.predicted_s * 1000, 1)
-        super().__init__(reason, message, decision.retry_after_s if decision else None, **extra)
-        self.decision = decision
-
-
-class Expired(DeadlineExceeded):
-    """Admitted, then its deadline passed (queued or running): HTTP 504 / DEADLINE_EXCEEDED."""
-
-    def __init__(self, reason: str, message: str) -> None:
-        super().__init__(reason, message)
-
-
-@dataclass
-class Outcome:
-    """What the front end reports with the answer."""
-
-    backend: str | None = None
-    kind: str | None = None
-    queue_s: float = 0.0
-    ttft_s: float | None = None
-    total_s: float = 0.0
-    escalation_reason: str | None = None
-
-
-@dataclass
-class Ticket:
-    req: ChatRequest
-    policy: ResolvedPolicy
-    item: WorkItem | None  # None: answered from the answer cache, never admitted
-    decision: AdmissionDecision | None
-    started: float
-    slot: asyncio.Future[str] | None
-    outcome: Outcome = field(default_factory=Outcome)
-    cached: Final | None = None
 
 
 class RouterService:
@@ -412,8 +365,3 @@ class RouterService:
                 self._pump()
             except Exception:  # the loop must outlive any one bad state
                 log.exception("expiry pass failed")
-
-
-def log_line(**fields: object) -> None:
-    """One structured line per request."""
-    log.info(json.dumps(fields, separators=(",", ":"), default=str))

@@ -24,26 +24,33 @@ import threading
 import time
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, TypedDict, Unpack
+from typing import TYPE_CHECKING, Unpack
 
 import numpy as np
 import torch
 
+from cloud_worker.engine.admission import DeadlineAdmission
 from cloud_worker.engine.decode_step import DecodeStep
 from cloud_worker.engine.model import (
     LoadedModel,
     PrefillResult,
-    cached_features,
+    TenantVisionCaches,
     load_model,
     model_digest,
-    prefill,
+    prefill_cached,
 )
 from cloud_worker.engine.pipeline import DecodePipeline, LaunchedStep, row_stats, token_confidence
-from cloud_worker.engine.requests import CloudResult, EngineConfig, EngineRequest
-from cloud_worker.engine.scope import check_scorable, load_model_scope
+from cloud_worker.engine.requests import (
+    CloudResult,
+    CloudStream,
+    EngineConfig,
+    EngineRequest,
+    SubmitOptions,
+)
+from cloud_worker.engine.scope import check_scorable, load_model_scope, score_scope
 from cloud_worker.engine.slot_cache import SlotCache
 from fleetvl.engines import Engine, TokenEvent
-from fleetvl.errors import InputError, PromptError
+from fleetvl.errors import PromptError
 from fleetvl.sampling import CancelToken, Sampler, SamplingParams
 from fleetvl.vlm.confidence import TokenConfidence, token_logprob
 from fleetvl.vlm.detokenize import IncrementalDetokenizer, find_stop
@@ -52,7 +59,6 @@ from fleetvl.vlm.processor import Prompt, QwenVLProcessor
 
 if TYPE_CHECKING:
     from fleetvl.cache import FleetCache
-    from fleetvl.cache.vision import VisionCache
 
 __all__ = [
     "CloudEngine",
@@ -64,31 +70,6 @@ __all__ = [
 ]
 
 log = logging.getLogger("fleetvl.cloud")
-
-
-class SubmitOptions(TypedDict, total=False):
-    """The keyword arguments of :meth:`CloudEngine.submit`."""
-
-    rank: int
-    deadline: float | None
-    cancel: CancelToken | None
-    tenant: str | None
-    cache: str
-
-
-class CloudStream:
-    """A submitted request's tokens, its :class:`CloudResult` kept aside in ``result``."""
-
-    def __init__(self, events: Iterator[TokenEvent | CloudResult]) -> None:
-        self.result: CloudResult | None = None
-        self._events = events
-
-    def __iter__(self) -> Iterator[TokenEvent]:
-        for ev in self._events:
-            if isinstance(ev, CloudResult):
-                self.result = ev
-            else:
-                yield ev
 
 
 class CloudEngine:
@@ -122,19 +103,11 @@ class CloudEngine:
             lm.num_layers, cfg.max_slots, lm.kv_heads, lm.head_dim, cfg.max_context,
             lm.dtype, lm.device,
         )  # fmt: skip
-        self.step = DecodeStep(
-            lm,
-            self.cache,
-            cfg.cuda_graphs,
-            cfg.span_bucket,
-            compile_step=cfg.compile_step,
-            impl=cfg.decode_impl,
-        )
+        self.step = DecodeStep(lm, self.cache, cfg.cuda_graphs, cfg.span_bucket,
+                               compile_step=cfg.compile_step, impl=cfg.decode_impl)  # fmt: skip
         self.eos = set(self.processor.eos_token_ids)
         self.digest = model_digest(model_dir)
-        self._fleet_cache = cache
-        # One vision-embedding namespace per tenant: tenants share no cache entry.
-        self._vision: dict[str | None, VisionCache] = {}
+        self.vision = TenantVisionCaches(cache, self.digest, lm) if cache is not None else None
         self._waiting: list[tuple[int, float, int, EngineRequest]] = []
         self._slots: list[EngineRequest | None] = [None] * cfg.max_slots
         self._ids = itertools.count()
@@ -151,6 +124,7 @@ class CloudEngine:
              "scope_s", "out_of_scope"),
             0.0,
         )  # fmt: skip
+        self.admission = DeadlineAdmission()
         self.step.warmup()
         self._thread = threading.Thread(target=self._loop, name="cloud-engine", daemon=True)
         self._thread.start()
@@ -174,15 +148,10 @@ class CloudEngine:
         tenant: str | None = None,
         cache: str = "read_write",
     ) -> Iterator[TokenEvent | CloudResult]:
-        """Queue a request; iterate for its events, the :class:`CloudResult` last.
-
-        Args:
-            rank: priority class (0 critical, 1 standard, 2 batch): slots go to the best class
-                first, then to the earliest ``deadline`` (``time.monotonic()``); a request
-                whose deadline has passed when a slot frees ends ``deadline`` unprefilled.
-            tenant: the vision-embedding cache namespace (tenants share no entry).
-            cache: the policy's cache mode: ``off`` (no cache), ``read`` (reuse, store
-                nothing), ``read_write``.
+        """Queue a request; iterate for its events, the :class:`CloudResult` last. Slots go
+        by (``rank`` 0 critical/1/2 batch, ``deadline``) to requests that can still make it
+        (:mod:`.admission`); ``tenant`` namespaces its vision cache; ``cache`` is its policy's
+        mode (off | read: reuse, store nothing | read_write).
 
         Raises:
             PromptError: the prompt and ``max_tokens`` do not fit the context.
@@ -200,26 +169,13 @@ class CloudEngine:
             id=next(self._ids), prompt=prompt, params=params, rank=rank,
             deadline=deadline if deadline is not None else float("inf"),
             cancel=cancel or CancelToken(), out=queue.Queue(),
-            vision_cache=self._vision_cache(tenant) if cache != "off" else None,
+            vision_cache=self.vision.get(tenant) if self.vision and cache != "off" else None,
             store_vision=cache == "read_write",
         )  # fmt: skip
         with self._lock:
             heapq.heappush(self._waiting, (rank, req.deadline, req.id, req))
             self._lock.notify()
-        return self._events(req)
-
-    def _vision_cache(self, tenant: str | None) -> VisionCache | None:
-        if self._fleet_cache is None:
-            return None
-        if tenant not in self._vision:
-            from fleetvl.cache import KVShape
-
-            lm = self.lm
-            self._vision[tenant] = self._fleet_cache.for_model(
-                self.digest, KVShape(lm.num_layers, lm.kv_heads, lm.head_dim), lm.hidden_size,
-                tenant=tenant,
-            ).vision  # fmt: skip
-        return self._vision[tenant]
+        return req.events()
 
     def stream(
         self,
@@ -253,18 +209,6 @@ class CloudEngine:
     @property
     def running(self) -> int:
         return sum(r is not None for r in self._slots)
-
-    def _events(self, req: EngineRequest) -> Iterator[TokenEvent | CloudResult]:
-        try:
-            while True:
-                ev = req.out.get()
-                if isinstance(ev, BaseException):
-                    raise ev
-                yield ev
-                if isinstance(ev, CloudResult):
-                    return
-        finally:
-            req.cancel.cancel()  # a caller that stops iterating frees the slot
 
     # -- engine thread --------------------------------------------------------------------
 
@@ -301,18 +245,17 @@ class CloudEngine:
         live = []
         for slot, req in batch:
             req.started = now
-            if req.cancel.cancelled or now > req.deadline:
-                self._finish(req, "cancelled" if req.cancel.cancelled else "deadline")
+            if req.cancel.cancelled:
+                self._finish(req, "cancelled")
+            elif not self.admission.admits(req, now):  # see .admission
+                self._finish(req, "deadline")
             else:
                 live.append((slot, req))
         if not live:
             return
-        given = cached_features([(req.vision_cache, req.prompt) for _, req in live],
-                                self.lm.spatial_merge_size)  # fmt: skip
         try:
-            results = prefill(self.lm, [req.prompt for _, req in live], given,
-                              between_layers=self._decode_between_layers,
-                              special_ids=self.processor.special_token_ids)  # fmt: skip
+            results = prefill_cached(self.lm, [req for _, req in live], self._decode_between_layers,
+                                     self.processor.special_token_ids)  # fmt: skip
         except Exception as exc:
             log.exception("prefill failed")
             for _, req in live:
@@ -320,14 +263,10 @@ class CloudEngine:
             return
         kept: list[tuple[EngineRequest, PrefillResult]] = []
         for (slot, req), pre in zip(live, results, strict=True):
-            req.vision_hits = len(req.prompt.images) - len(pre.image_features)
-            if req.vision_cache is not None and req.store_vision:
-                for i, f in pre.image_features.items():
-                    req.vision_cache.put_async(
-                        req.prompt.images[i].digest, f.float().cpu().numpy()
-                    )
-            req.scope_inputs = pre.scope_inputs
-            if self._refused(req):
+            refused = score_scope(self.scope, req, self.timings)
+            if refused == "out_of_scope":
+                self._finish(req, "out_of_scope")
+            if refused:
                 continue
             kept.append((req, pre))
             self.cache.load(slot, pre.keys, pre.values)
@@ -339,25 +278,6 @@ class CloudEngine:
             self._slots[slot] = req
         if kept:
             self._emit([r for r, _ in kept], torch.stack([pre.logits for _, pre in kept]))
-
-    def _refused(self, req: EngineRequest) -> bool:
-        """Score a prefilled request (with a scope model and images): an out-of-scope one
-        finishes now, without tokens or a slot. True when it has finished (or failed)."""
-        if self.scope is None or not req.scope_inputs:
-            return False
-        t0 = time.perf_counter()
-        try:
-            req.scope = self.scope.score(req.scope_inputs)
-        except InputError as exc:  # features unlike the model's: fail this request alone
-            req.out.put(exc)
-            return True
-        finally:
-            self.timings["scope_s"] += time.perf_counter() - t0
-        if not req.scope.out_of_scope:
-            return False
-        self.timings["out_of_scope"] += 1
-        self._finish(req, "out_of_scope")
-        return True
 
     def _decode(self) -> None:
         """Launch one step for every running request that still needs one, then process the
@@ -459,6 +379,8 @@ class CloudEngine:
             self._finish(r, finish)
 
     def _finish(self, r: EngineRequest, reason: str) -> None:
+        if reason in ("stop", "length"):
+            self.admission.learn(r)
         if 0 <= r.slot < len(self._slots) and self._slots[r.slot] is r:
             self._slots[r.slot] = None
         text = self.processor.decode(r.tokens)

@@ -12,20 +12,26 @@ import logging
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 
 from cloud_worker.engine.attention import use_varlen_vision_attention
+from fleetvl.cache import FleetCache, KVShape
 from fleetvl.cache.vision import VisionCache
 from fleetvl.vlm.mrope import rope_index
 from fleetvl.vlm.processor import Prompt
 from fleetvl.vlm.scope import ScopeInputs, question_span, request_inputs
 
+if TYPE_CHECKING:
+    from cloud_worker.engine.requests import EngineRequest
+
 __all__ = [
     "LoadedModel",
     "PrefillResult",
     "cached_features",
+    "prefill_cached",
     "load_model",
     "model_digest",
     "prefill",
@@ -55,6 +61,25 @@ class LoadedModel:
         return self.model.model.language_model
 
 
+class TenantVisionCaches:
+    """The vision-encoder cache of one model, a namespace per tenant: tenants share no entry
+    (a hit's timing must not tell one tenant what images another sent)."""
+
+    def __init__(self, cache: FleetCache, model_digest: str, lm: LoadedModel) -> None:
+        self.cache = cache
+        self.digest = model_digest
+        self.shape = KVShape(lm.num_layers, lm.kv_heads, lm.head_dim)
+        self.hidden = lm.hidden_size
+        self._by_tenant: dict[str | None, VisionCache] = {}
+
+    def get(self, tenant: str | None) -> VisionCache:
+        if tenant not in self._by_tenant:
+            self._by_tenant[tenant] = self.cache.for_model(
+                self.digest, self.shape, self.hidden, tenant=tenant
+            ).vision
+        return self._by_tenant[tenant]
+
+
 def cached_features(
     asks: Sequence[tuple[VisionCache | None, Prompt]], merge: int
 ) -> dict[tuple[int, int], torch.Tensor]:
@@ -71,6 +96,26 @@ def cached_features(
         got = cache.get_many([(img.digest, img.num_tokens(merge)) for img in imgs]) or {}
         out.update({keys[j]: torch.from_numpy(f) for j, f in got.items()})
     return out
+
+
+def prefill_cached(
+    lm: LoadedModel,
+    reqs: Sequence[EngineRequest],
+    between_layers: Callable[[], None],
+    special_ids: frozenset[int],
+) -> list[PrefillResult]:
+    """:func:`prefill` with each request's vision-encoder outputs taken from its (tenant's)
+    cache where present, and those it computed stored there (unless its policy only reads)."""
+    given = cached_features([(r.vision_cache, r.prompt) for r in reqs], lm.spatial_merge_size)
+    results = prefill(lm, [r.prompt for r in reqs], given, between_layers=between_layers,
+                      special_ids=special_ids)  # fmt: skip
+    for r, pre in zip(reqs, results, strict=True):
+        r.vision_hits = len(r.prompt.images) - len(pre.image_features)
+        if r.vision_cache is not None and r.store_vision:
+            for i, f in pre.image_features.items():
+                r.vision_cache.put_async(r.prompt.images[i].digest, f.float().cpu().numpy())
+        r.scope_inputs = pre.scope_inputs
+    return results
 
 
 def load_model(

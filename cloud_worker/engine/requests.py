@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import queue
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, TypedDict
 
 import numpy as np
 
@@ -25,7 +26,7 @@ from fleetvl.vlm.scope import ScopeInputs, ScopeScore
 if TYPE_CHECKING:
     from fleetvl.cache.vision import VisionCache
 
-__all__ = ["CloudResult", "EngineConfig"]
+__all__ = ["CloudResult", "CloudStream", "EngineConfig", "SubmitOptions"]
 
 
 @dataclass(frozen=True)
@@ -94,6 +95,20 @@ class EngineRequest:
     scope_inputs: list[ScopeInputs] = field(default_factory=list)
     logprobs: list[TokenLogprob] = field(default_factory=list)
 
+    def events(self) -> Iterator[TokenEvent | CloudResult]:
+        """Its events as the engine thread puts them, the result last (a caller that stops
+        iterating cancels it: the slot frees)."""
+        try:
+            while True:
+                ev = self.out.get()
+                if isinstance(ev, BaseException):
+                    raise ev
+                yield ev
+                if isinstance(ev, CloudResult):
+                    return
+        finally:
+            self.cancel.cancel()  # a caller that stops iterating frees the slot
+
     @property
     def needs_row(self) -> bool:
         """Its next token needs the host's copy of its logits: it samples, or it asked for
@@ -158,3 +173,28 @@ class EngineRequest:
             scope_inputs=self.scope_inputs,
             logprobs=list(self.logprobs) if self.params.logprobs is not None else None,
         )
+
+
+class SubmitOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`CloudEngine.submit`."""
+
+    rank: int
+    deadline: float | None
+    cancel: CancelToken | None
+    tenant: str | None
+    cache: str
+
+
+class CloudStream:
+    """A submitted request's tokens, its :class:`CloudResult` kept aside in ``result``."""
+
+    def __init__(self, events: Iterator[TokenEvent | CloudResult]) -> None:
+        self.result: CloudResult | None = None
+        self._events = events
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        for ev in self._events:
+            if isinstance(ev, CloudResult):
+                self.result = ev
+            else:
+                yield ev

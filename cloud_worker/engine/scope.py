@@ -19,6 +19,7 @@ calibration: the engine stays importable on the GPU benchmark box (torch and tra
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,7 @@ from fleetvl.vlm.scope import ScopeInputs, ScopeModel
 
 if TYPE_CHECKING:
     from cloud_worker.engine.engine import CloudEngine
+    from cloud_worker.engine.requests import EngineRequest
     from fleetvl.vlm.calibration import Calibration
 
 # fleetvl.vlm.calibration's CALIBRATION_FILE and SCOPE_FILE (a test keeps them equal).
@@ -88,6 +90,28 @@ def load_model_scope(model_dir: str | Path) -> ScopeModel | None:
         raise InputError(f"{d / SCOPE_FILE} belongs to another model than this one "
                          f"({hidden}-value embeddings): {exc}; re-fit it") from None  # fmt: skip
     return scope
+
+
+def score_scope(
+    scope: ScopeModel | None, req: EngineRequest, timings: dict[str, float]
+) -> str | None:
+    """Score a prefilled request (with a scope model and images) into ``req.scope``: None to
+    go on; ``"out_of_scope"`` when it is to finish now, without tokens or a slot; ``"failed"``
+    when its features are unlike the model's (the error is sent to its caller alone)."""
+    if scope is None or not req.scope_inputs:
+        return None
+    t0 = time.perf_counter()
+    try:
+        req.scope = scope.score(req.scope_inputs)
+    except InputError as exc:
+        req.out.put(exc)
+        return "failed"
+    finally:
+        timings["scope_s"] += time.perf_counter() - t0
+    if not req.scope.out_of_scope:
+        return None
+    timings["out_of_scope"] += 1
+    return "out_of_scope"
 
 
 def check_scorable(prompt: Prompt) -> None:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import TypedDict, Unpack
+from typing import Unpack
 
 import numpy as np
 import onnxruntime as ort
@@ -24,7 +24,15 @@ import onnxruntime as ort
 from edge_agent.engine.bundle import EdgeBundle, SessionConfig
 from edge_agent.engine.kv_arena import KVArena, KVPrefix
 from edge_agent.engine.scoping import engine_scope_inputs
-from edge_agent.engine.types import CancelToken, EarlyStop, GenerationResult, Timings, TokenEvent
+from edge_agent.engine.types import (
+    CancelToken,
+    EarlyStop,
+    Generation,
+    GenerationResult,
+    StreamOptions,
+    Timings,
+    TokenEvent,
+)
 from fleetvl.engines import Engine
 from fleetvl.errors import InputError, PromptError
 from fleetvl.sampling import Sampler, SamplingParams
@@ -41,31 +49,6 @@ from fleetvl.vlm.processor import Prompt
 from fleetvl.vlm.scope import ScopeModel
 
 __all__ = ["EdgeEngine", "Generation", "edge_engine"]
-
-
-class Generation:
-    """An in-progress generation: iterate for :class:`TokenEvent`; ``result`` when done."""
-
-    def __init__(self, run: Callable[[Generation], Iterator[TokenEvent]]) -> None:
-        self.result: GenerationResult | None = None
-        # The run writes ``result`` into this object when it finishes.
-        self._events = run(self)
-
-    def __iter__(self) -> Iterator[TokenEvent]:
-        return self._events
-
-
-class StreamOptions(TypedDict, total=False):
-    """The keyword arguments of :meth:`EdgeEngine.stream`."""
-
-    prefix: KVPrefix | None
-    capture_prefix: int | None
-    stop_when: EarlyStop | None
-    cancel: CancelToken | None
-    confidence: bool
-    image_features: Mapping[int, np.ndarray] | None
-    scope: ScopeModel | None
-    refuse_out_of_scope: bool
 
 
 class EdgeEngine:

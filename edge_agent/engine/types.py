@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
+from typing import TypedDict
 
 import numpy as np
 
@@ -16,9 +17,17 @@ from fleetvl.vlm.confidence import (
     TokenConfidence,
     TokenLogprob,
 )
-from fleetvl.vlm.scope import ScopeInputs, ScopeScore
+from fleetvl.vlm.scope import ScopeInputs, ScopeModel, ScopeScore
 
-__all__ = ["CancelToken", "EarlyStop", "GenerationResult", "TokenEvent", "Timings"]
+__all__ = [
+    "CancelToken",
+    "EarlyStop",
+    "Generation",
+    "GenerationResult",
+    "StreamOptions",
+    "Timings",
+    "TokenEvent",
+]
 
 # Called after every token with the running confidence; True stops decoding ("low_confidence").
 EarlyStop = Callable[[ConfidenceTracker], bool]
@@ -72,3 +81,28 @@ class GenerationResult:
     @property
     def ttft_s(self) -> float:
         return self.timings.ttft_s
+
+
+class Generation:
+    """An in-progress generation: iterate for :class:`TokenEvent`; ``result`` when done."""
+
+    def __init__(self, run: Callable[[Generation], Iterator[TokenEvent]]) -> None:
+        self.result: GenerationResult | None = None
+        # The run writes ``result`` into this object when it finishes.
+        self._events = run(self)
+
+    def __iter__(self) -> Iterator[TokenEvent]:
+        return self._events
+
+
+class StreamOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`EdgeEngine.stream`."""
+
+    prefix: KVPrefix | None
+    capture_prefix: int | None
+    stop_when: EarlyStop | None
+    cancel: CancelToken | None
+    confidence: bool
+    image_features: Mapping[int, np.ndarray] | None
+    scope: ScopeModel | None
+    refuse_out_of_scope: bool

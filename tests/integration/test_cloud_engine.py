@@ -167,3 +167,21 @@ def test_sampled_and_greedy_requests_share_a_batch(engine: CloudEngine) -> None:
     assert got[:3] == refs
     assert got[3] == alone.token_ids
     assert len(set(alone.token_ids)) > 1  # really sampled across the vocabulary
+
+
+def test_a_request_that_cannot_make_its_deadline_gives_its_slot_away(engine: CloudEngine) -> None:
+    """Slots go only to requests the engine's measured speed says can finish in time; one that
+    cannot ends at once with finish_reason "deadline" (nothing prefilled), not late."""
+    prompt = _prompts(engine, 1)[0]
+    params = SamplingParams(max_tokens=20, ignore_eos=True)
+    engine.generate(prompt, params)  # what a request costs, learned
+    per_token = engine.admission.token_s
+    assert per_token > 0
+    dropped = engine.admission.dropped
+    late = engine.generate(prompt, params, deadline=time.monotonic() + per_token * 3)
+    assert late.finish_reason == "deadline"
+    assert late.token_ids == []
+    assert engine.admission.dropped == dropped + 1
+    fine = engine.generate(prompt, params, deadline=time.monotonic() + 60)
+    assert fine.finish_reason == "length"
+    assert len(fine.token_ids) == 20

@@ -362,3 +362,34 @@ def test_agent_killed_mid_delivery_still_answers_each_request_once(
             p.stop()
         link.cut()
         rproc.stop()
+
+
+def test_an_agent_with_a_redis_reuses_a_shared_instructions_kv(
+    fp32_bundle: Path, tmp_path: Path
+) -> None:
+    """With `redis_url`, the box's engines run behind the cache: a second question after the
+    same long instruction takes that prefix's KV from Redis instead of recomputing it."""
+    from tests.redis_servers import RedisServer
+
+    with RedisServer() as redis_server:
+        cfg = agent_config(fp32_bundle, tmp_path, None, redis_url=redis_server.url,
+                           policies={"global": {"residency": "edge_only"}})  # fmt: skip
+        proc, url = start_agent(tmp_path, cfg)
+        try:
+            system = "Inspection procedure: " + "check the needle against the band. " * 40
+
+            def ask(question: str) -> dict[str, Any]:
+                body = {"model": "edge", "max_tokens": 4, "messages": [
+                    {"role": "system", "content": system}, {"role": "user", "content": question}]}
+                r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+                assert r.status_code == 200, r.text
+                return r.json()
+
+            ask("What does the gauge read?")
+            before = metric(url, "fleetvl_cache_hit_tokens_total", kind="kv")
+            wait_for(lambda: ask("Is the oil level low?") and
+                     metric(url, "fleetvl_cache_hit_tokens_total", kind="kv") > before,
+                     10, "a prefix hit")  # fmt: skip
+            assert metric(url, "fleetvl_cache_hit_tokens_total", kind="kv") - before >= 64
+        finally:
+            proc.stop()
