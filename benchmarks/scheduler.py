@@ -308,6 +308,7 @@ def main() -> int:
     ap.add_argument("--quick", action="store_true", help="short traces (300 s instead of 3600 s)")
     ap.add_argument("--json", type=Path, help="write every printed figure here")
     ap.add_argument("--seed", type=int, default=7)
+    ap.add_argument("--no-cloud", action="store_true", help="skip the real cloud engine's part")
     args = ap.parse_args()
     duration_s = 300.0 if args.quick else 3600.0
     t_start = time.perf_counter()
@@ -385,6 +386,19 @@ def main() -> int:
         },
     }
     _print_table(result)
+    if not args.no_cloud:
+        from benchmarks._cloud_deadlines import run_cloud
+
+        print("\nthe cloud engine's slots (real engine, fleet-cloud on this CPU)", flush=True)
+        cloud = run_cloud(args.quick, args.seed)
+        result["cloud"] = cloud
+        result["targets"]["cloud_deadline_attainment_admitted_ge_0.99"] = (
+            cloud["deadline_attainment_admitted"] >= 0.99
+        )
+        print(
+            f"cloud.deadline_attainment_admitted {cloud['deadline_attainment_admitted']:.3f} "
+            f"(target >= 0.99; rank+fifo: {cloud['baseline_rank_fifo_attainment']:.3f})"
+        )
     result["wall_s"] = time.perf_counter() - t_start
     print(f"wall time {result['wall_s']:.1f} s")
     if args.json:
