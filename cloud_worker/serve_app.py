@@ -37,6 +37,7 @@ from fleetvl.policy import CacheMode
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol.convert import logprob_message, scope_message
 from fleetvl.protocol.request import ChatRequest, RequestLimits
+from fleetvl.protocol.stored_images import chat_from_pb
 from fleetvl.sampling import CancelToken
 from fleetvl.threaded_stream import stream_in_thread
 from fleetvl.vlm.scope import ScopeScore
@@ -108,7 +109,7 @@ class VLMWorker:
     async def Generate(  # noqa: N802 - the gRPC method name, as Serve's proxy calls it
         self, request: pb.GenerateRequest
     ) -> AsyncIterator[pb.GenerateChunk]:
-        req, missing = ChatRequest.from_pb(request, self.limits, stored=self._stored)
+        req, missing, _ = await chat_from_pb(request, self.limits, self.blobs, keep_inline=False)
         if missing:
             yield pb.GenerateChunk(need_images=pb.NeedImages(digests=missing))
             return
@@ -155,10 +156,6 @@ class VLMWorker:
             if now - self._published > PUBLISH_EVERY_S:  # an evicted epoch comes back soon
                 self._published = now
                 await self.answers.publish(self.model_name, self.epoch)
-
-    def _stored(self, digest: str) -> bytes | None:
-        """The shared image store's copy of an image sent by digest alone."""
-        return self.blobs.get(digest) if self.blobs else None
 
     def __del__(self) -> None:
         engine = getattr(self, "engine", None)

@@ -22,12 +22,11 @@ from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
 from fleetvl.protocol.convert import logprob_message
 from fleetvl.protocol.grpc_status import grpc_status
-from fleetvl.protocol.request import ChatRequest
+from fleetvl.protocol.stored_images import ImageStore, chat_from_pb
 from router import metrics
 from router.agents import agent_backends, serve_agent_stream
 from router.backends import Delta, Final
 from router.idempotency import IdempotencyRecord, RedisFinals
-from router.images import BlobStore
 from router.service import RouterService
 from router.tickets import Expired, Rejected, Ticket, log_line
 from router.wire import wire_scope
@@ -35,7 +34,7 @@ from router.wire import wire_scope
 __all__ = ["RouterServicer", "add_router_servicer"]
 
 class RouterServicer(pb_grpc.RouterServicer):
-    def __init__(self, service: RouterService, blobs: BlobStore) -> None:
+    def __init__(self, service: RouterService, blobs: ImageStore) -> None:
         self.service = service
         self.blobs = blobs
         self.keys = service.config.keys()
@@ -59,14 +58,6 @@ class RouterServicer(pb_grpc.RouterServicer):
         md = dict(context.invocation_metadata() or ())
         auth = str(md.get("authorization", ""))
         return self.keys.get(auth.removeprefix("Bearer ").strip())
-
-    async def HasImages(  # noqa: N802 - gRPC method name
-        self, request: pb.HasImagesRequest, context: grpc.aio.ServicerContext
-    ) -> pb.HasImagesResponse:
-        if self._tenant(context, request.tenant) is None:
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "missing or unknown API key")
-        present = self.blobs.has(list(request.digests)) or [False] * len(request.digests)
-        return pb.HasImagesResponse(present=present)
 
     async def Generate(  # noqa: N802 - gRPC method name
         self, request: pb.GenerateRequest, context: grpc.aio.ServicerContext
@@ -131,10 +122,12 @@ class RouterServicer(pb_grpc.RouterServicer):
     ) -> AsyncIterator[pb.GenerateChunk]:
         t0 = time.monotonic()
         try:
-            req, missing = ChatRequest.from_pb(
-                request, self.service.config.limits, id=rid, tenant=tenant,
-                stored=self._stored, keep=self._keep, deadline_s=context.time_remaining(),
+            req, missing, inline = await chat_from_pb(
+                request, self.service.config.limits, self.blobs, id=rid, tenant=tenant,
+                deadline_s=context.time_remaining(),
             )  # fmt: skip
+            # An image the shared store already held costs the uplink nothing.
+            metrics.IMAGE_BYTES_IN.labels("grpc").inc(inline)
         except InputError as exc:
             code = grpc_status(exc) or grpc.StatusCode.INVALID_ARGUMENT
             log_line(**fields, status=code.name, outcome="invalid", error=str(exc))
@@ -173,15 +166,6 @@ class RouterServicer(pb_grpc.RouterServicer):
         if code is not grpc.StatusCode.OK:
             raise _Abort(code, message)
 
-    def _stored(self, digest: str) -> bytes | None:
-        return self.blobs.get(digest)
-
-    def _keep(self, data: bytes) -> None:
-        """An image that came up inline: counted (an image already stored costs none) and
-        stored for every later request and site."""
-        metrics.IMAGE_BYTES_IN.labels("grpc").inc(len(data))
-        self.blobs.put(data)
-
 
 class _Abort(Exception):  # noqa: N818 - a control-flow signal, not an error type
     """End the call with this status (raised where the context may not be the caller's)."""
@@ -216,6 +200,6 @@ def _final(t: Ticket, f: Final) -> pb.Final:
 
 
 def add_router_servicer(
-    server: grpc.aio.Server, service: RouterService, blobs: BlobStore
+    server: grpc.aio.Server, service: RouterService, blobs: ImageStore
 ) -> None:
     pb_grpc.add_RouterServicer_to_server(RouterServicer(service, blobs), server)

@@ -1,25 +1,14 @@
-"""The router's image blob store when no shared cache is configured (data URLs and image
-checks at the ingress are :mod:`fleetvl.protocol.image_urls`, shared with the site agent)."""
+"""The router's image store (a :class:`fleetvl.protocol.stored_images.ImageStore`) when no
+shared cache is configured (data URLs and image checks at the ingress are
+:mod:`fleetvl.protocol.image_urls`, shared with the site agent)."""
 
 from __future__ import annotations
 
 import hashlib
 import threading
 from collections import OrderedDict
-from typing import Protocol
 
-__all__ = ["BlobStore", "MemoryBlobStore"]
-
-
-class BlobStore(Protocol):
-    """Image bytes by their SHA-256: this store, or the shared cache's
-    (:meth:`fleetvl.cache.FleetCache.images`). ``has`` answers None when it cannot tell."""
-
-    def has(self, digests: list[str]) -> list[bool] | None: ...
-
-    def put(self, data: bytes) -> str | None: ...
-
-    def get(self, digest: str) -> bytes | None: ...
+__all__ = ["MemoryBlobStore"]
 
 
 class MemoryBlobStore:
@@ -30,10 +19,6 @@ class MemoryBlobStore:
         self._size = 0
         self._blobs: OrderedDict[str, bytes] = OrderedDict()
         self._lock = threading.Lock()
-
-    def has(self, digests: list[str]) -> list[bool]:
-        with self._lock:
-            return [d in self._blobs for d in digests]
 
     def put(self, data: bytes) -> str:
         digest = hashlib.sha256(data).hexdigest()

@@ -13,6 +13,7 @@ import uvicorn
 
 from fleetvl.cache.answers import AnswerCache
 from fleetvl.engines import engine_factory
+from fleetvl.protocol.stored_images import ImageStore
 from fleetvl.serving import listen, serve_until_stopped, stop_on_signals
 from router.agents import AgentBackend
 from router.backends import Backend, EngineBackend
@@ -20,7 +21,7 @@ from router.config import BackendConfig, RouterConfig
 from router.grpc_backend import GrpcBackend
 from router.grpc_server import add_router_servicer
 from router.http_app import create_app
-from router.images import BlobStore, MemoryBlobStore
+from router.images import MemoryBlobStore
 from router.routing_watch import routing_watch
 from router.service import RouterService
 from router.simulated import SimulatedBackend
@@ -53,7 +54,7 @@ def build_backends(config: RouterConfig) -> list[Backend]:
     return [build_backend(c) for c in config.backends]
 
 
-def blob_store(config: RouterConfig) -> BlobStore:
+def blob_store(config: RouterConfig) -> ImageStore:
     from fleetvl.cache import CacheConfig, FleetCache
 
     cache = CacheConfig.for_service(config.redis_url)

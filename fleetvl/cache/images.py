@@ -8,7 +8,6 @@ Large images are split into parts under ``max_value_bytes``; part 0's header giv
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Sequence
 
 import numpy as np
 
@@ -33,10 +32,6 @@ class ImageBlobStore:
         self.tenant = tenant
         self.ttl = config.ttl_image_s
         self.part_bytes = config.max_value_bytes - 512
-
-    def has(self, digests: Sequence[str]) -> list[bool] | None:
-        """Which digests are stored (one round trip); None when the cache is unavailable."""
-        return self.store.exists_many([image_key(d, 0, self.tenant) for d in digests])
 
     def put(self, data: bytes) -> str | None:
         """Store ``data`` (synchronously: a caller then sends the digest); its digest or None."""

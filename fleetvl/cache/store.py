@@ -114,18 +114,6 @@ class RedisStore:
         # The client decodes nothing (no decode_responses): values come back as bytes.
         return self.call("mget", lambda c: cast("list[bytes | None]", c.mget(list(keys))))
 
-    def exists_many(self, keys: Sequence[str]) -> list[bool] | None:
-        if not keys:
-            return []
-
-        def run(c: redis.Redis) -> list[bool]:
-            p = c.pipeline(transaction=False)
-            for k in keys:
-                p.exists(k)
-            return [bool(x) for x in p.execute()]
-
-        return self.call("exists", run)
-
     def set_many(self, items: Sequence[tuple[str, bytes]], ttl_s: int) -> bool:
         def run(c: redis.Redis) -> bool:
             p = c.pipeline(transaction=False)

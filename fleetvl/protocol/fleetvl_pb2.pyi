@@ -220,20 +220,6 @@ class GenerateChunk(_message.Message):
     need_images: NeedImages
     def __init__(self, delta: _Optional[_Union[Delta, _Mapping]] = ..., final: _Optional[_Union[Final, _Mapping]] = ..., need_images: _Optional[_Union[NeedImages, _Mapping]] = ...) -> None: ...
 
-class HasImagesRequest(_message.Message):
-    __slots__ = ("tenant", "digests")
-    TENANT_FIELD_NUMBER: _ClassVar[int]
-    DIGESTS_FIELD_NUMBER: _ClassVar[int]
-    tenant: str
-    digests: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, tenant: _Optional[str] = ..., digests: _Optional[_Iterable[str]] = ...) -> None: ...
-
-class HasImagesResponse(_message.Message):
-    __slots__ = ("present",)
-    PRESENT_FIELD_NUMBER: _ClassVar[int]
-    present: _containers.RepeatedScalarFieldContainer[bool]
-    def __init__(self, present: _Optional[_Iterable[bool]] = ...) -> None: ...
-
 class AgentHello(_message.Message):
     __slots__ = ("site", "agent_version", "models", "slots")
     SITE_FIELD_NUMBER: _ClassVar[int]

@@ -39,11 +39,6 @@ class RouterStub:
                 request_serializer=fleetvl_dot_protocol_dot_fleetvl__pb2.GenerateRequest.SerializeToString,
                 response_deserializer=fleetvl_dot_protocol_dot_fleetvl__pb2.GenerateChunk.FromString,
                 _registered_method=True)
-        self.HasImages = channel.unary_unary(
-                '/fleetvl.v1.Router/HasImages',
-                request_serializer=fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesRequest.SerializeToString,
-                response_deserializer=fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesResponse.FromString,
-                _registered_method=True)
         self.AgentConnect = channel.stream_stream(
                 '/fleetvl.v1.Router/AgentConnect',
                 request_serializer=fleetvl_dot_protocol_dot_fleetvl__pb2.AgentUp.SerializeToString,
@@ -60,15 +55,11 @@ class RouterServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
-    def HasImages(self, request, context):
-        """Which of these image digests the cloud already holds.
-        """
-        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
-        context.set_details('Method not implemented!')
-        raise NotImplementedError('Method not implemented!')
-
     def AgentConnect(self, request_iterator, context):
-        """A site agent's outbound connection (sites accept no inbound connections): the agent
+        """(No HasImages: a request names its images by digest first and the answer is
+        NeedImages when some are not stored, so an image crosses once and a stored one costs no
+        extra round trip.)
+        A site agent's outbound connection (sites accept no inbound connections): the agent
         says hello, then the router sends site-bound requests (edge_only requests entering the
         cloud) down it and the agent streams each answer back, tagged with the call id.
         """
@@ -83,11 +74,6 @@ def add_RouterServicer_to_server(servicer, server):
                     servicer.Generate,
                     request_deserializer=fleetvl_dot_protocol_dot_fleetvl__pb2.GenerateRequest.FromString,
                     response_serializer=fleetvl_dot_protocol_dot_fleetvl__pb2.GenerateChunk.SerializeToString,
-            ),
-            'HasImages': grpc.unary_unary_rpc_method_handler(
-                    servicer.HasImages,
-                    request_deserializer=fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesRequest.FromString,
-                    response_serializer=fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesResponse.SerializeToString,
             ),
             'AgentConnect': grpc.stream_stream_rpc_method_handler(
                     servicer.AgentConnect,
@@ -122,33 +108,6 @@ class Router:
             '/fleetvl.v1.Router/Generate',
             fleetvl_dot_protocol_dot_fleetvl__pb2.GenerateRequest.SerializeToString,
             fleetvl_dot_protocol_dot_fleetvl__pb2.GenerateChunk.FromString,
-            options,
-            channel_credentials,
-            insecure,
-            call_credentials,
-            compression,
-            wait_for_ready,
-            timeout,
-            metadata,
-            _registered_method=True)
-
-    @staticmethod
-    def HasImages(request,
-            target,
-            options=(),
-            channel_credentials=None,
-            call_credentials=None,
-            insecure=False,
-            compression=None,
-            wait_for_ready=None,
-            timeout=None,
-            metadata=None):
-        return grpc.experimental.unary_unary(
-            request,
-            target,
-            '/fleetvl.v1.Router/HasImages',
-            fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesRequest.SerializeToString,
-            fleetvl_dot_protocol_dot_fleetvl__pb2.HasImagesResponse.FromString,
             options,
             channel_credentials,
             insecure,

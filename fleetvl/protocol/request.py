@@ -19,6 +19,7 @@ import time
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
+from typing import TypedDict
 
 from PIL import Image
 from pydantic import BaseModel, ConfigDict, Field
@@ -44,6 +45,16 @@ MiB = 1 << 20
 # {"type": "image"}]}.
 Turn = dict[str, object]
 _SHA256 = re.compile(r"^[0-9a-f]{64}$")
+
+
+class FromPbOptions(TypedDict, total=False):
+    """The keyword arguments of :meth:`ChatRequest.from_pb` besides the image callbacks."""
+
+    id: str | None
+    tenant: str | None
+    deadline_s: float | None
+    decode: bool
+    default_max_tokens: int
 
 
 class RequestLimits(BaseModel):
