@@ -130,6 +130,10 @@ class AgentConfig(_Strict):
         "engines fetch or recompute by their cost model; entries per tenant). A site-local "
         "Redis, or the shared one where the uplink allows. None: no cache.",
     )  # fmt: skip
+    redis_site_local: bool = Field(
+        True, description="The Redis runs at the site: edge_only requests may use it too. "
+        "False (a Redis beyond the site): edge_only requests never touch it.",
+    )  # fmt: skip
     http_host: str = Field("127.0.0.1", description="Local API address.")
     http_port: int = Field(8090, ge=0, le=65535, description="Local API port (0: any).")
     allow_webhooks: bool = Field(

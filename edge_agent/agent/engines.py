@@ -23,7 +23,7 @@ from pathlib import Path
 
 from edge_agent.agent.local import LocalEngine
 from fleetvl.errors import FleetVLError, Unavailable
-from fleetvl.policy import SlaPolicy
+from fleetvl.policy import CacheMode, Residency, SlaPolicy
 from fleetvl.scheduling import (
     AdmissionDecision,
     BackendSpec,
@@ -35,7 +35,7 @@ from fleetvl.scheduling import (
 from fleetvl.vlm.calibration import Calibration, load_calibration, load_scope
 from fleetvl.vlm.scope import ScopeModel
 
-__all__ = ["LOCAL", "EnginePool", "Lease", "LocalRejected", "with_cache"]
+__all__ = ["LOCAL", "EnginePool", "Lease", "LocalRejected", "engine_for", "with_cache"]
 
 log = logging.getLogger("fleetvl.edge")
 
@@ -69,6 +69,21 @@ def with_cache(
         return CachedEngine(engine, cache, tenant) if isinstance(engine, EdgeEngine) else engine
 
     return build
+
+
+def engine_for(engine: LocalEngine, pol: SlaPolicy, site_local_cache: bool) -> LocalEngine:
+    """The leased engine as this request's policy may use the cache: not at all when its
+    ``cache`` is off, or when it is ``edge_only`` and the cache is not the site's own (its
+    image's KV must not leave the site); reading only when its ``cache`` is ``read``."""
+    from edge_agent.engine import CachedEngine
+
+    if not isinstance(engine, CachedEngine):
+        return engine
+    if pol.cache is CacheMode.OFF or (
+        pol.residency is Residency.EDGE_ONLY and not site_local_cache
+    ):
+        return engine.engine
+    return engine.using("read") if pol.cache is CacheMode.READ else engine
 
 
 class LocalRejected(Unavailable):

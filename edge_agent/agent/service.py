@@ -38,7 +38,7 @@ from edge_agent.agent import metrics
 from edge_agent.agent.answers import Answer, Piece, Queued, gate_dict
 from edge_agent.agent.cache_probe import probe_cache
 from edge_agent.agent.config import AgentConfig
-from edge_agent.agent.engines import EnginePool, LocalRejected
+from edge_agent.agent.engines import EnginePool, LocalRejected, engine_for
 from edge_agent.agent.escalation import CloudClient, EscalationError
 from edge_agent.agent.local import LocalAttempt, run_local
 from edge_agent.agent.requests import to_generate_request
@@ -218,8 +218,8 @@ class AgentService:
         cancel = CancelToken()
         async with self.pool.lease(item) as lease:
             work = asyncio.ensure_future(asyncio.to_thread(
-                run_local, lease.engine, req.messages,
-                [i.decoded or i.data for i in req.images],
+                run_local, engine_for(lease.engine, pol, self.config.redis_site_local),
+                req.messages, [i.decoded or i.data for i in req.images],
                 req.params, gate,
                 deadline=deadline, can_escalate=can_escalate,
                 early=early and self.config.gate.early_escalation, cancel=cancel,

@@ -17,6 +17,7 @@ Cache trouble of any kind degrades to the uncached path; what happened is report
 
 from __future__ import annotations
 
+import copy
 import hashlib
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import asdict
@@ -75,9 +76,16 @@ class CachedOptions(PassedOn, total=False):
 
 
 class CachedEngine:
-    def __init__(self, engine: EdgeEngine, cache: FleetCache, tenant: str | None = None) -> None:
+    def __init__(
+        self,
+        engine: EdgeEngine,
+        cache: FleetCache,
+        tenant: str | None = None,
+        use: CacheUse = "read_write",
+    ) -> None:
         self.engine = engine
         self.cache = cache
+        self.use = use  # what stream() does unless told otherwise
         s = engine.bundle.shape
         self.model: ModelCache = cache.for_model(
             engine.digest,
@@ -118,14 +126,20 @@ class CachedEngine:
         confidence: bool = True,
         scope: ScopeModel | None = None,
         refuse_out_of_scope: bool = False,
-        use: CacheUse = "read_write",
+        use: CacheUse | None = None,
     ) -> Generation:
         """:meth:`EdgeEngine.stream` with the cache's prefix KV, vision features and (for a
         caller without an early-stop predicate) whole answers; ``use`` as the policy says."""
         params = params or SamplingParams()
         kw: PassedOn = {"stop_when": stop_when, "cancel": cancel, "confidence": confidence,
                         "scope": scope, "refuse_out_of_scope": refuse_out_of_scope}  # fmt: skip
-        return Generation(lambda gen: self._run(gen, prompt, params, use, kw))
+        return Generation(lambda gen: self._run(gen, prompt, params, use or self.use, kw))
+
+    def using(self, use: CacheUse) -> CachedEngine:
+        """This engine (the same weights, arena and cache) whose requests use the cache so."""
+        view = copy.copy(self)
+        view.use = use
+        return view
 
     def request_digest(self, prompt: Prompt, params: SamplingParams) -> str | None:
         """Response-cache key, or None when the request is not deterministic."""

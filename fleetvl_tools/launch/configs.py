@@ -168,8 +168,9 @@ def plan_fleet(cfg: UpConfig, redis_url: str, hf_dir: Path, bundle_dir: Path, di
         site_cfg: dict[str, object] = {
             "site": s["id"], "tenant": s["tenant"], "model": MODEL, "bundle": str(bundle_dir),
             "engines": cfg.agent.engines, "intra_op_threads": cfg.agent.intra_op_threads,
-            # One machine: the fleet's Redis is every site's local one too.
-            "redis_url": redis_url,
+            # One machine: the fleet's Redis is every site's cache too, but it is shared, so
+            # the edge_only site's requests stay out of it.
+            "redis_url": redis_url, "redis_site_local": False,
             "http_host": "127.0.0.1", "http_port": p("agents", i),
             "router": {"target": f"127.0.0.1:{p('router_grpc')}", "api_key": keys[s["tenant"]],
                        "model": MODEL, "backoff_s": 0.2, "max_backoff_s": 2.0},

@@ -9,6 +9,7 @@ so the tests can cut it.
 from __future__ import annotations
 
 import base64
+import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -391,5 +392,32 @@ def test_an_agent_with_a_redis_reuses_a_shared_instructions_kv(
                      metric(url, "fleetvl_cache_hit_tokens_total", kind="kv") > before,
                      10, "a prefix hit")  # fmt: skip
             assert metric(url, "fleetvl_cache_hit_tokens_total", kind="kv") - before >= 64
+        finally:
+            proc.stop()
+
+
+def test_an_edge_only_request_never_writes_to_a_redis_beyond_the_site(
+    fp32_bundle: Path, tmp_path: Path
+) -> None:
+    """With a shared (not site-local) Redis, the agent's edge_only requests leave nothing in it:
+    the KV of a site's image must not leave the site."""
+    import redis as redis_client
+
+    from tests.redis_servers import RedisServer
+
+    with RedisServer() as redis_server:
+        cfg = agent_config(fp32_bundle, tmp_path, None, redis_url=redis_server.url,
+                           redis_site_local=False,
+                           policies={"global": {"residency": "edge_only"}})  # fmt: skip
+        proc, url = start_agent(tmp_path, cfg)
+        try:
+            body = {"model": "edge", "max_tokens": 4, "messages": [
+                {"role": "system", "content": "Procedure: " + "check the band. " * 60},
+                {"role": "user", "content": "What does the gauge read?"}]}  # fmt: skip
+            for _ in range(2):
+                r = httpx.post(url + "/v1/chat/completions", json=body, timeout=60)
+                assert r.status_code == 200, r.text
+            time.sleep(0.5)  # writes would be behind the answer
+            assert redis_client.Redis.from_url(redis_server.url).dbsize() == 0
         finally:
             proc.stop()
