@@ -85,6 +85,12 @@ class VLMWorker:
             "unanswerable), by the part of the score that said so",
             tag_keys=("part",),
         )
+        self.cache_events = Counter(
+            "fleetvl_cloud_cache_total",
+            description="The worker's use of the shared cache: vision-encoder outputs (hit | "
+            "miss per image) and answers stored (stored)",
+            tag_keys=("kind", "result"),  # type: ignore[arg-type]  # Ray annotates Tuple[str]
+        )
         # Answers stored under one model (and its out-of-scope score) are not answers under
         # another: the epoch the router and agents look answers up under says which.
         scope_key = ""
@@ -137,12 +143,21 @@ class VLMWorker:
                     final = _final(ev, total_s)
                     if final.verdict == "unanswerable" and ev.scope is not None:
                         self.unanswerable.inc(tags={"part": ev.scope.part})
+                    self._count_vision(len(prompt.images), ev.vision_cache_hits)
                     _log_line(request, "cloud", ev.finish_reason, final.verdict, ev.scope,
                               len(ev.token_ids), total_s)  # fmt: skip
                     yield pb.GenerateChunk(final=final)
                     if ev.finish_reason in ("stop", "length"):  # never refusals or cut answers
                         await self._store(req, ev, mode)
                     return
+
+    def _count_vision(self, images: int, hits: int) -> None:
+        if self.engine.vision is None or images == 0:
+            return
+        if hits:
+            self.cache_events.inc(hits, tags={"kind": "vision", "result": "hit"})
+        if images - hits:
+            self.cache_events.inc(images - hits, tags={"kind": "vision", "result": "miss"})
 
     async def _store(self, req: ChatRequest, r: CloudResult, mode: CacheMode) -> None:
         """Write the answer where the router and the sites' agents look first."""
@@ -152,6 +167,7 @@ class VLMWorker:
                                 "finish_reason": r.finish_reason,
                                 "confidence": r.confidence.as_dict()}  # fmt: skip
         if await self.answers.put(req, self.epoch, answer, mode):
+            self.cache_events.inc(tags={"kind": "answer", "result": "stored"})
             now = time.monotonic()
             if now - self._published > PUBLISH_EVERY_S:  # an evicted epoch comes back soon
                 self._published = now

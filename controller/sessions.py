@@ -29,6 +29,7 @@ class MetricSample:
     escalation_rate: float
     sla_attainment: float
     p95_ms: float
+    cache_rate: float = 0.0  # answered from the fleet's answer cache
 
 
 @dataclass
@@ -112,6 +113,7 @@ class AgentSession:
             "sla_attainment": agg["sla_attainment"],
             "error_rate": agg["error_rate"],
             "p95_ms": agg["p95_ms"],
+            "cache_rate": agg["cache_rate"],
         }
 
 
@@ -126,6 +128,7 @@ def aggregate(samples: list[MetricSample]) -> dict[str, float]:
             "escalation_rate": nan,
             "sla_attainment": nan,
             "p95_ms": nan,
+            "cache_rate": nan,
         }
     return {
         "requests": req,
@@ -134,6 +137,7 @@ def aggregate(samples: list[MetricSample]) -> dict[str, float]:
         "sla_attainment": sum(s.sla_attainment * s.requests for s in samples) / req,
         # The worst window's p95 is an upper bound of the aggregate's; honest enough for a page.
         "p95_ms": max(s.p95_ms for s in samples if s.requests > 0),
+        "cache_rate": sum(s.cache_rate * s.requests for s in samples) / req,
     }
 
 
@@ -189,6 +193,7 @@ class SessionRegistry:
                 m.escalation_rate,
                 m.sla_attainment,
                 m.p95_ms,
+                m.cache_rate,
             )
         )
 

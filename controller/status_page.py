@@ -56,7 +56,7 @@ border-radius:5px;overflow:hidden;display:inline-block;vertical-align:middle}
 <h2>Sites</h2>
 <table id="sites"><tr><th>Site</th><th>Tenant</th><th>Kind</th><th>Health</th>
 <th>Last heartbeat</th><th>Bundle</th><th>Requests/min</th><th>Escalation</th>
-<th>SLA attainment</th><th>p95</th></tr>
+<th>SLA attainment</th><th>p95</th><th>From cache</th></tr>
 {% for x in s.sites %}<tr data-site="{{ x.id }}">
 <td>{{ x.id }}{% if x.location %} <span class="muted">{{ x.location }}</span>{% endif %}</td>
 <td>{{ x.tenant }}</td><td>{{ x.kind }}</td>
@@ -65,7 +65,8 @@ border-radius:5px;overflow:hidden;display:inline-block;vertical-align:middle}
 <td>{{ x.active_bundle_name or "—" }}{% if not x.in_sync %}
  <span class="badge warn">→ {{ x.desired_bundle_name }}</span>{% endif %}</td>
 <td class="num">{{ x.rpm }}</td><td class="num">{{ x.esc }}</td>
-<td class="num">{{ x.sla }}</td><td class="num">{{ x.p95 }}</td></tr>{% endfor %}
+<td class="num">{{ x.sla }}</td><td class="num">{{ x.p95 }}</td>
+<td class="num">{{ x.cache }}</td></tr>{% endfor %}
 </table>
 <h2>Recent changes</h2>
 <table id="audit"><tr><th>When</th><th>Who</th><th>What</th><th>Why</th></tr>
@@ -107,6 +108,7 @@ def _site_row(x: dict[str, Any]) -> dict[str, Any]:
         "esc": _pct(x.get("escalation_rate")),
         "sla": _pct(x.get("sla_attainment")),
         "p95": "—" if p95 is None or math.isnan(p95) else f"{p95:.0f} ms",
+        "cache": _pct(x.get("cache_rate")),
     }
 
 

@@ -27,7 +27,7 @@ class AgentControl:
         self.service = service
         self.loop = loop
         self._lock = threading.Lock()
-        self._samples: list[tuple[float, bool, bool, bool]] = []  # ms, ok, escalated, met SLA
+        self._samples: list[tuple[float, bool, str, bool]] = []  # ms, ok, served_by, met SLA
         self.swaps: list[asyncio.Future[None]] = []
         # Archive address of the running bundle: the controller's name for it. Set by the
         # daemon at start (computed from the bundle directory) and by every install.
@@ -35,9 +35,10 @@ class AgentControl:
 
     # -- what the service reports ----------------------------------------------------------
 
-    def record(self, total_ms: float, ok: bool, escalated: bool, met: bool) -> None:
+    def record(self, total_ms: float, ok: bool, served_by: str, met: bool) -> None:
+        """One finished request: ``served_by`` edge | cloud | cache | queued | none (failed)."""
         with self._lock:
-            self._samples.append((total_ms, ok, escalated, met))
+            self._samples.append((total_ms, ok, served_by, met))
 
     # -- ControlHandler ---------------------------------------------------------------------
 
@@ -84,18 +85,20 @@ class AgentControl:
             raise ValueError(f"unknown command {name!r}; known: reload, recalibrate")
 
     def summary(self) -> dict[str, float]:
-        """Since the last call: requests, errors, escalation_rate, sla_attainment, p95_ms."""
+        """Since the last call: requests, errors, escalation_rate, sla_attainment, p95_ms,
+        cache_rate (answered from the fleet's answer cache)."""
         with self._lock:
             samples, self._samples = self._samples, []
         n = len(samples)
         if n == 0:
             return {"requests": 0.0, "errors": 0.0, "escalation_rate": 0.0,
-                    "sla_attainment": 1.0, "p95_ms": 0.0}  # fmt: skip
+                    "sla_attainment": 1.0, "p95_ms": 0.0, "cache_rate": 0.0}  # fmt: skip
         lat = sorted(s[0] for s in samples)
         return {
             "requests": float(n),
             "errors": float(sum(not s[1] for s in samples)),
-            "escalation_rate": sum(s[2] for s in samples) / n,
+            "escalation_rate": sum(s[2] in ("cloud", "queued") for s in samples) / n,
+            "cache_rate": sum(s[2] == "cache" for s in samples) / n,
             "sla_attainment": sum(s[3] for s in samples) / n,
             "p95_ms": lat[min(n - 1, math.ceil(0.95 * n) - 1)],
         }

@@ -137,16 +137,16 @@ def create_app(service: AgentService) -> FastAPI:
             resp = _map_error(exc)
             _log(fields, t0, resp.status_code, "error" if resp.status_code >= 500 else "invalid",
                  error=str(exc))  # fmt: skip
-            service.report((time.monotonic() - t0) * 1000, resp.status_code < 500, False, False)
+            service.report((time.monotonic() - t0) * 1000, resp.status_code < 500, "none", False)
             return resp
         answered = _respond(req, result, fields, t0)
         ms = (time.monotonic() - t0) * 1000
         if isinstance(result, Answer):
             deadline = result.policy.get("deadline_ms", {}).get("value", math.inf)
             assert isinstance(deadline, float | int)
-            service.report(ms, True, result.served_by != "edge", ms <= deadline)
+            service.report(ms, True, result.served_by, ms <= deadline)
         else:
-            service.report(ms, result is not None, True, False)
+            service.report(ms, result is not None, "queued", False)
         return answered
 
     return app

@@ -92,12 +92,12 @@ class AgentService:
         self.spool_wakeup = asyncio.Event()
         # Recent out-of-scope verdicts per image source (sent to the controller).
         self.health = SourceHealth()
-        # Called with (total_ms, ok, escalated, met_deadline) per finished request.
-        self.observers: list[Callable[[float, bool, bool, bool], None]] = []
+        # Called with (total_ms, ok, served_by, met_deadline) per finished request.
+        self.observers: list[Callable[[float, bool, str, bool], None]] = []
 
-    def report(self, total_ms: float, ok: bool, escalated: bool, met: bool) -> None:
+    def report(self, total_ms: float, ok: bool, served_by: str, met: bool) -> None:
         for observe in self.observers:
-            observe(total_ms, ok, escalated, met)
+            observe(total_ms, ok, served_by, met)
 
     async def run_local(
         self, req: ChatRequest, pol: SlaPolicy, deadline: float, early: bool = False

@@ -218,6 +218,7 @@ class ControlClient:
                                     "escalation_rate",
                                     "sla_attainment",
                                     "p95_ms",
+                                    "cache_rate",
                                 )
                             }
                         ),

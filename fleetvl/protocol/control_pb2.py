@@ -24,7 +24,7 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66leetvl/protocol/control.proto\x12\x12\x66leetvl.control.v1\"!\n\x0cRoutingWatch\x12\x11\n\trouter_id\x18\x01 \x01(\t\")\n\tSiteRoute\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"d\n\x0cRoutingState\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x15\n\rpolicies_json\x18\x02 \x01(\t\x12,\n\x05sites\x18\x03 \x03(\x0b\x32\x1d.fleetvl.control.v1.SiteRoute\"Q\n\x08Hardware\x12\x0b\n\x03\x63pu\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\"\xa4\x01\n\x08Register\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x14\n\x0c\x62undles_held\x18\x03 \x03(\t\x12.\n\x08hardware\x18\x04 \x01(\x0b\x32\x1c.fleetvl.control.v1.Hardware\x12\x15\n\ractive_bundle\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\"r\n\rMetricSummary\x12\x10\n\x08requests\x18\x01 \x01(\x01\x12\x0e\n\x06\x65rrors\x18\x02 \x01(\x01\x12\x17\n\x0f\x65scalation_rate\x18\x03 \x01(\x01\x12\x16\n\x0esla_attainment\x18\x04 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x05 \x01(\x01\"W\n\x0cSourceHealth\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x01(\x05\x12\x14\n\x0cout_of_scope\x18\x03 \x01(\x05\x12\x11\n\tlast_part\x18\x04 \x01(\t\"\xac\x01\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x32\n\x07metrics\x18\x02 \x01(\x0b\x32!.fleetvl.control.v1.MetricSummary\x12\x15\n\ractive_bundle\x18\x03 \x01(\t\x12\x14\n\x0c\x62undles_held\x18\x04 \x03(\t\x12\x31\n\x07sources\x18\x05 \x03(\x0b\x32 .fleetvl.control.v1.SourceHealth\"1\n\x03\x41\x63k\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xa4\x01\n\x0c\x41gentMessage\x12\x30\n\x08register\x18\x01 \x01(\x0b\x32\x1c.fleetvl.control.v1.RegisterH\x00\x12\x32\n\theartbeat\x18\x02 \x01(\x0b\x32\x1d.fleetvl.control.v1.HeartbeatH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.fleetvl.control.v1.AckH\x00\x42\x06\n\x04kind\"5\n\x07Welcome\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x13\n\x0bheartbeat_s\x18\x02 \x01(\x01\"2\n\nPolicyPush\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0blayers_json\x18\x02 \x01(\t\"g\n\x10\x42undleAssignment\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0f\n\x07rollout\x18\x04 \x01(\t\x12\x17\n\x0fsend_credential\x18\x05 \x01(\x08\"y\n\x07\x43ommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x04\x61rgs\x18\x02 \x03(\x0b\x32%.fleetvl.control.v1.Command.ArgsEntry\x1a+\n\tArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf8\x01\n\x11\x43ontrollerMessage\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12.\n\x07welcome\x18\x02 \x01(\x0b\x32\x1b.fleetvl.control.v1.WelcomeH\x00\x12\x32\n\x08policies\x18\x03 \x01(\x0b\x32\x1e.fleetvl.control.v1.PolicyPushH\x00\x12\x36\n\x06\x62undle\x18\x04 \x01(\x0b\x32$.fleetvl.control.v1.BundleAssignmentH\x00\x12.\n\x07\x63ommand\x18\x05 \x01(\x0b\x32\x1b.fleetvl.control.v1.CommandH\x00\x42\x06\n\x04kind2\xb7\x01\n\x07\x43ontrol\x12V\n\x07\x43onnect\x12 .fleetvl.control.v1.AgentMessage\x1a%.fleetvl.control.v1.ControllerMessage(\x01\x30\x01\x12T\n\x0cWatchRouting\x12 .fleetvl.control.v1.RoutingWatch\x1a .fleetvl.control.v1.RoutingState0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1e\x66leetvl/protocol/control.proto\x12\x12\x66leetvl.control.v1\"!\n\x0cRoutingWatch\x12\x11\n\trouter_id\x18\x01 \x01(\t\")\n\tSiteRoute\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x0e\n\x06tenant\x18\x02 \x01(\t\"d\n\x0cRoutingState\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x15\n\rpolicies_json\x18\x02 \x01(\t\x12,\n\x05sites\x18\x03 \x03(\x0b\x32\x1d.fleetvl.control.v1.SiteRoute\"Q\n\x08Hardware\x12\x0b\n\x03\x63pu\x18\x01 \x01(\t\x12\r\n\x05\x63ores\x18\x02 \x01(\x05\x12\x14\n\x0cmemory_bytes\x18\x03 \x01(\x03\x12\x13\n\x0b\x61\x63\x63\x65lerator\x18\x04 \x01(\t\"\xa4\x01\n\x08Register\x12\x0c\n\x04site\x18\x01 \x01(\t\x12\x15\n\ragent_version\x18\x02 \x01(\t\x12\x14\n\x0c\x62undles_held\x18\x03 \x03(\t\x12.\n\x08hardware\x18\x04 \x01(\x0b\x32\x1c.fleetvl.control.v1.Hardware\x12\x15\n\ractive_bundle\x18\x05 \x01(\t\x12\x16\n\x0epolicy_version\x18\x06 \x01(\x03\"\x86\x01\n\rMetricSummary\x12\x10\n\x08requests\x18\x01 \x01(\x01\x12\x0e\n\x06\x65rrors\x18\x02 \x01(\x01\x12\x17\n\x0f\x65scalation_rate\x18\x03 \x01(\x01\x12\x16\n\x0esla_attainment\x18\x04 \x01(\x01\x12\x0e\n\x06p95_ms\x18\x05 \x01(\x01\x12\x12\n\ncache_rate\x18\x06 \x01(\x01\"W\n\x0cSourceHealth\x12\x0e\n\x06source\x18\x01 \x01(\t\x12\x0e\n\x06\x66rames\x18\x02 \x01(\x05\x12\x14\n\x0cout_of_scope\x18\x03 \x01(\x05\x12\x11\n\tlast_part\x18\x04 \x01(\t\"\xac\x01\n\tHeartbeat\x12\x0b\n\x03seq\x18\x01 \x01(\x03\x12\x32\n\x07metrics\x18\x02 \x01(\x0b\x32!.fleetvl.control.v1.MetricSummary\x12\x15\n\ractive_bundle\x18\x03 \x01(\t\x12\x14\n\x0c\x62undles_held\x18\x04 \x03(\t\x12\x31\n\x07sources\x18\x05 \x03(\x0b\x32 .fleetvl.control.v1.SourceHealth\"1\n\x03\x41\x63k\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12\n\n\x02ok\x18\x02 \x01(\x08\x12\r\n\x05\x65rror\x18\x03 \x01(\t\"\xa4\x01\n\x0c\x41gentMessage\x12\x30\n\x08register\x18\x01 \x01(\x0b\x32\x1c.fleetvl.control.v1.RegisterH\x00\x12\x32\n\theartbeat\x18\x02 \x01(\x0b\x32\x1d.fleetvl.control.v1.HeartbeatH\x00\x12&\n\x03\x61\x63k\x18\x03 \x01(\x0b\x32\x17.fleetvl.control.v1.AckH\x00\x42\x06\n\x04kind\"5\n\x07Welcome\x12\x15\n\rcontroller_id\x18\x01 \x01(\t\x12\x13\n\x0bheartbeat_s\x18\x02 \x01(\x01\"2\n\nPolicyPush\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12\x13\n\x0blayers_json\x18\x02 \x01(\t\"g\n\x10\x42undleAssignment\x12\x0e\n\x06\x64igest\x18\x01 \x01(\t\x12\x0b\n\x03url\x18\x02 \x01(\t\x12\x0c\n\x04size\x18\x03 \x01(\x03\x12\x0f\n\x07rollout\x18\x04 \x01(\t\x12\x17\n\x0fsend_credential\x18\x05 \x01(\x08\"y\n\x07\x43ommand\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x33\n\x04\x61rgs\x18\x02 \x03(\x0b\x32%.fleetvl.control.v1.Command.ArgsEntry\x1a+\n\tArgsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\xf8\x01\n\x11\x43ontrollerMessage\x12\x0f\n\x07push_id\x18\x01 \x01(\t\x12.\n\x07welcome\x18\x02 \x01(\x0b\x32\x1b.fleetvl.control.v1.WelcomeH\x00\x12\x32\n\x08policies\x18\x03 \x01(\x0b\x32\x1e.fleetvl.control.v1.PolicyPushH\x00\x12\x36\n\x06\x62undle\x18\x04 \x01(\x0b\x32$.fleetvl.control.v1.BundleAssignmentH\x00\x12.\n\x07\x63ommand\x18\x05 \x01(\x0b\x32\x1b.fleetvl.control.v1.CommandH\x00\x42\x06\n\x04kind2\xb7\x01\n\x07\x43ontrol\x12V\n\x07\x43onnect\x12 .fleetvl.control.v1.AgentMessage\x1a%.fleetvl.control.v1.ControllerMessage(\x01\x30\x01\x12T\n\x0cWatchRouting\x12 .fleetvl.control.v1.RoutingWatch\x1a .fleetvl.control.v1.RoutingState0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -43,28 +43,28 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_HARDWARE']._serialized_end=315
   _globals['_REGISTER']._serialized_start=318
   _globals['_REGISTER']._serialized_end=482
-  _globals['_METRICSUMMARY']._serialized_start=484
-  _globals['_METRICSUMMARY']._serialized_end=598
-  _globals['_SOURCEHEALTH']._serialized_start=600
-  _globals['_SOURCEHEALTH']._serialized_end=687
-  _globals['_HEARTBEAT']._serialized_start=690
-  _globals['_HEARTBEAT']._serialized_end=862
-  _globals['_ACK']._serialized_start=864
-  _globals['_ACK']._serialized_end=913
-  _globals['_AGENTMESSAGE']._serialized_start=916
-  _globals['_AGENTMESSAGE']._serialized_end=1080
-  _globals['_WELCOME']._serialized_start=1082
-  _globals['_WELCOME']._serialized_end=1135
-  _globals['_POLICYPUSH']._serialized_start=1137
-  _globals['_POLICYPUSH']._serialized_end=1187
-  _globals['_BUNDLEASSIGNMENT']._serialized_start=1189
-  _globals['_BUNDLEASSIGNMENT']._serialized_end=1292
-  _globals['_COMMAND']._serialized_start=1294
-  _globals['_COMMAND']._serialized_end=1415
-  _globals['_COMMAND_ARGSENTRY']._serialized_start=1372
-  _globals['_COMMAND_ARGSENTRY']._serialized_end=1415
-  _globals['_CONTROLLERMESSAGE']._serialized_start=1418
-  _globals['_CONTROLLERMESSAGE']._serialized_end=1666
-  _globals['_CONTROL']._serialized_start=1669
-  _globals['_CONTROL']._serialized_end=1852
+  _globals['_METRICSUMMARY']._serialized_start=485
+  _globals['_METRICSUMMARY']._serialized_end=619
+  _globals['_SOURCEHEALTH']._serialized_start=621
+  _globals['_SOURCEHEALTH']._serialized_end=708
+  _globals['_HEARTBEAT']._serialized_start=711
+  _globals['_HEARTBEAT']._serialized_end=883
+  _globals['_ACK']._serialized_start=885
+  _globals['_ACK']._serialized_end=934
+  _globals['_AGENTMESSAGE']._serialized_start=937
+  _globals['_AGENTMESSAGE']._serialized_end=1101
+  _globals['_WELCOME']._serialized_start=1103
+  _globals['_WELCOME']._serialized_end=1156
+  _globals['_POLICYPUSH']._serialized_start=1158
+  _globals['_POLICYPUSH']._serialized_end=1208
+  _globals['_BUNDLEASSIGNMENT']._serialized_start=1210
+  _globals['_BUNDLEASSIGNMENT']._serialized_end=1313
+  _globals['_COMMAND']._serialized_start=1315
+  _globals['_COMMAND']._serialized_end=1436
+  _globals['_COMMAND_ARGSENTRY']._serialized_start=1393
+  _globals['_COMMAND_ARGSENTRY']._serialized_end=1436
+  _globals['_CONTROLLERMESSAGE']._serialized_start=1439
+  _globals['_CONTROLLERMESSAGE']._serialized_end=1687
+  _globals['_CONTROL']._serialized_start=1690
+  _globals['_CONTROL']._serialized_end=1873
 # @@protoc_insertion_point(module_scope)

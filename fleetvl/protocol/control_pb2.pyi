@@ -59,18 +59,20 @@ class Register(_message.Message):
     def __init__(self, site: _Optional[str] = ..., agent_version: _Optional[str] = ..., bundles_held: _Optional[_Iterable[str]] = ..., hardware: _Optional[_Union[Hardware, _Mapping]] = ..., active_bundle: _Optional[str] = ..., policy_version: _Optional[int] = ...) -> None: ...
 
 class MetricSummary(_message.Message):
-    __slots__ = ("requests", "errors", "escalation_rate", "sla_attainment", "p95_ms")
+    __slots__ = ("requests", "errors", "escalation_rate", "sla_attainment", "p95_ms", "cache_rate")
     REQUESTS_FIELD_NUMBER: _ClassVar[int]
     ERRORS_FIELD_NUMBER: _ClassVar[int]
     ESCALATION_RATE_FIELD_NUMBER: _ClassVar[int]
     SLA_ATTAINMENT_FIELD_NUMBER: _ClassVar[int]
     P95_MS_FIELD_NUMBER: _ClassVar[int]
+    CACHE_RATE_FIELD_NUMBER: _ClassVar[int]
     requests: float
     errors: float
     escalation_rate: float
     sla_attainment: float
     p95_ms: float
-    def __init__(self, requests: _Optional[float] = ..., errors: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., sla_attainment: _Optional[float] = ..., p95_ms: _Optional[float] = ...) -> None: ...
+    cache_rate: float
+    def __init__(self, requests: _Optional[float] = ..., errors: _Optional[float] = ..., escalation_rate: _Optional[float] = ..., sla_attainment: _Optional[float] = ..., p95_ms: _Optional[float] = ..., cache_rate: _Optional[float] = ...) -> None: ...
 
 class SourceHealth(_message.Message):
     __slots__ = ("source", "frames", "out_of_scope", "last_part")

@@ -108,6 +108,7 @@ def test_status_page_in_headless_chromium(
     agents.handlers["store-002"].healthy = {
         **agents.handlers["store-002"].healthy,
         "escalation_rate": 0.35,
+        "cache_rate": 0.42,
     }
     wait_for(lambda: rc.status()["totals"]["healthy"] == 5, what="five healthy sites")
     with rc.api() as api:
@@ -166,6 +167,7 @@ def test_status_page_in_headless_chromium(
         assert "healthy" in p.rows[s], p.rows[s]
         assert any(x.endswith(" s ago") for x in p.rows[s])
     assert "35.0%" in p.rows["store-002"]  # its escalation rate
+    assert "42.0%" in p.rows["store-002"]  # answered from the fleet's answer cache
     assert "99.0%" in p.rows["store-001"]  # SLA attainment
     assert "running" in p.rows["int4-v2"]
     assert "1 / 2 (34%)" in p.rows["int4-v2"]

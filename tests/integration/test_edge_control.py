@@ -81,12 +81,15 @@ def test_control_handler_on_the_daemon(
             assert control.bundles_held() == [int4_digest]
             assert (await _answer(agent, _request(2))).served_by == "edge"
 
-            for ms, ok, esc, met in ((10, True, False, True), (30, True, True, False)):
-                control.record(ms, ok, esc, met)
+            outcomes = ((10, True, "edge", True), (30, True, "cloud", False),
+                        (5, True, "cache", True), (8, True, "cache", True))  # fmt: skip
+            for ms, ok, by, met in outcomes:
+                control.record(ms, ok, by, met)
             s = control.summary()
-            assert s["requests"] == 2
-            assert s["escalation_rate"] == 0.5
-            assert s["sla_attainment"] == 0.5
+            assert s["requests"] == 4
+            assert s["escalation_rate"] == 0.25
+            assert s["cache_rate"] == 0.5
+            assert s["sla_attainment"] == 0.75
             assert s["p95_ms"] == 30
             assert control.summary()["requests"] == 0  # since the last call
             with pytest.raises(ValueError, match="unknown command"):
