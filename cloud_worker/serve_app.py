@@ -104,9 +104,13 @@ class VLMWorker:
         self.blobs = FleetCache(cache_config).images() if cache_config is not None else None
         self._published = -math.inf
 
-    def stats(self) -> dict[str, int]:
+    def stats(self) -> dict[str, float]:
+        """Engine state, and deadline attainment: answers finished by their deadline of those
+        completed, and requests refused at the slot as unable to make theirs."""
+        a = self.engine.admission
         return {"running": self.engine.running, "decode_steps": self.engine.decode_steps,
-                "out_of_scope": int(self.engine.timings["out_of_scope"])}  # fmt: skip
+                "out_of_scope": int(self.engine.timings["out_of_scope"]),
+                "deadline_attainment": a.attainment, "deadline_dropped": a.dropped}  # fmt: skip
 
     def check_health(self) -> None:
         if not self.engine._thread.is_alive():
