@@ -11,9 +11,10 @@ bundle), then measures, each through the API a user calls:
   escalate: the cloud answers), then the same at sub-york-02 (same tenant) — end to end at the
   agents' HTTP API; the ratio of medians, what served the repeat, and the image bytes the
   router received inline during the repeats (an image already in Redis costs none);
-- **edge prefix**: the agent's TTFT (`timings.local_ttft_ms`) at the edge_only site for a
-  question after a ~1k-token shared instruction, first with that instruction new (nothing
-  cached), then with it cached (another question, same instruction and image);
+- **edge prefix**: the agent's TTFT (`timings.local_ttft_ms`) at sub-york-02 for a question
+  after a ~1k-token shared instruction, first with that instruction new (nothing cached), then
+  with it cached (another question, same instruction and image). Not at the edge_only site:
+  `fleetvl up`'s Redis is shared, so that site's requests never use it (by design);
 - **cloud vision**: the cloud's TTFT for a second question about an image it has already
   encoded (vision-encoder output from Redis) vs the first, through the router's gRPC API;
 - **redis down**: the same kinds of requests with Redis stopped (SIGSTOP: every call hangs
@@ -41,7 +42,6 @@ from typing import Any
 
 import grpc
 import httpx
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -49,7 +49,7 @@ sys.path.insert(0, str(ROOT))
 from fleetvl.protocol import fleetvl_pb2 as pb  # noqa: E402
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc  # noqa: E402
 from fleetvl_tools.launch.workload import fleet_question  # noqa: E402
-from tests.e2e.ports import free_base, wait_ready  # noqa: E402
+from tests.e2e.ports import start_up, wait_ready  # noqa: E402
 from tests.edge_harness import metric  # noqa: E402
 
 INSTRUCTION = (
@@ -69,21 +69,7 @@ def say(msg: str) -> None:
 
 @contextmanager
 def fleet(tmp: Path) -> Iterator[dict[str, Any]]:
-    cfg = yaml.safe_load((ROOT / "examples" / "up.yaml").read_text())
-    cfg |= {"base_port": free_base(), "fleet_spec": str(ROOT / "examples" / "fleet.yaml"),
-            "cache_dir": str(ROOT / ".cache" / "up"), "run_dir": str(tmp / "run"),
-            "edge_model": str(ROOT / "models" / "fleet-edge"),
-            "cloud_model": str(ROOT / "models" / "fleet-cloud")}  # fmt: skip
-    config = tmp / "up.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    log = tmp / "up.log"
-    env = {k: v for k, v in os.environ.items() if k != "FLEETVL_REDIS_URL"}  # embedded Redis
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetvl_tools.cli", "up", "--config", str(config)],
-            cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    proc, _, log = start_up(tmp)
     try:
         wait_ready(proc, tmp / "run" / "endpoints.json", log, 600)
         yield json.loads((tmp / "run" / "endpoints.json").read_text())
@@ -173,17 +159,18 @@ def repeat(e: dict[str, Any], n: int) -> dict[str, Any]:
 
 
 def edge_prefix(e: dict[str, Any], n: int) -> dict[str, Any]:
-    leeds = next(s for s in e["sites"] if s["residency"] == "edge_only")  # local answers only
-    key = e["api_keys"][leeds["tenant"]]
+    # York: its local model runs first (the edge_only site keeps out of this shared Redis).
+    york = next(s for s in e["sites"] if s["id"] == "sub-york-02")
+    key = e["api_keys"][york["tenant"]]
     cold, warm = [], []
     for i in range(n):
         # ~1k tokens of instruction, different per pair so the cold ask finds nothing.
         system = f"Site procedure {i}-{time.time_ns()}: " + " ".join([INSTRUCTION] * 11)
         q1 = fleet_question("substation", 5000 + i)
         q2 = fleet_question("substation", 5000 + i)
-        _, a1 = ask_agent(leeds["url"], key, q1.image, q1.question, system)
+        _, a1 = ask_agent(york["url"], key, q1.image, q1.question, system)
         time.sleep(0.3)  # the prefix KV is stored off the request's path
-        _, a2 = ask_agent(leeds["url"], key, q2.image, q2.question + " Answer briefly.", system)
+        _, a2 = ask_agent(york["url"], key, q2.image, q2.question + " Answer briefly.", system)
         t1 = a1["fleetvl"]["timings"]["local_ttft_ms"]
         t2 = a2["fleetvl"]["timings"]["local_ttft_ms"]
         cold.append(t1)

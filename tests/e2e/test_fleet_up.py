@@ -27,7 +27,7 @@ import yaml
 
 from fleetvl.answers import answer_matches
 from fleetvl_tools.launch.workload import fleet_question
-from tests.e2e.ports import free_base, wait_ready
+from tests.e2e.ports import start_up, wait_ready
 from tests.edge_harness import metric, wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -75,26 +75,7 @@ def _groups_alive(pids: list[int]) -> list[int]:
 @pytest.fixture(scope="module")
 def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
     tmp = tmp_path_factory.mktemp("fleet-up")
-    cfg = yaml.safe_load((ROOT / "examples" / "up.yaml").read_text())
-    cfg |= {
-        "base_port": free_base(),
-        "fleet_spec": str(ROOT / "examples" / "fleet.yaml"),
-        "cache_dir": str(ROOT / ".cache" / "up"),  # built once, shared with `fleetvl up`
-        "run_dir": str(tmp / "run"),
-        # The shipped trained models (the config's own relative paths point next to it).
-        "edge_model": str(ROOT / "models" / "fleet-edge"),
-        "cloud_model": str(ROOT / "models" / "fleet-cloud"),
-    }
-    config = tmp / "up.yaml"
-    config.write_text(yaml.safe_dump(cfg))
-    log = tmp / "up.log"
-    env = {k: v for k, v in os.environ.items() if k != "FLEETVL_REDIS_URL"}  # embedded Redis
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "fleetvl_tools.cli", "up", "--config", str(config)],
-            cwd=ROOT, env={**env, "PYTHONUNBUFFERED": "1"}, stdout=out,
-            stderr=subprocess.STDOUT, start_new_session=True,
-        )  # fmt: skip
+    proc, config, log = start_up(tmp)
     endpoints_file = tmp / "run" / "endpoints.json"
     endpoints: dict[str, Any] = {}
     try:
