@@ -47,7 +47,8 @@ def wait_for(check: Callable[[], T], timeout: float = 30.0, what: str = "conditi
 
 
 class FakeWanLink:
-    """A fake uplink (TCP relay) from ``port`` to ``target_port`` that can be cut."""
+    """A fake uplink (TCP relay) from ``port`` to ``target_port`` that can be cut, or frozen
+    (connections stay open and nothing gets through: a hung peer)."""
 
     def __init__(self, target_port: int) -> None:
         self.target_port = target_port
@@ -55,6 +56,14 @@ class FakeWanLink:
         self._listener: socket.socket | None = None
         self._conns: set[socket.socket] = set()
         self._lock = threading.Lock()
+        self._flowing = threading.Event()
+        self._flowing.set()
+
+    def freeze(self) -> None:
+        self._flowing.clear()
+
+    def thaw(self) -> None:
+        self._flowing.set()
 
     def restore(self) -> None:
         s = socket.socket()
@@ -102,6 +111,7 @@ class FakeWanLink:
     def _pump(self, src: socket.socket, dst: socket.socket) -> None:
         try:
             while data := src.recv(65536):
+                self._flowing.wait()
                 dst.sendall(data)
         except OSError:
             pass

@@ -228,8 +228,7 @@ class AgentService:
             try:
                 attempt = await asyncio.shield(work)
             except asyncio.CancelledError:
-                # The client went away: stop at the next token, and hand the engine back only
-                # once its thread is done with it.
+                # The client left: stop at the next token; the engine goes back once free.
                 cancel.cancel()
                 with contextlib.suppress(Exception):
                     await work
@@ -390,8 +389,9 @@ class AgentService:
             return
         if action == "answer_local" and pol.residency is not Residency.CLOUD_ONLY:
             if attempt is None or not attempt.complete:
-                # The attempt was cut short (or never ran): finish an answer to flag.
-                attempt = await self._local(req, pol, deadline, self.gate(pol.min_confidence),
+                # Cut short or never run: finish one to flag, late beats none.
+                late = max(deadline, self.clock() + pol.deadline_ms / 1000.0)
+                attempt = await self._local(req, pol, late, self.gate(pol.min_confidence),
                                             lambda _now: False, early=False)  # fmt: skip
             answer = self._local_answer(req, resolved, attempt, flag=reason)
             answer.escalation_reason = f"{reason}; uplink_down"

@@ -421,3 +421,28 @@ def test_an_edge_only_request_never_writes_to_a_redis_beyond_the_site(
             assert redis_client.Redis.from_url(redis_server.url).dbsize() == 0
         finally:
             proc.stop()
+
+
+def test_answer_local_answers_when_the_router_hangs(
+    router: tuple[str, int], fp32_bundle: Path, tmp_path: Path, image_url: str
+) -> None:
+    """A router that hangs (connections open, nothing comes back) uses up the escalation's
+    time; a request whose policy says answer_local still gets the local answer, flagged,
+    not a 503 blaming the local engines."""
+    link = FakeWanLink(router[1])
+    link.start()
+    proc, url = start_agent(tmp_path, agent_config(fp32_bundle, tmp_path, link))
+    try:
+        wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "up", 30, "uplink")
+        link.freeze()
+        r = ask(url, image_url, min_confidence=0.99, on_uplink_down="answer_local",
+                deadline_ms=1500)  # fmt: skip
+        assert r.status_code == 200, r.text
+        fv = r.json()["fleetvl"]
+        assert fv["served_by"] == "edge"
+        assert fv["low_confidence"] is True
+        assert "uplink_down" in fv["escalation_reason"]
+    finally:
+        link.thaw()
+        proc.stop()
+        link.cut()
