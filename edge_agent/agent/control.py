@@ -10,7 +10,10 @@ the work on the loop when called from it and wait for it when called from anothe
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import math
+import os
 import threading
 from collections.abc import Coroutine
 from pathlib import Path
@@ -21,11 +24,21 @@ from fleetvl.policy import PolicyOverride, SlaPolicy
 
 __all__ = ["AgentControl"]
 
+log = logging.getLogger("fleetvl.edge")
+
 
 class AgentControl:
-    def __init__(self, service: AgentService, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(
+        self,
+        service: AgentService,
+        loop: asyncio.AbstractEventLoop,
+        state_file: Path | None = None,
+    ) -> None:
         self.service = service
         self.loop = loop
+        # The last pushed policy layers, kept on disk: an agent restarted while the
+        # controller is away serves what the controller last said, not its file's defaults.
+        self.state_file = state_file
         self._lock = threading.Lock()
         self._samples: list[tuple[float, bool, str, bool]] = []  # ms, ok, served_by, met SLA
         self.swaps: list[asyncio.Future[None]] = []
@@ -56,6 +69,28 @@ class AgentControl:
         s = PolicyOverride.model_validate(policies["site"]) if policies.get("site") else (
             None if "site" in policies else cur.site)  # fmt: skip
         self.service.set_policies(g, t, s)
+        if self.state_file is not None:
+            self._save(policies)
+
+    def _save(self, policies: dict[str, dict[str, object]]) -> None:
+        assert self.state_file is not None
+        self.state_file.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.state_file.with_suffix(".tmp")
+        tmp.write_text(json.dumps(policies, sort_keys=True))
+        os.replace(tmp, self.state_file)  # never a half-written file after a crash
+
+    def restore(self) -> bool:
+        """Apply the policy layers last pushed (before the controller is reached); False when
+        none were kept or the file does not validate (the config's layers stay)."""
+        if self.state_file is None or not self.state_file.exists():
+            return False
+        try:
+            saved = json.loads(self.state_file.read_text())
+            self.apply_policies(saved)
+        except (ValueError, TypeError, KeyError) as exc:
+            log.warning("kept policies in %s not applied: %s", self.state_file, exc)
+            return False
+        return True
 
     def install_bundle(self, bundle_dir: Path, digest: str) -> None:
         """Hot-swap the engines to ``bundle_dir`` (in-flight requests finish on the old ones).

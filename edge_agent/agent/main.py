@@ -60,7 +60,11 @@ class Agent:
 
     async def start(self) -> None:
         loop = asyncio.get_running_loop()
-        self.control = AgentControl(self.service, loop)
+        c = self.config.controller
+        state = c.bundle_dir / "pushed_policies.json" if c is not None else None
+        self.control = AgentControl(self.service, loop, state)
+        if self.control.restore():
+            log.info("serving the policy layers the controller last pushed (%s)", state)
         self.service.observers.append(self.control.record)
         r = self.config.router
         if r is not None and r.connect:

@@ -109,3 +109,31 @@ def test_agent_daemon_follows_the_controller(
         assert _ask(url)["fleetvl"]["served_by"] == "edge"  # answers on the new bundle
     finally:
         proc.stop()
+
+
+def test_a_restarted_agent_keeps_the_policy_pushed_before_the_controller_went_away(
+    controller: RunningController, fp32_bundle: Path, tmp_path: Path
+) -> None:
+    rc = controller
+    config = {
+        "site": SITE, "tenant": "grid", "bundle": str(fp32_bundle), "model": "edge",
+        "spool": {"path": str(tmp_path / "spool.sqlite")},
+        "controller": {"target": rc.target, "token": TOKEN, "heartbeat_s": 0.5,
+                       "bundle_dir": str(tmp_path / "bundles")},
+    }  # fmt: skip
+    proc, url = start_agent(tmp_path, config)
+    try:
+        with rc.api() as api:
+            policy = {"policy": {"max_output_tokens": 3}, "why": "test"}
+            api.put(f"/api/policies/site/{SITE}", json=policy).raise_for_status()
+        wait_for(lambda: _ask(url)["usage"]["completion_tokens"] == 3, 30, "pushed policy")
+    finally:
+        proc.stop()
+    rc.close()  # the controller is away while the agent restarts
+    proc, url = start_agent(tmp_path, {**config, "http_port": None}, "agent-again")
+    try:
+        answer = _ask(url)
+        assert answer["usage"]["completion_tokens"] == 3  # not the file's default of 256
+        assert answer["fleetvl"]["policy"]["max_output_tokens"]["set_by"] == "site"
+    finally:
+        proc.stop()
