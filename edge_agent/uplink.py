@@ -23,6 +23,7 @@ from fleetvl.errors import InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
 from fleetvl.protocol.convert import logprob_message
+from fleetvl.protocol.grpc_status import grpc_status, public_detail
 from fleetvl.protocol.request import ChatRequest, RequestLimits
 from fleetvl.sampling import CancelToken
 from fleetvl.threaded_stream import stream_in_thread
@@ -158,10 +159,15 @@ class Uplink:
             raise
         except Exception as exc:  # answered as an error; the uplink stays up
             log.exception("call %s failed", cid)
+            code = grpc_status(exc) or grpc.StatusCode.INTERNAL
+            # A request's own fault is named; anything else stays in the site's log.
+            shown = public_detail(code, str(exc)) if code != grpc.StatusCode.INTERNAL else (
+                "INTERNAL: the site agent failed this call (logged at the site)")  # fmt: skip
             outbox.put_nowait(
                 pb.AgentUp(
                     chunk=pb.CallChunk(
-                        call_id=cid, end=True, error_code="INTERNAL", error=str(exc)[:300]
+                        call_id=cid, end=True, error_code=code.name,
+                        error=shown.partition(": ")[2] or shown,
                     )
                 )
             )

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import AsyncGenerator
 
 import grpc
 
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from fleetvl.protocol.grpc_status import public_detail
 from router.backends import BackendError, BackendKind, BackendRequest, Event
 from router.wire import event_from_chunk, to_generate_request
 
 __all__ = ["GrpcBackend"]
+
+log = logging.getLogger("fleetvl.router")
 
 
 class GrpcBackend:
@@ -71,7 +75,11 @@ class GrpcBackend:
                         call.cancel()
                         return
             except grpc.aio.AioRpcError as exc:
-                raise BackendError(f"{self.name}: {exc.code().name}: {exc.details()}") from None
+                log.warning("backend %s failed request %s: %s: %s", self.name, req.id,
+                            exc.code().name, exc.details())  # fmt: skip
+                raise BackendError(
+                    f"{self.name}: {public_detail(exc.code(), exc.details())}"
+                ) from None
             finally:
                 call.cancel()
             if not need:

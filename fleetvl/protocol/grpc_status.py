@@ -16,7 +16,7 @@ from fleetvl.errors import (
     UpstreamError,
 )
 
-__all__ = ["grpc_status"]
+__all__ = ["grpc_status", "public_detail"]
 
 # A refusal's reason, where a more precise code than UNAVAILABLE tells the caller what to do:
 # nothing is fast enough for its deadline, or everything is busy (retry after a while).
@@ -42,3 +42,25 @@ def grpc_status(exc: BaseException) -> grpc.StatusCode | None:
     if isinstance(exc, UpstreamError | ServiceError):
         return grpc.StatusCode.UNAVAILABLE
     return None
+
+
+# Codes whose details describe the caller's request (safe, and useful, to pass on). Any other
+# failure's details may name a peer's internals (a Ray actor id, a pid, an address, a
+# traceback): they are logged where they happen and never put in a response body.
+_CALLER_CODES = {
+    grpc.StatusCode.INVALID_ARGUMENT,
+    grpc.StatusCode.NOT_FOUND,
+    grpc.StatusCode.FAILED_PRECONDITION,
+    grpc.StatusCode.OUT_OF_RANGE,
+    grpc.StatusCode.PERMISSION_DENIED,
+    grpc.StatusCode.UNAUTHENTICATED,
+    grpc.StatusCode.DEADLINE_EXCEEDED,
+    grpc.StatusCode.RESOURCE_EXHAUSTED,
+}
+
+
+def public_detail(code: grpc.StatusCode, details: str | None) -> str:
+    """What of a failed call's status may be shown to the caller of the call that made it."""
+    if code in _CALLER_CODES and details:
+        return f"{code.name}: {details[:300]}"
+    return code.name

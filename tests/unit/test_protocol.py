@@ -33,3 +33,18 @@ def test_sla_headers_merge_under_the_body_and_name_the_bad_header() -> None:
     with pytest.raises(SlaHeaderError) as err:
         request_sla(None, {"x-fleetvl-min-confidence": "very"})
     assert [d["field"] for d in err.value.details] == ["x-fleetvl-min-confidence"]
+
+
+def test_a_peer_failure_shows_its_code_and_never_its_internals() -> None:
+    """A Ray replica's death reaches the router as UNAVAILABLE with the actor id, pid and
+    address in its details; a caller sees the code only. Its own request's fault is named."""
+    import grpc
+
+    from fleetvl.protocol.grpc_status import public_detail
+
+    ray_says = "ActorDiedError: actor 9f2c1e pid=4211 ip=10.0.3.17 died unexpectedly"
+    assert public_detail(grpc.StatusCode.UNAVAILABLE, ray_says) == "UNAVAILABLE"
+    trace = "Traceback (most recent call last)"
+    assert public_detail(grpc.StatusCode.INTERNAL, trace) == "INTERNAL"
+    bad = "at most 8 images per request, got 12"
+    assert public_detail(grpc.StatusCode.INVALID_ARGUMENT, bad) == f"INVALID_ARGUMENT: {bad}"
