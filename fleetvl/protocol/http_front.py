@@ -59,6 +59,8 @@ Receive = Callable[[], Awaitable[Message]]
 Send = Callable[[Message], Awaitable[None]]
 ASGIApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 
+DEFAULT_RETRY_S = 1.0  # Retry-After of a 503 whose cause gives no better estimate
+
 # (error class, HTTP status, OpenAI code): the first class the error is an instance of wins, so
 # subclasses come before the classes they extend.
 _INPUT: list[tuple[type[InputError], int, str | None]] = [
@@ -115,7 +117,10 @@ def error_response(exc: BaseException) -> JSONResponse | None:
                           extra=extra)  # fmt: skip
     if isinstance(exc, ServiceError):
         status = next((s for cls, s in _SERVICE if isinstance(exc, cls)), 503)
-        return error_json(status, exc.reason, str(exc), retry_after_s=exc.retry_after_s,
+        retry = exc.retry_after_s
+        if retry is None and status == 503:
+            retry = DEFAULT_RETRY_S  # a 503 always says when trying again can help
+        return error_json(status, exc.reason, str(exc), retry_after_s=retry,
                           extra={"reason": exc.reason, **exc.extra})  # fmt: skip
     return None
 
