@@ -22,6 +22,7 @@ from fleetvl.engines import Engine
 from fleetvl.errors import InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from fleetvl.protocol import keepalive
 from fleetvl.protocol.convert import logprob_message
 from fleetvl.protocol.grpc_status import grpc_status, public_detail
 from fleetvl.protocol.request import ChatRequest, RequestLimits
@@ -49,6 +50,7 @@ class UplinkConfig:
     backoff_s: float = 0.2
     max_backoff_s: float = 30.0
     connect_timeout_s: float = 3.0  # transport + TLS handshake, per attempt
+    keepalive_s: float = 1.0  # ping period, and how long an unanswered ping is waited for
 
 
 class Uplink:
@@ -62,7 +64,8 @@ class Uplink:
     def _channel(self) -> grpc.aio.Channel:
         c = self.config
         # grpc's own reconnect backoff (up to 120 s) would outlast a short outage.
-        opts = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000)]
+        opts = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
+                *keepalive.client_options(c.keepalive_s)]  # fmt: skip
         if c.tls_ca_file:
 
             def read(p: str | None) -> bytes | None:

@@ -13,6 +13,7 @@ import uvicorn
 
 from fleetvl.cache.answers import AnswerCache
 from fleetvl.engines import engine_factory
+from fleetvl.protocol import keepalive
 from fleetvl.protocol.stored_images import ImageStore
 from fleetvl.serving import listen, serve_until_stopped, stop_on_signals
 from router.agents import AgentBackend
@@ -135,7 +136,7 @@ async def serve(
     )
     grpc_server = None
     if config.grpc_port is not None:
-        grpc_server = grpc.aio.server()
+        grpc_server = grpc.aio.server(options=keepalive.server_options())
         add_router_servicer(grpc_server, service, blob_store(config))
         addr = f"{config.grpc_host}:{config.grpc_port}"
         if config.tls:

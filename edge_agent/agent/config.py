@@ -50,6 +50,11 @@ class RouterLink(_Strict):
         300.0, gt=0, description="Prior for an escalation's round trip until measured; the "
         "agent stops escalating when the remaining budget is below its current estimate."
     )  # fmt: skip
+    keepalive_s: float = Field(
+        1.0, gt=0, description="Ping the router this often on the uplink and escalation "
+        "channels; a ping unanswered this long marks the uplink down (a hung router is "
+        "noticed in seconds, not after a request's whole deadline).",
+    )  # fmt: skip
     cache_probe_ms: float = Field(
         300.0, ge=0, description="Before the local model runs, ask the router's answer cache, "
         "waiting at most this long (digests only; never for edge_only); 0: never ask."

@@ -19,6 +19,7 @@ from edge_agent.agent.config import RouterLink
 from fleetvl.errors import FleetVLError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from fleetvl.protocol import keepalive
 
 __all__ = ["CloudClient", "EscalationError", "strip_images"]
 
@@ -77,6 +78,7 @@ class CloudClient:
             ("grpc.max_reconnect_backoff_ms", 2000),
             ("grpc.max_receive_message_length", 64 << 20),
             ("grpc.max_send_message_length", 64 << 20),
+            *keepalive.client_options(c.keepalive_s),
         ]
         if c.tls_ca_file:
 

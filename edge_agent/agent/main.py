@@ -75,6 +75,7 @@ class Agent:
                     slots=self.config.engines, api_key=r.api_key, tls_ca_file=r.tls_ca_file,
                     tls_cert_file=r.tls_cert_file, tls_key_file=r.tls_key_file,
                     backoff_s=r.backoff_s, max_backoff_s=r.max_backoff_s,
+                    keepalive_s=r.keepalive_s,
                 ),
                 site_call_handler(self.service),
             )  # fmt: skip

@@ -447,3 +447,28 @@ def test_answer_local_answers_when_the_router_hangs(
         link.thaw()
         proc.stop()
         link.cut()
+
+
+def test_a_hung_router_is_noticed_in_seconds(
+    router: tuple[str, int], fp32_bundle: Path, tmp_path: Path, image_url: str
+) -> None:
+    """Keepalive pings on the uplink: a router that stops answering (connections open, no
+    bytes back) is reported down within seconds, and a request that would escalate is queued
+    at once instead of after its whole deadline."""
+    link = FakeWanLink(router[1])
+    link.start()
+    proc, url = start_agent(tmp_path, agent_config(fp32_bundle, tmp_path, link))
+    try:
+        wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "up", 30, "uplink")
+        link.freeze()
+        t0 = time.monotonic()
+        wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "down", 8, "noticed")
+        assert time.monotonic() - t0 < 8
+        t1 = time.monotonic()
+        r = ask(url, image_url, min_confidence=0.99, on_uplink_down="queue", deadline_ms=8000)
+        assert r.status_code == 202, r.text
+        assert time.monotonic() - t1 < 3  # not the 8 s deadline
+    finally:
+        link.thaw()
+        proc.stop()
+        link.cut()
