@@ -9,6 +9,7 @@ so the tests can cut it.
 from __future__ import annotations
 
 import base64
+import contextlib
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +74,21 @@ def site(
     yield url, link
     proc.stop()
     link.cut()
+
+
+@contextlib.contextmanager
+def linked_agent(router_port: int, bundle: Path, tmp: Path) -> Iterator[tuple[str, FakeWanLink]]:
+    """An agent process whose uplink runs through a fake WAN link, once the uplink is up."""
+    link = FakeWanLink(router_port)
+    link.start()
+    proc, url = start_agent(tmp, agent_config(bundle, tmp, link))
+    try:
+        wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "up", 30, "uplink")
+        yield url, link
+    finally:
+        link.thaw()
+        proc.stop()
+        link.cut()
 
 
 def ask(url: str, image_url: str, max_tokens: int = 16, **sla: Any) -> httpx.Response:
@@ -271,11 +287,7 @@ def test_spool_over_quota_refuses_new_waits_and_keeps_accepted_ones(
 def test_uplink_down_policies(
     router: tuple[str, int], fp32_bundle: Path, tmp_path: Path, image_url: str
 ) -> None:
-    link = FakeWanLink(router[1])
-    link.start()
-    proc, url = start_agent(tmp_path, agent_config(fp32_bundle, tmp_path, link))
-    try:
-        wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "up", 30, "uplink")
+    with linked_agent(router[1], fp32_bundle, tmp_path) as (url, link):
         link.cut()
         wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "down", 30, "cut")
         local = ask(url, image_url, min_confidence=0.99, on_uplink_down="answer_local")
@@ -288,9 +300,6 @@ def test_uplink_down_policies(
         bad = ask(url, image_url, min_confidence=2.0)
         assert bad.status_code == 422
         assert httpx.get(f"{url}/v1/requests/nope").status_code == 404
-    finally:
-        proc.stop()
-        link.cut()
 
 
 def test_bad_input_gets_a_status_and_a_reason(
@@ -430,11 +439,7 @@ def test_answer_local_answers_when_the_router_hangs(
     """A router that hangs (connections open, nothing comes back) uses up the escalation's
     time; a request whose policy says answer_local still gets the local answer, flagged,
     not a 503 blaming the local engines."""
-    link = FakeWanLink(router[1])
-    link.start()
-    proc, url = start_agent(tmp_path, agent_config(fp32_bundle, tmp_path, link))
-    try:
-        wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "up", 30, "uplink")
+    with linked_agent(router[1], fp32_bundle, tmp_path) as (url, link):
         link.freeze()
         r = ask(url, image_url, min_confidence=0.99, on_uplink_down="answer_local",
                 deadline_ms=3000)  # fmt: skip
@@ -443,10 +448,6 @@ def test_answer_local_answers_when_the_router_hangs(
         assert fv["served_by"] == "edge"
         assert fv["low_confidence"] is True
         assert "uplink_down" in fv["escalation_reason"]
-    finally:
-        link.thaw()
-        proc.stop()
-        link.cut()
 
 
 def test_a_hung_router_is_noticed_in_seconds(
@@ -455,11 +456,7 @@ def test_a_hung_router_is_noticed_in_seconds(
     """Keepalive pings on the uplink: a router that stops answering (connections open, no
     bytes back) is reported down within seconds, and a request that would escalate is queued
     at once instead of after its whole deadline."""
-    link = FakeWanLink(router[1])
-    link.start()
-    proc, url = start_agent(tmp_path, agent_config(fp32_bundle, tmp_path, link))
-    try:
-        wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "up", 30, "uplink")
+    with linked_agent(router[1], fp32_bundle, tmp_path) as (url, link):
         link.freeze()
         t0 = time.monotonic()
         wait_for(lambda: httpx.get(url + "/healthz").json()["uplink"] == "down", 8, "noticed")
@@ -468,7 +465,3 @@ def test_a_hung_router_is_noticed_in_seconds(
         r = ask(url, image_url, min_confidence=0.99, on_uplink_down="queue", deadline_ms=8000)
         assert r.status_code == 202, r.text
         assert time.monotonic() - t1 < 3  # not the 8 s deadline
-    finally:
-        link.thaw()
-        proc.stop()
-        link.cut()

@@ -64,6 +64,15 @@ def _ask(url: str, max_tokens: int = 12) -> dict[str, Any]:
     return r.json()
 
 
+def _agent_config(rc: RunningController, bundle: Path, tmp_path: Path) -> dict[str, Any]:
+    return {
+        "site": SITE, "tenant": "grid", "bundle": str(bundle), "model": "edge",
+        "spool": {"path": str(tmp_path / "spool.sqlite")},
+        "controller": {"target": rc.target, "token": TOKEN, "heartbeat_s": 0.5,
+                       "bundle_dir": str(tmp_path / "bundles")},
+    }  # fmt: skip
+
+
 def _site(rc: RunningController) -> dict[str, Any]:
     return next(s for s in rc.status()["sites"] if s["id"] == SITE)
 
@@ -75,12 +84,7 @@ def test_agent_daemon_follows_the_controller(
     tmp_path: Path,
 ) -> None:
     rc = controller
-    config = {
-        "site": SITE, "tenant": "grid", "bundle": str(fp32_bundle), "model": "edge",
-        "spool": {"path": str(tmp_path / "spool.sqlite")},
-        "controller": {"target": rc.target, "token": TOKEN, "heartbeat_s": 0.5,
-                       "bundle_dir": str(tmp_path / "bundles")},
-    }  # fmt: skip
+    config = _agent_config(rc, fp32_bundle, tmp_path)
     proc, url = start_agent(tmp_path, config)
     try:
         # Registered, running the bundle it started from, which the controller names by the
@@ -115,12 +119,7 @@ def test_a_restarted_agent_keeps_the_policy_pushed_before_the_controller_went_aw
     controller: RunningController, fp32_bundle: Path, tmp_path: Path
 ) -> None:
     rc = controller
-    config = {
-        "site": SITE, "tenant": "grid", "bundle": str(fp32_bundle), "model": "edge",
-        "spool": {"path": str(tmp_path / "spool.sqlite")},
-        "controller": {"target": rc.target, "token": TOKEN, "heartbeat_s": 0.5,
-                       "bundle_dir": str(tmp_path / "bundles")},
-    }  # fmt: skip
+    config = _agent_config(rc, fp32_bundle, tmp_path)
     proc, url = start_agent(tmp_path, config)
     try:
         with rc.api() as api:
