@@ -1,8 +1,9 @@
-"""Ask the fleet's answer cache before the local model runs.
+"""Ask the fleet's answer cache while the local model runs.
 
 A question the cloud answered before (another site asked it about the same image, or this
 one did a minute ago) is answered from the shared cache in one uplink round trip instead of
-seconds of local inference followed, often, by an escalation anyway. The agent holds no
+seconds of local inference followed, often, by an escalation anyway; the probe runs beside
+the local attempt (:func:`first_answer`), so a miss delays nothing. The agent holds no
 credential for the shared Redis: it asks the router with ``cache_only`` set, sending image
 digests only, and the router answers from the cache or NOT_FOUND at once (tenant isolation and
 residency are the router's, as for any escalation). Never for ``edge_only`` requests (their
@@ -12,9 +13,13 @@ takes longer than ``router.cache_probe_ms`` costs that much and nothing else.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
 import time
+from collections.abc import Coroutine
 from dataclasses import dataclass
+from typing import TypeVar
 
 from edge_agent.agent import metrics
 from edge_agent.agent.config import AgentConfig
@@ -24,9 +29,10 @@ from fleetvl.policy import CacheMode, SlaPolicy
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol.request import ChatRequest
 
-__all__ = ["CacheHit", "probe_cache"]
+__all__ = ["CacheHit", "first_answer", "probe_cache"]
 
 log = logging.getLogger("fleetvl.edge")
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -66,3 +72,27 @@ async def probe_cache(
         return None
     metrics.CACHE_PROBES.labels("failed").inc()
     return None
+
+
+async def first_answer(
+    probe: Coroutine[object, object, CacheHit | None] | None,
+    local: Coroutine[object, object, T],
+) -> CacheHit | T:
+    """The probe beside the local attempt, so a miss costs the local answer nothing: a hit that
+    comes first ends the local attempt (its engine stops at the next token); otherwise the
+    local attempt's result (or error), the probe dropped."""
+    if probe is None:
+        return await local
+    probe_t, local_t = asyncio.ensure_future(probe), asyncio.ensure_future(local)
+    try:
+        done, _ = await asyncio.wait({probe_t, local_t}, return_when=asyncio.FIRST_COMPLETED)
+        if probe_t in done and (hit := probe_t.result()) is not None:
+            local_t.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await local_t
+            return hit
+        return await local_t
+    finally:
+        for t in (probe_t, local_t):
+            if not t.done():
+                t.cancel()

@@ -36,7 +36,7 @@ from collections.abc import AsyncIterator, Callable
 
 from edge_agent.agent import metrics
 from edge_agent.agent.answers import Answer, Piece, Queued, gate_dict
-from edge_agent.agent.cache_probe import probe_cache
+from edge_agent.agent.cache_probe import CacheHit, first_answer, probe_cache
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.engines import EnginePool, LocalRejected, engine_for
 from edge_agent.agent.escalation import CloudClient, EscalationError
@@ -154,12 +154,6 @@ class AgentService:
             return
         gate = self.gate(pol.min_confidence)
         uplink_ok = self.cloud is not None and self.link_up()
-        if uplink_ok and self.cloud is not None:  # the fleet may have answered this already
-            hit = await probe_cache(self.cloud, req, pol, self.config, deadline - self.clock())
-            if hit is not None:
-                yield self._cloud_answer(req, resolved, None, "cached", hit.final, hit.took_s)
-                return
-
         def can_escalate(now: float) -> bool:
             if not res.allows_cloud or self.cloud is None:
                 return False
@@ -170,15 +164,21 @@ class AgentService:
             return pol.on_uplink_down is not UplinkDownAction.ANSWER_LOCAL
 
         unchanged_s = self.health.unchanged(req.source, "|".join(req.digests))
+        probe = (probe_cache(self.cloud, req, pol, self.config, deadline - self.clock())
+                 if uplink_ok and self.cloud is not None else None)  # fmt: skip
         try:
-            attempt = await self._local(req, pol, deadline, gate, can_escalate, early=True)
+            first = await first_answer(
+                probe, self._local(req, pol, deadline, gate, can_escalate, early=True))
         except LocalRejected:
             if not can_escalate(self.clock()):
                 raise
             async for ev in self._escalate(req, resolved, deadline, None, "local_busy"):
                 yield ev
             return
-        attempt = frozen_verdict(attempt, unchanged_s, self.config.gate.frozen_after_s)
+        if isinstance(first, CacheHit):
+            yield self._cloud_answer(req, resolved, None, "cached", first.final, first.took_s)
+            return
+        attempt = frozen_verdict(first, unchanged_s, self.config.gate.frozen_after_s)
         count_verdict(self.config.site, self.health, req, attempt)
         if attempt.out_of_scope:
             if pol.on_out_of_scope is OutOfScopeAction.ESCALATE and can_escalate(self.clock()):
