@@ -21,6 +21,7 @@ __all__ = [
     "InputError",
     "InvalidFields",
     "ModelNotFound",
+    "NO_ANSWER_CACHE",
     "NotCached",
     "PromptError",
     "ServiceError",
@@ -140,12 +141,18 @@ class UpstreamError(ServiceError):
     """The next hop (a backend, the router behind an agent) failed or refused the request."""
 
 
+# What a router without an answer cache tells a ``cache_only`` request (its agents stop asking).
+NO_ANSWER_CACHE = "this router keeps no answer cache"
+
+
 class NotCached(ServiceError):
     """A ``cache_only`` request (answer from the cache or not at all) whose answer is not
     stored: the caller runs it another way."""
 
-    def __init__(self) -> None:
-        super().__init__("answer_not_cached", "no cached answer for this request")
+    def __init__(
+        self, reason: str = "answer_not_cached", message: str = "no cached answer for this request"
+    ) -> None:
+        super().__init__(reason, message)
 
 
 class StorageFull(ServiceError):

@@ -19,6 +19,7 @@ from collections.abc import AsyncGenerator, Callable, Sequence
 
 from fleetvl.cache.answers import AnswerCache
 from fleetvl.errors import (
+    NO_ANSWER_CACHE,
     FleetVLError,
     ModelNotFound,
     NotCached,
@@ -143,8 +144,8 @@ class RouterService:
             t = Ticket(req, self.resolve(req), None, None, now, None, cached=hit)
             t.outcome.kind = t.outcome.backend = "cache"
             return t
-        if req.cache_only:
-            raise NotCached()
+        if req.cache_only:  # a router without the cache says so: its agents stop asking
+            raise NotCached() if self.answers else NotCached("no_answer_cache", NO_ANSWER_CACHE)
         return self.submit(req)
 
     async def _cached(self, req: ChatRequest) -> Final | None:

@@ -25,6 +25,8 @@ from edge_agent.agent import metrics
 from edge_agent.agent.config import AgentConfig
 from edge_agent.agent.escalation import CloudClient, EscalationError
 from edge_agent.agent.requests import to_generate_request
+from fleetvl.cache.answers import answer_digest
+from fleetvl.errors import NO_ANSWER_CACHE
 from fleetvl.policy import CacheMode, SlaPolicy
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol.request import ChatRequest
@@ -33,6 +35,7 @@ __all__ = ["CacheHit", "first_answer", "probe_cache"]
 
 log = logging.getLogger("fleetvl.edge")
 T = TypeVar("T")
+NO_CACHE_PAUSE_S = 60.0
 
 
 @dataclass(frozen=True)
@@ -48,7 +51,9 @@ async def probe_cache(
     link = config.router
     if link is None or link.cache_probe_ms <= 0 or pol.cache is CacheMode.OFF:
         return None
-    if not pol.residency.allows_cloud:
+    if not pol.residency.allows_cloud or answer_digest(req) is None:
+        return None  # never read where it must not go, or not an answer the cache keeps
+    if time.monotonic() < cloud.probe_off_until:
         return None
     wire = to_generate_request(req, pol, None, "cache_probe", config)
     wire.ClearField("idempotency_key")  # a probe is not the request: nothing to record
@@ -67,6 +72,8 @@ async def probe_cache(
     except EscalationError as exc:
         outcome = "miss" if exc.code == "NOT_FOUND" else "failed"
         metrics.CACHE_PROBES.labels(outcome).inc()
+        if exc.details == NO_ANSWER_CACHE:  # this router keeps none: stop asking a while
+            cloud.probe_off_until = time.monotonic() + NO_CACHE_PAUSE_S
         if outcome == "failed":
             log.info("cache probe failed: %s", exc)
         return None

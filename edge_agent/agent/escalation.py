@@ -62,6 +62,8 @@ class CloudClient:
         self.link = link
         self._metadata = (("authorization", f"Bearer {link.api_key}"),) if link.api_key else ()
         self._channel: grpc.aio.Channel | None = None
+        # Until when not to ask the answer cache (a router without one said so).
+        self.probe_off_until = 0.0
         self._stub: pb_grpc.RouterStub | None = None
 
     def stub(self) -> pb_grpc.RouterStub:

@@ -465,3 +465,16 @@ def test_a_hung_router_is_noticed_in_seconds(
         r = ask(url, image_url, min_confidence=0.99, on_uplink_down="queue", deadline_ms=8000)
         assert r.status_code == 202, r.text
         assert time.monotonic() - t1 < 3  # not the 8 s deadline
+
+
+def test_an_agent_stops_asking_a_router_that_keeps_no_answers(
+    site: tuple[str, FakeWanLink], image_url: str
+) -> None:
+    """The router here has no answer cache: it says so to the first probe, and the agent
+    stops probing (no extra round trip beside every local answer)."""
+    url, _ = site
+    probes = lambda: metric(url, "fleetvl_edge_cache_probes_total")  # noqa: E731
+    before = probes()
+    for _ in range(4):
+        assert ask(url, image_url, min_confidence=0.0).status_code == 200
+    assert probes() - before <= 1
