@@ -23,6 +23,7 @@ from fleetvl.errors import InputError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
 from fleetvl.protocol import keepalive
+from fleetvl.protocol.channels import TlsFiles, open_channel
 from fleetvl.protocol.convert import logprob_message
 from fleetvl.protocol.grpc_status import grpc_status, public_detail
 from fleetvl.protocol.request import ChatRequest, RequestLimits
@@ -66,16 +67,8 @@ class Uplink:
         # grpc's own reconnect backoff (up to 120 s) would outlast a short outage.
         opts = [("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 1000),
                 *keepalive.client_options(c.keepalive_s)]  # fmt: skip
-        if c.tls_ca_file:
-
-            def read(p: str | None) -> bytes | None:
-                return open(p, "rb").read() if p else None  # noqa: SIM115
-
-            creds = grpc.ssl_channel_credentials(
-                read(c.tls_ca_file), read(c.tls_key_file), read(c.tls_cert_file)
-            )
-            return grpc.aio.secure_channel(c.router, creds, options=opts)
-        return grpc.aio.insecure_channel(c.router, options=opts)
+        tls = TlsFiles(c.tls_ca_file, c.tls_cert_file, c.tls_key_file) if c.tls_ca_file else None
+        return open_channel(c.router, tls, opts)
 
     async def run(self) -> None:
         """Stay connected until cancelled."""

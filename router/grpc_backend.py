@@ -9,6 +9,7 @@ from collections.abc import AsyncGenerator
 import grpc
 
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
+from fleetvl.protocol.channels import TlsFiles, open_channel
 from fleetvl.protocol.grpc_status import public_detail
 from router.backends import BackendError, BackendKind, BackendRequest, Event
 from router.wire import event_from_chunk, to_generate_request
@@ -46,12 +47,8 @@ class GrpcBackend:
     def _stub(self) -> pb_grpc.RouterStub:
         # Created on first use: an aio channel belongs to the event loop that serves requests.
         if self._stub_ is None:
-            if self._tls_ca_file:
-                with open(self._tls_ca_file, "rb") as f:
-                    creds = grpc.ssl_channel_credentials(root_certificates=f.read())
-                self._channel = grpc.aio.secure_channel(self.target, creds)
-            else:
-                self._channel = grpc.aio.insecure_channel(self.target)
+            tls = TlsFiles(self._tls_ca_file) if self._tls_ca_file else None
+            self._channel = open_channel(self.target, tls)
             self._stub_ = pb_grpc.RouterStub(self._channel)
         return self._stub_
 

@@ -18,13 +18,13 @@ import logging
 import random
 import socket
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 from pydantic import ValidationError
 
 from fleetvl.protocol import control_pb2 as cpb
 from fleetvl.protocol import control_pb2_grpc as cpb_grpc
+from fleetvl.protocol.channels import TlsFiles, open_channel
 from router import metrics
 from router.agents import AgentBackend
 from router.config import ControllerLink, PolicyConfig
@@ -61,14 +61,11 @@ def apply_routing(service: RouterService, state: cpb.RoutingState, link: Control
 
 
 def _channel(link: ControllerLink) -> grpc.aio.Channel:
-    if not link.tls_ca_file:
-        return grpc.aio.insecure_channel(link.target)
-    key = Path(link.tls_key_file).read_bytes() if link.tls_key_file else None
-    cert = Path(link.tls_cert_file).read_bytes() if link.tls_cert_file else None
-    creds = grpc.ssl_channel_credentials(Path(link.tls_ca_file).read_bytes(), key, cert)
-    name = link.tls_server_name
-    options = [("grpc.ssl_target_name_override", name)] if name else []
-    return grpc.aio.secure_channel(link.target, creds, options=options)
+    tls = None
+    if link.tls_ca_file:
+        tls = TlsFiles(link.tls_ca_file, link.tls_cert_file, link.tls_key_file,
+                       link.tls_server_name)  # fmt: skip
+    return open_channel(link.target, tls)
 
 
 async def watch_routing(service: RouterService, link: ControllerLink) -> None:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import AsyncIterator
-from pathlib import Path
 
 import grpc
 
@@ -20,6 +19,7 @@ from fleetvl.errors import FleetVLError
 from fleetvl.protocol import fleetvl_pb2 as pb
 from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
 from fleetvl.protocol import keepalive
+from fleetvl.protocol.channels import TlsFiles, open_channel
 
 __all__ = ["CloudClient", "EscalationError", "strip_images"]
 
@@ -82,16 +82,8 @@ class CloudClient:
             ("grpc.max_send_message_length", 64 << 20),
             *keepalive.client_options(c.keepalive_s),
         ]
-        if c.tls_ca_file:
-
-            def read(p: str | None) -> bytes | None:
-                return Path(p).read_bytes() if p else None
-
-            creds = grpc.ssl_channel_credentials(
-                read(c.tls_ca_file), read(c.tls_key_file), read(c.tls_cert_file)
-            )
-            return grpc.aio.secure_channel(c.target, creds, options=options)
-        return grpc.aio.insecure_channel(c.target, options=options)
+        tls = TlsFiles(c.tls_ca_file, c.tls_cert_file, c.tls_key_file) if c.tls_ca_file else None
+        return open_channel(c.target, tls, options)
 
     async def generate(
         self, req: pb.GenerateRequest, timeout_s: float

@@ -19,6 +19,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from edge_agent.control._download import BundleRefused, fetch_bundle
 from fleetvl.protocol import control_pb2 as cpb
 from fleetvl.protocol import control_pb2_grpc as cpb_grpc
+from fleetvl.protocol.channels import TlsFiles, open_channel
 
 __all__ = ["ControlClient", "ControlClientConfig", "ControlHandler", "SourceSnapshot"]
 
@@ -150,17 +151,10 @@ class ControlClient:
 
     def _channel(self) -> grpc.aio.Channel:
         c = self.config
-        opts: list[tuple[str, str | int]] = [("grpc.keepalive_time_ms", 30_000)]
-        if c.tls_ca_file is None and c.tls_cert_file is None:
-            return grpc.aio.insecure_channel(c.target, options=opts)
-        creds = grpc.ssl_channel_credentials(
-            root_certificates=c.tls_ca_file.read_bytes() if c.tls_ca_file else None,
-            private_key=c.tls_key_file.read_bytes() if c.tls_key_file else None,
-            certificate_chain=c.tls_cert_file.read_bytes() if c.tls_cert_file else None,
-        )
-        if c.tls_server_name:
-            opts.append(("grpc.ssl_target_name_override", c.tls_server_name))
-        return grpc.aio.secure_channel(c.target, creds, options=opts)
+        tls = None
+        if c.tls_ca_file is not None or c.tls_cert_file is not None:
+            tls = TlsFiles(c.tls_ca_file, c.tls_cert_file, c.tls_key_file, c.tls_server_name)
+        return open_channel(c.target, tls, [("grpc.keepalive_time_ms", 30_000)])
 
     async def run(self) -> None:
         delay = self.config.reconnect_min_s
