@@ -20,22 +20,20 @@ then nothing, and never fails a request.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING
 
-import numpy as np
 import redis
 import redis.asyncio as aioredis
 
 from fleetvl.cache import metrics
-from fleetvl.cache.codec import CacheEntryError, EntryKind, Value, decode_value, encode_value
+from fleetvl.cache.codec import CacheEntryError
 from fleetvl.cache.config import CacheConfig
 from fleetvl.cache.keys import Namespace, request_digest
-from fleetvl.cache.responses import StoredAnswer
+from fleetvl.cache.responses import StoredAnswer, decode_answer, encode_answer
 from fleetvl.redis_keys import CACHE
 
 if TYPE_CHECKING:
@@ -108,17 +106,14 @@ class AnswerCache:
             metrics.MISSES.labels(KIND).inc()
             return None
         try:
-            obj = json.loads(decode_value(key, raw, EntryKind.RESPONSE).arrays[0].tobytes())
-            if not isinstance(obj, dict) or not isinstance(obj.get("text"), str):
-                raise CacheEntryError("bad_json", "answer lacks its text")
-        except (CacheEntryError, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, CacheEntryError) else "bad_json"
-            metrics.REJECTED.labels(KIND, reason).inc()
+            answer = decode_answer(key, raw)
+        except CacheEntryError as exc:
+            metrics.REJECTED.labels(KIND, exc.reason).inc()
             await self._call("delete", lambda r: r.delete(key))
             return None
         metrics.HITS.labels(KIND).inc()
         metrics.BYTES_READ.labels(KIND).inc(len(raw))
-        return cast(StoredAnswer, obj)
+        return answer
 
     async def put(
         self, chat: ChatRequest, epoch: str, answer: StoredAnswer, mode: CacheMode
@@ -128,10 +123,9 @@ class AnswerCache:
         if digest is None:
             return False
         key = Namespace(epoch, chat.tenant).response(digest)
-        body = np.frombuffer(json.dumps(answer, separators=(",", ":")).encode(), np.uint8)
-        if body.nbytes > self.config.max_value_bytes - 512:
+        data = encode_answer(key, answer, self.config.max_value_bytes)
+        if data is None:
             return False
-        data = encode_value(key, Value(EntryKind.RESPONSE, [body]))
         ttl = self.config.ttl_response_s
         if await self._call("set", lambda r: r.set(key, data, ex=ttl)) is None:
             return False

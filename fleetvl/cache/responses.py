@@ -18,7 +18,7 @@ from fleetvl.cache.config import CacheConfig
 from fleetvl.cache.keys import Namespace
 from fleetvl.cache.store import RedisStore
 
-__all__ = ["ResponseCache", "StoredAnswer"]
+__all__ = ["ResponseCache", "StoredAnswer", "decode_answer", "encode_answer"]
 
 
 class StoredAnswer(TypedDict):
@@ -51,30 +51,50 @@ class ResponseCache:
                 metrics.MISSES.labels(self.kind).inc()
             return None
         try:
-            v = decode_value(key, raw[0], EntryKind.RESPONSE)
-            obj = json.loads(v.arrays[0].tobytes())
-            if not isinstance(obj, dict) or any(
-                not isinstance(obj.get(f), t) for f, t in _REQUIRED.items()
-            ):
-                raise CacheEntryError("bad_json", "response lacks text/token_ids/finish_reason")
-        except (CacheEntryError, ValueError) as exc:
-            reason = exc.reason if isinstance(exc, CacheEntryError) else "bad_json"
-            metrics.REJECTED.labels(self.kind, reason).inc()
+            answer = decode_answer(key, raw[0])
+        except CacheEntryError as exc:
+            metrics.REJECTED.labels(self.kind, exc.reason).inc()
             self.store.delete([key])
             return None
         metrics.HITS.labels(self.kind).inc()
         metrics.BYTES_READ.labels(self.kind).inc(len(raw[0]))
-        return cast(StoredAnswer, obj)  # validated above
+        return answer
 
     def put_async(self, request_digest: str, answer: StoredAnswer) -> bool:
         key = self.ns.response(request_digest)
-        body = np.frombuffer(json.dumps(answer, separators=(",", ":")).encode(), np.uint8)
-        if body.nbytes > self.max_bytes - 512:
-            return False  # answers this long are not worth a Redis slot
+        data = encode_answer(key, answer, self.max_bytes)
+        if data is None:
+            return False
 
         def job() -> None:
-            data = encode_value(key, Value(EntryKind.RESPONSE, [body]))
             if self.store.set_many([(key, data)], self.ttl):
                 metrics.BYTES_WRITTEN.labels(self.kind).inc(len(data))
 
         return self.store.submit(job)
+
+
+def encode_answer(key: str, answer: StoredAnswer, max_bytes: int) -> bytes | None:
+    """``answer`` as the checked value stored under ``key``; None when it is too long to be
+    worth a Redis slot."""
+    body = np.frombuffer(json.dumps(answer, separators=(",", ":")).encode(), np.uint8)
+    if body.nbytes > max_bytes - 512:
+        return None
+    return encode_value(key, Value(EntryKind.RESPONSE, [body]))
+
+
+def decode_answer(key: str, raw: bytes) -> StoredAnswer:
+    """The answer stored under ``key``.
+
+    Raises:
+        CacheEntryError: not a checked answer for this key, or it lacks a required field.
+    """
+    value = decode_value(key, raw, EntryKind.RESPONSE)
+    try:
+        obj = json.loads(value.arrays[0].tobytes())
+    except ValueError as exc:
+        raise CacheEntryError("bad_json", str(exc)) from None
+    if not isinstance(obj, dict) or any(
+        not isinstance(obj.get(f), t) for f, t in _REQUIRED.items()
+    ):
+        raise CacheEntryError("bad_json", "response lacks text/token_ids/finish_reason")
+    return cast(StoredAnswer, obj)
