@@ -72,10 +72,10 @@ class VLMWorker:
 
         # FLEETVL_REDIS_URL over the argument (the one settings convention); None: no cache.
         cache_config = CacheConfig.for_service(redis_url)
+        fleet_cache = FleetCache(cache_config) if cache_config is not None else None
         self.engine = CloudEngine(
-            model_dir, EngineConfig(max_slots=max_slots, max_context=max_context),
-            cache=FleetCache(cache_config) if cache_config is not None else None,
-        )  # fmt: skip
+            model_dir, EngineConfig(max_slots=max_slots, max_context=max_context), cache=fleet_cache
+        )
         self.model_name = model_name
         self.limits = RequestLimits(max_prompt_tokens=max_context)
         # Created in the replica, so Serve tags them with the deployment and replica.
@@ -101,7 +101,7 @@ class VLMWorker:
             scope_key = file_sha256(Path(model_dir) / SCOPE_FILE)
         self.epoch = hashlib.sha256(f"{self.engine.digest}:{scope_key}".encode()).hexdigest()
         self.answers = AnswerCache(cache_config) if cache_config is not None else None
-        self.blobs = FleetCache(cache_config).images() if cache_config is not None else None
+        self.blobs = fleet_cache.images() if fleet_cache is not None else None
         self._published = -math.inf
 
     def stats(self) -> dict[str, float]:

@@ -25,7 +25,7 @@ from fleetvl.protocol import fleetvl_pb2_grpc as pb_grpc
 from fleetvl.protocol import keepalive
 from fleetvl.protocol.channels import TlsFiles, open_channel
 from fleetvl.protocol.convert import logprob_message
-from fleetvl.protocol.grpc_status import grpc_status, public_detail
+from fleetvl.protocol.grpc_status import caller_detail, grpc_status
 from fleetvl.protocol.request import ChatRequest, RequestLimits
 from fleetvl.sampling import CancelToken
 from fleetvl.threaded_stream import stream_in_thread
@@ -157,14 +157,10 @@ class Uplink:
             log.exception("call %s failed", cid)
             code = grpc_status(exc) or grpc.StatusCode.INTERNAL
             # A request's own fault is named; anything else stays in the site's log.
-            shown = public_detail(code, str(exc)) if code != grpc.StatusCode.INTERNAL else (
-                "INTERNAL: the site agent failed this call (logged at the site)")  # fmt: skip
+            shown = caller_detail(code, str(exc)) or "the site agent failed it (logged at the site)"
             outbox.put_nowait(
                 pb.AgentUp(
-                    chunk=pb.CallChunk(
-                        call_id=cid, end=True, error_code=code.name,
-                        error=shown.partition(": ")[2] or shown,
-                    )
+                    chunk=pb.CallChunk(call_id=cid, end=True, error_code=code.name, error=shown)
                 )
             )
         finally:

@@ -24,7 +24,7 @@ from fleetvl.errors import (
     ModelNotFound,
     NotCached,
 )
-from fleetvl.policy import Residency, ResolvedPolicy, resolve_policy
+from fleetvl.policy import Residency, ResolvedPolicy, SlaPolicy, resolve_policy
 from fleetvl.protocol.request import ChatRequest
 from fleetvl.scheduling import (
     AdmissionDecision,
@@ -138,26 +138,19 @@ class RouterService:
         ``cache_only`` request (a site agent asking before it runs its own model) that misses
         raises :class:`NotCached` (gRPC NOT_FOUND). Residency decides first: an
         ``edge_only`` request never reads an answer the cloud wrote."""
-        hit = await self._cached(req)
+        resolved = self._prepare(req)
+        hit = await self._cached(req, resolved.policy)
         if hit is not None:
-            now = self.clock()
-            t = Ticket(req, self.resolve(req), None, None, now, None, cached=hit)
+            t = Ticket(req, resolved, None, None, self.clock(), None, cached=hit)
             t.outcome.kind = t.outcome.backend = "cache"
             return t
         if req.cache_only:  # a router without the cache says so: its agents stop asking
             raise NotCached() if self.answers else NotCached("no_answer_cache", NO_ANSWER_CACHE)
-        return self.submit(req)
+        return self.submit(req, resolved)
 
-    async def _cached(self, req: ChatRequest) -> Final | None:
-        if self.answers is None:
+    async def _cached(self, req: ChatRequest, pol: SlaPolicy) -> Final | None:
+        if self.answers is None or not pol.residency.allows_cloud:
             return None
-        resolved = self.resolve(req)
-        pol = resolved.policy
-        if not pol.residency.allows_cloud:
-            return None
-        if not any(req.model in b.models or not b.models for b in self.backends.values()):
-            raise ModelNotFound(req.model, self.models())
-        req.capped(pol.max_output_tokens)  # the cloud worker saw the capped request
         stored = await self.answers.get(req, pol.cache)
         metrics.ANSWER_CACHE.labels("hit" if stored else "miss").inc()
         if stored is None:
@@ -169,14 +162,21 @@ class RouterService:
             completion_tokens=len(stored["token_ids"]), served_by="cache",
         )  # fmt: skip
 
-    def submit(self, req: ChatRequest) -> Ticket:
-        """Resolve, pick backends and admit; raises Rejected/PolicyError/InputError at once."""
-        now = self.clock()
+    def _prepare(self, req: ChatRequest) -> ResolvedPolicy:
+        """Resolve ``req``'s policy, check its model is served, cap its answer by the policy
+        (what the cloud worker runs, and what the answer cache is keyed by)."""
         resolved = self.resolve(req)
-        pol = resolved.policy
         if not any(req.model in b.models or not b.models for b in self.backends.values()):
             raise ModelNotFound(req.model, self.models())
-        req.capped(pol.max_output_tokens)
+        req.capped(resolved.policy.max_output_tokens)
+        return resolved
+
+    def submit(self, req: ChatRequest, resolved: ResolvedPolicy | None = None) -> Ticket:
+        """Resolve (unless ``resolved`` is given), pick backends and admit; raises
+        Rejected/PolicyError/InputError at once."""
+        now = self.clock()
+        resolved = resolved or self._prepare(req)
+        pol = resolved.policy
         max_tokens = req.params.max_tokens
         deadline_s = pol.deadline_ms / 1000.0
         if req.deadline_s is not None:

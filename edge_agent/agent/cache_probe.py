@@ -57,11 +57,7 @@ async def probe_cache(
         return None
     wire = to_generate_request(req, pol, None, "cache_probe", config)
     wire.ClearField("idempotency_key")  # a probe is not the request: nothing to record
-    wire.cache_only = True
-    for m in wire.messages:  # digests only: a probe never uploads an image
-        for p in m.content:
-            if p.WhichOneof("part") == "image":
-                p.image.data = b""
+    wire.cache_only = True  # the client sends digests first, and a cache_only call needs no more
     t0 = time.monotonic()
     timeout = min(link.cache_probe_ms / 1000, budget_s)
     try:

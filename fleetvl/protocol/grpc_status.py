@@ -16,7 +16,7 @@ from fleetvl.errors import (
     UpstreamError,
 )
 
-__all__ = ["grpc_status", "public_detail"]
+__all__ = ["caller_detail", "grpc_status", "public_detail"]
 
 # A refusal's reason, where a more precise code than UNAVAILABLE tells the caller what to do:
 # nothing is fast enough for its deadline, or everything is busy (retry after a while).
@@ -59,8 +59,12 @@ _CALLER_CODES = {
 }
 
 
+def caller_detail(code: grpc.StatusCode, details: str | None) -> str | None:
+    """A failed call's details when they describe the caller's request, else None."""
+    return details[:300] if code in _CALLER_CODES and details else None
+
+
 def public_detail(code: grpc.StatusCode, details: str | None) -> str:
     """What of a failed call's status may be shown to the caller of the call that made it."""
-    if code in _CALLER_CODES and details:
-        return f"{code.name}: {details[:300]}"
-    return code.name
+    shown = caller_detail(code, details)
+    return f"{code.name}: {shown}" if shown else code.name
