@@ -13,14 +13,13 @@ served by now (and its out-of-scope score), which each cloud worker publishes at
 old one is served for it. ``digest`` covers the messages (images by their sha256) and the
 sampling parameters as the cloud worker runs them (after every tier's policy cap).
 
-Every call is async (``redis.asyncio``), bounded by the cache's timeout, and backs off after a
-failure like :class:`fleetvl.cache.store.RedisStore`: a dead Redis costs at most one timeout,
-then nothing, and never fails a request.
+Every call is async (``redis.asyncio``), bounded by the cache's timeout, and goes through the
+same backoff breaker as :class:`fleetvl.cache.store.RedisStore`: a dead Redis costs at most one
+timeout, then nothing, and never fails a request.
 """
 
 from __future__ import annotations
 
-import logging
 import time
 from collections.abc import Callable
 from dataclasses import asdict
@@ -34,6 +33,7 @@ from fleetvl.cache.codec import CacheEntryError
 from fleetvl.cache.config import CacheConfig
 from fleetvl.cache.keys import Namespace, request_digest
 from fleetvl.cache.responses import StoredAnswer, decode_answer, encode_answer
+from fleetvl.cache.store import FAILURES, Breaker
 from fleetvl.redis_keys import CACHE
 
 if TYPE_CHECKING:
@@ -42,10 +42,8 @@ if TYPE_CHECKING:
 
 __all__ = ["AnswerCache", "answer_digest"]
 
-log = logging.getLogger("fleetvl.cache")
 KIND = "answer"
 EPOCH_TTL_S = 2.0  # how long a tier trusts the epoch it read (a rollout flips it)
-_FAILURES = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 def answer_digest(chat: ChatRequest) -> str | None:
@@ -68,8 +66,7 @@ class AnswerCache:
             socket_connect_timeout=config.connect_timeout_s,
         )
         self._epochs: dict[str, tuple[float, str | None]] = {}
-        self._open_until = 0.0
-        self._backoff = config.backoff_s
+        self._breaker = Breaker(config, clock)
 
     # -- the served model's epoch -----------------------------------------------------------
 
@@ -138,21 +135,17 @@ class AnswerCache:
     # -- the breaker ------------------------------------------------------------------------
 
     async def _call(self, op: str, fn: Callable[[aioredis.Redis], object]) -> object | None:
-        if self._clock() < self._open_until:
-            metrics.BYPASSED.labels(op).inc()
+        """``fn(client)`` awaited under the cache's breaker (:class:`Breaker`); None when Redis
+        is unavailable or refuses."""
+        if not self._breaker.admit(op):
             return None
         try:
             out: object = await fn(self._redis)  # type: ignore[misc]  # redis-py's awaitables
-        except _FAILURES as exc:
-            metrics.ERRORS.labels(op).inc()
-            metrics.AVAILABLE.set(0)
-            wait, self._backoff = self._backoff, min(self._backoff * 2, self.config.max_backoff_s)
-            self._open_until = self._clock() + wait
-            log.warning("answer cache unavailable (%s: %s); bypassing it for %.1fs", op, exc, wait)
+        except FAILURES as exc:
+            self._breaker.failed(op, exc)
             return None
         except redis.ResponseError as exc:
-            metrics.ERRORS.labels(op).inc()
-            log.warning("answer cache %s refused by Redis: %s", op, exc)
+            self._breaker.refused(op, exc)
             return None
-        self._backoff = self.config.backoff_s
+        self._breaker.succeeded()
         return out

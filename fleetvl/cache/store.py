@@ -21,11 +21,57 @@ import redis
 from fleetvl.cache import metrics
 from fleetvl.cache.config import CacheConfig
 
-__all__ = ["RedisStore"]
+__all__ = ["FAILURES", "Breaker", "RedisStore"]
 
 log = logging.getLogger("fleetvl.cache")
 T = TypeVar("T")
-_FAILURES = (redis.ConnectionError, redis.TimeoutError, OSError)
+FAILURES = (redis.ConnectionError, redis.TimeoutError, OSError)  # an outage, not a refusal
+
+
+class Breaker:
+    """The cache's backoff breaker, shared by the synchronous store and the async answer
+    cache: a failure (timeout, refused connection) opens it for a backoff that doubles up to
+    ``max_backoff_s``; while open, calls are skipped at once (counted); the first success after
+    it resets the backoff. A server-side refusal (OOM without eviction, wrong type) is counted
+    but is not an outage."""
+
+    def __init__(self, config: CacheConfig, clock: Callable[[], float] = time.monotonic) -> None:
+        self.config = config
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._open_until = 0.0
+        self._backoff = config.backoff_s
+
+    @property
+    def closed(self) -> bool:
+        return self._clock() >= self._open_until
+
+    def admit(self, op: str) -> bool:
+        """Whether to try ``op`` now (False: skipped, counted as bypassed)."""
+        if self.closed:
+            return True
+        metrics.BYPASSED.labels(op).inc()
+        return False
+
+    def failed(self, op: str, exc: BaseException) -> None:
+        metrics.ERRORS.labels(op).inc()
+        metrics.AVAILABLE.set(0)
+        with self._lock:
+            wait = self._backoff
+            self._open_until = self._clock() + wait
+            self._backoff = min(self._backoff * 2, self.config.max_backoff_s)
+        log.warning("cache unavailable (%s: %s); bypassing it for %.1fs", op, exc, wait)
+
+    def refused(self, op: str, exc: BaseException) -> None:
+        metrics.ERRORS.labels(op).inc()
+        log.warning("cache %s refused by Redis: %s", op, exc)
+
+    def succeeded(self) -> None:
+        if self._backoff != self.config.backoff_s:
+            log.info("cache reachable again")
+        with self._lock:
+            self._backoff = self.config.backoff_s
+        metrics.AVAILABLE.set(1)
 
 
 class RedisStore:
@@ -44,9 +90,7 @@ class RedisStore:
                 ssl_keyfile=config.tls_key_file,
             )
         self.client = redis.Redis.from_url(config.url, **kw)
-        self._lock = threading.Lock()
-        self._open_until = 0.0
-        self._backoff = config.backoff_s
+        self.breaker = Breaker(config, clock)
         self._queue: queue.Queue[Callable[[], None] | None] = queue.Queue(config.write_queue)
         self._pending = 0
         self._idle = threading.Condition()
@@ -60,38 +104,22 @@ class RedisStore:
 
     @property
     def available(self) -> bool:
-        return self._clock() >= self._open_until
+        return self.breaker.closed
 
     def call(self, op: str, fn: Callable[[redis.Redis], T]) -> T | None:
         """Run ``fn(client)``; None when Redis is unavailable (failure counted, breaker opened)."""
-        if not self.available:
-            metrics.BYPASSED.labels(op).inc()
+        if not self.breaker.admit(op):
             return None
         try:
             out = fn(self.client)
-        except _FAILURES as exc:
-            self._trip(op, exc)
+        except FAILURES as exc:
+            self.breaker.failed(op, exc)
             return None
         except redis.ResponseError as exc:
-            # Server-side refusal (OOM without eviction, wrong type): not an outage.
-            metrics.ERRORS.labels(op).inc()
-            log.warning("cache %s refused by Redis: %s", op, exc)
+            self.breaker.refused(op, exc)
             return None
-        if self._backoff != self.config.backoff_s:
-            log.info("cache reachable again")
-        with self._lock:
-            self._backoff = self.config.backoff_s
-        metrics.AVAILABLE.set(1)
+        self.breaker.succeeded()
         return out
-
-    def _trip(self, op: str, exc: BaseException) -> None:
-        metrics.ERRORS.labels(op).inc()
-        metrics.AVAILABLE.set(0)
-        with self._lock:
-            wait = self._backoff
-            self._open_until = self._clock() + wait
-            self._backoff = min(self._backoff * 2, self.config.max_backoff_s)
-        log.warning("cache unavailable (%s: %s); bypassing it for %.1fs", op, exc, wait)
 
     # -- operations -------------------------------------------------------------------------
 
